@@ -1,0 +1,76 @@
+"""One error hierarchy; the CLI is the only place that catches it.
+
+Each class carries the process exit code the CLI returns for it, so the mapping from
+"what went wrong" to "what cron sees" lives next to the error, not in a table elsewhere.
+"""
+
+from __future__ import annotations
+
+
+class ExitCode:
+    """Documented process exit codes (README, "Exit codes")."""
+
+    OK = 0
+    PARTIAL = 3  # finished, but some inputs/patients could not be read or written
+    USAGE = 2  # bad command line or configuration (argparse also uses 2)
+    FATAL = 4  # could not run at all: server unreachable, auth failed, write-back rejected
+    LOCKED = 5  # another sync run holds the lock
+    INTERNAL = 70  # a bug: an unexpected exception (EX_SOFTWARE)
+
+
+class AdapterError(Exception):
+    """Base of every error the adapter raises on purpose."""
+
+    exit_code = ExitCode.FATAL
+
+
+class ConfigError(AdapterError):
+    """A mapping, overlay, criteria or site configuration file is invalid.
+
+    The message always names the file and the key.
+    """
+
+    exit_code = ExitCode.USAGE
+
+
+class UsageError(AdapterError):
+    """The command line is inconsistent (e.g. no input given)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class InputError(AdapterError):
+    """One input (file, NDJSON line, resource) could not be read; reported, never fatal."""
+
+    exit_code = ExitCode.PARTIAL
+
+
+class ServerError(AdapterError):
+    """A FHIR server answered with an error or could not be reached after retries."""
+
+    exit_code = ExitCode.FATAL
+
+    def __init__(self, message: str, status: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+class AuthError(ServerError):
+    """Authentication against the FHIR server or its token endpoint failed."""
+
+
+class PreconditionFailed(ServerError):
+    """The server rejected a conditional write (HTTP 409/412): someone else changed the resource."""
+
+
+class WriteBackError(AdapterError):
+    """A ResearchSubject/Provenance write was rejected."""
+
+    exit_code = ExitCode.PARTIAL
+
+
+class LockedError(AdapterError):
+    """Another run holds the sync lock."""
+
+    exit_code = ExitCode.LOCKED

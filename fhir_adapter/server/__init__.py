@@ -1,0 +1,1 @@
+"""HTTP layer for talking to FHIR servers: client, authentication, secret references."""

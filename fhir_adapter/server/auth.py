@@ -1,0 +1,273 @@
+"""Authentication for FHIR servers: static bearer token, HTTP Basic, SMART Backend Services.
+
+Each class is a ``requests.auth.AuthBase`` so ``FhirClient`` stays ignorant of the scheme. Only
+``SmartBackendAuth`` can renew its credentials; it exposes ``invalidate()``, which ``FhirClient``
+calls on a 401 before resending once (see ``fhir_adapter.server.http.InvalidatableAuth``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+import requests.auth
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from fhir_adapter.errors import AuthError, ConfigError
+from fhir_adapter.server.secrets import resolve_secret
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# SMART v1 scope syntax, which v2 servers also accept; pass v2 scopes (system/*.rs) if required.
+DEFAULT_SCOPE: Final = "system/*.read system/ResearchSubject.write system/Provenance.write"
+# SMART Backend Services: the assertion's exp must be no more than five minutes in the future.
+ASSERTION_LIFETIME_S: Final = 300
+# Used when a token response omits expires_in; SMART recommends 300 s, so assume no more.
+_DEFAULT_EXPIRES_IN: Final = 300.0
+_MAX_ERROR_TEXT: Final = 300
+
+Algorithm = Literal["RS384", "ES384"]
+
+
+class BearerTokenAuth(requests.auth.AuthBase):
+    """A fixed bearer token (e.g. a long-lived API token issued by the site)."""
+
+    def __init__(self, token: str) -> None:
+        token = token.strip()
+        if not token or any(c.isspace() for c in token):
+            raise ConfigError("bearer token: must be a single non-empty word")
+        self._token = token
+
+    @classmethod
+    def from_secret(cls, ref: str, *, setting: str = "bearer_token") -> BearerTokenAuth:
+        """Build from an ``env:``/``file:`` reference (see ``resolve_secret``)."""
+        return cls(resolve_secret(ref, setting=setting))
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = f"Bearer {self._token}"
+        return r
+
+    def __repr__(self) -> str:
+        return "BearerTokenAuth(<redacted>)"
+
+
+def basic_auth(
+    username: str, password_ref: str, *, setting: str = "basic_password"
+) -> requests.auth.HTTPBasicAuth:
+    """HTTP Basic with the password read from an ``env:``/``file:`` reference; the user name is not secret."""
+    if not username:
+        raise ConfigError("basic auth: username is empty")
+    return requests.auth.HTTPBasicAuth(username, resolve_secret(password_ref, setting=setting))
+
+
+class SmartBackendAuth(requests.auth.AuthBase):
+    """SMART Backend Services: ``client_credentials`` grant with a ``private_key_jwt`` client assertion.
+
+    The access token is cached and renewed ``refresh_margin_s`` before it expires, or at once after
+    ``invalidate()`` (which ``FhirClient`` calls when the FHIR server answers 401). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        private_key_pem: bytes,
+        *,
+        algorithm: Algorithm = "RS384",
+        kid: str | None = None,
+        jku: str | None = None,
+        scope: str = DEFAULT_SCOPE,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.time,
+        refresh_margin_s: float = 60,
+        timeout: tuple[float, float] = (10, 30),
+        verify: bool | str = True,
+    ) -> None:
+        parts = urlsplit(token_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"token_url: must be an absolute http(s) URL, got {token_url!r}")
+        if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+            logger.warning("token_url %s is plain http: the access token would travel unencrypted", token_url)
+        if not client_id:
+            raise ConfigError("client_id: is empty")
+        if refresh_margin_s < 0:
+            raise ValueError("refresh_margin_s must be >= 0")
+        self.token_url = token_url
+        self.client_id = client_id
+        self.algorithm: Algorithm = algorithm
+        self.kid = kid
+        self.jku = jku
+        self.scope = scope
+        self._key = _load_signing_key(private_key_pem, algorithm)
+        self._session = session if session is not None else requests.Session()
+        self._clock = clock
+        self._refresh_margin = refresh_margin_s
+        self._timeout = timeout
+        self._verify = verify
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at = 0.0
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = f"Bearer {self.access_token()}"
+        return r
+
+    def __repr__(self) -> str:
+        return f"SmartBackendAuth(token_url={self.token_url!r}, client_id={self.client_id!r})"
+
+    def invalidate(self) -> None:
+        """Forget the cached access token; the next request fetches a new one."""
+        with self._lock:
+            self._token = None
+
+    def access_token(self) -> str:
+        """The cached access token, fetched anew when missing or within the refresh margin of expiry."""
+        with self._lock:
+            if self._token is None or self._clock() >= self._renew_at:
+                self._token = self._fetch_token()
+            return self._token
+
+    def client_assertion(self) -> str:
+        """A freshly signed ``private_key_jwt``; a new ``jti`` each call so servers can reject replays."""
+        now = int(self._clock())
+        claims = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": self.token_url,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME_S,
+            "jti": uuid.uuid4().hex,
+        }
+        headers: dict[str, Any] = {"typ": "JWT"}
+        if self.kid is not None:
+            headers["kid"] = self.kid
+        if self.jku is not None:
+            headers["jku"] = self.jku
+        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
+
+    def _fetch_token(self) -> str:
+        """POST the client_credentials grant; sets the renewal time and returns the access token."""
+        requested_at = self._clock()
+        form = {
+            "grant_type": "client_credentials",
+            "scope": self.scope,
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": self.client_assertion(),
+        }
+        try:
+            resp = self._session.post(
+                self.token_url,
+                data=form,
+                headers={"Accept": "application/json"},
+                timeout=self._timeout,
+                verify=self._verify,
+                allow_redirects=False,
+            )
+        except requests.exceptions.RequestException as exc:
+            # The exception text is harmless here, but keep one rule for all transport errors.
+            raise AuthError(
+                f"token endpoint {self.token_url} unreachable ({type(exc).__name__})", url=self.token_url
+            ) from None
+        body = _json_object(resp)
+        if resp.status_code != 200:
+            raise AuthError(self._describe_failure(resp.status_code, body), resp.status_code, self.token_url)
+        token = body.get("access_token") if body else None
+        token_type = body.get("token_type") if body else None
+        if not isinstance(token, str) or not token:
+            raise AuthError(
+                f"token endpoint {self.token_url} returned no access_token", resp.status_code, self.token_url
+            )
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise AuthError(
+                f"token endpoint {self.token_url} returned token_type {token_type!r}, expected 'bearer'",
+                resp.status_code,
+                self.token_url,
+            )
+        expires_in = _DEFAULT_EXPIRES_IN
+        raw_expiry = body.get("expires_in") if body else None
+        if isinstance(raw_expiry, int | float) and not isinstance(raw_expiry, bool) and raw_expiry > 0:
+            expires_in = float(raw_expiry)
+        # A token shorter-lived than the margin would otherwise be refetched on every request.
+        margin = min(self._refresh_margin, expires_in / 2)
+        self._renew_at = requested_at + expires_in - margin
+        logger.info("obtained access token from %s (expires in %.0f s)", self.token_url, expires_in)
+        return token
+
+    def _describe_failure(self, status: int, body: dict[str, Any] | None) -> str:
+        message = f"token endpoint {self.token_url} rejected client {self.client_id}: HTTP {status}"
+        error = body.get("error") if body else None
+        description = body.get("error_description") if body else None
+        if isinstance(error, str) and error:
+            message += f": {_clip(error)}"
+            if isinstance(description, str) and description:
+                message += f": {_clip(description)}"
+        return message
+
+
+def discover_token_url(
+    session: requests.Session,
+    base_url: str,
+    *,
+    timeout: tuple[float, float] = (10, 30),
+    verify: bool | str = True,
+) -> str:
+    """The ``token_endpoint`` from ``[base]/.well-known/smart-configuration``.
+
+    Takes a session rather than a ``FhirClient`` because the client needs its auth, and so the
+    token URL, before it exists; the document is public and needs no credentials.
+    """
+    url = base_url.rstrip("/") + "/.well-known/smart-configuration"
+    try:
+        resp = session.get(url, headers={"Accept": "application/json"}, timeout=timeout, verify=verify)
+    except requests.exceptions.RequestException as exc:
+        raise AuthError(f"SMART configuration {url} unreachable ({type(exc).__name__})", url=url) from None
+    body = _json_object(resp)
+    if resp.status_code != 200 or body is None:
+        raise AuthError(
+            f"SMART configuration {url}: HTTP {resp.status_code}; set the token URL explicitly",
+            resp.status_code,
+            url,
+        )
+    token_url = body.get("token_endpoint")
+    if not isinstance(token_url, str) or not token_url:
+        raise AuthError(f"SMART configuration {url} has no token_endpoint", resp.status_code, url)
+    return token_url
+
+
+def _load_signing_key(pem: bytes, algorithm: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    # Fail at start-up with a config error, not at the first request with a JWT library error.
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError("private key: not an unencrypted PEM private key (PKCS#8 or traditional)") from None
+    if algorithm == "RS384":
+        if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
+            raise ConfigError("private key: RS384 needs an RSA key of at least 2048 bits")
+        return key
+    if algorithm == "ES384":
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP384R1):
+            raise ConfigError("private key: ES384 needs an EC key on curve P-384")
+        return key
+    raise ConfigError(f"algorithm: {algorithm!r} is not supported; use RS384 or ES384")
+
+
+def _json_object(resp: requests.Response) -> dict[str, Any] | None:
+    try:
+        body = resp.json() if resp.content else None
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _clip(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _MAX_ERROR_TEXT else flat[: _MAX_ERROR_TEXT - 1] + "…"

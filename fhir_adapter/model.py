@@ -53,8 +53,9 @@ class Fact:
     unit: str | None = None
     evidence: tuple[Evidence, ...] = ()
     reason: str = ""
-    # A fact may be decided but only partly grounded (e.g. "no glucocorticoid" is closed-world).
-    note: str = ""
+    # A censored value ("<0.06", or a dose that is at least this much because another dose is unknown):
+    # the true value x satisfies ``x <comparator> value``.
+    comparator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

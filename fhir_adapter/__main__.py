@@ -1,0 +1,3 @@
+from fhir_adapter.cli import main
+
+raise SystemExit(main())

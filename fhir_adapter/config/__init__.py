@@ -1,0 +1,1 @@
+"""Load and validate mappings/ and site overlays."""

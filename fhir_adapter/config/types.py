@@ -1,0 +1,158 @@
+"""Typed, frozen view of mappings/: concepts, units, facts, medication rules and the criteria tree."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from fhir_adapter.model import Verdict
+
+# Systems whose codes are hierarchical strings, so "M33.1*" is a meaningful prefix.
+HIERARCHICAL_SYSTEMS = frozenset(
+    {
+        "http://hl7.org/fhir/sid/icd-10",
+        "http://hl7.org/fhir/sid/icd-10-cm",
+        "http://www.whocc.no/atc",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Concept:
+    name: str
+    codes: frozenset[tuple[str, str]] = frozenset()
+    prefixes: tuple[tuple[str, str], ...] = ()
+    text: tuple[str, ...] = ()  # lower-cased substrings
+    text_exclude: tuple[str, ...] = ()
+    # Systems this concept has codes in: when a CodeableConcept carries one of them, its codes decide
+    # and text is not consulted (so "Mean platelet volume" with its own LOINC is not read as platelets).
+    systems: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    source: str
+    target: str
+    factor: Decimal
+    concepts: frozenset[str] = frozenset()  # empty: any concept
+
+
+@dataclass(frozen=True, slots=True)
+class UnitTable:
+    aliases: Mapping[str, str]
+    conversions: tuple[Conversion, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FactSpec:
+    name: str
+    kind: str
+    label: str
+    params: Mapping[str, Any]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.params.get(key, default)
+
+
+@dataclass(frozen=True, slots=True)
+class Glucocorticoid:
+    name: str
+    factor: Decimal
+    codes: frozenset[tuple[str, str]]
+    names: tuple[str, ...]  # lower-cased
+
+
+@dataclass(frozen=True, slots=True)
+class MedicationRules:
+    glucocorticoids: tuple[Glucocorticoid, ...]
+    taken_statuses: frozenset[str]
+    administered_statuses: frozenset[str]
+    frequency_codes: Mapping[str, Decimal]
+    period_days: Mapping[str, Decimal]
+    count_units: frozenset[str]
+
+
+# --- Rule tree ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Compare:
+    fact: str
+    op: str
+    value: Decimal | bool | str
+    on_match: Verdict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    items: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    items: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    item: Rule
+
+
+@dataclass(frozen=True, slots=True)
+class AtLeast:
+    k: int
+    items: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentRef:
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    verdict: Verdict
+
+
+Rule = Compare | AllOf | AnyOf | Not | AtLeast | ComponentRef | Constant
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    id: str
+    text: str
+    rule: Rule
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    id: str
+    type: str  # inclusion | exclusion
+    text: str
+    rule: Rule
+    gate: bool = False
+    applies_when: Rule | None = None
+    components: tuple[Component, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    study: str
+    title: str
+    version: str
+    criteria: tuple[Criterion, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Mappings:
+    concepts: Mapping[str, Concept]
+    units: UnitTable
+    facts: Mapping[str, FactSpec]
+    medications: MedicationRules
+    trial: Trial
+    files: tuple[str, ...] = ()
+    fingerprint: str = ""  # hash of every loaded file: goes into the result and the Provenance
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def concept(self, name: str) -> Concept:
+        return self.concepts[name]

@@ -1,0 +1,1 @@
+"""Derive facts (values with evidence) from one patient record."""

@@ -1,0 +1,56 @@
+"""The per-patient evaluation context: record, mappings, as-of date, and the facts computed so far."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fhir_adapter.config.types import Concept, FactSpec, Mappings
+from fhir_adapter.model import Fact, PatientRecord
+
+
+def months_before(day: dt.date, months: int) -> dt.date:
+    """Same day ``months`` calendar months earlier, clamped to the month's end (spec: 2 calendar months)."""
+    month0 = day.month - 1 - months
+    year = day.year + month0 // 12
+    month = month0 % 12 + 1
+    for d in (day.day, 30, 29, 28):
+        try:
+            return dt.date(year, month, d)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable: every month has 28 days")
+
+
+@dataclass
+class Context:
+    record: PatientRecord
+    mappings: Mappings
+    as_of: dt.date
+    derive: Callable[[Context, FactSpec], Fact]
+    _facts: dict[str, Fact] = field(default_factory=dict)
+
+    @property
+    def patient_ref(self) -> str:
+        return f"Patient/{self.record.patient_id}"
+
+    def fact(self, name: str) -> Fact:
+        if name not in self._facts:
+            spec = self.mappings.facts[name]
+            self._facts[name] = self.derive(self, spec)
+        return self._facts[name]
+
+    def concept(self, name: str) -> Concept:
+        return self.mappings.concepts[name]
+
+    def window_start(self, spec: FactSpec) -> dt.date | None:
+        if spec.get("window_months") is not None:
+            return months_before(self.as_of, int(spec.get("window_months")))
+        if spec.get("window_days") is not None:
+            return self.as_of - dt.timedelta(days=int(spec.get("window_days")))
+        return None
+
+    def sex(self) -> str | None:
+        value = self.fact("sex").value
+        return value if isinstance(value, str) else None

@@ -1,0 +1,62 @@
+"""Age in whole years on the as-of date, and administrative sex."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal
+
+from fhir_adapter.config.types import FactSpec
+from fhir_adapter.facts.context import Context
+from fhir_adapter.model import Evidence, Fact
+
+_FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def whole_years(born: dt.date, on: dt.date) -> int:
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def age(ctx: Context, spec: FactSpec) -> Fact:
+    patient = ctx.record.patient
+    if patient is None:
+        return Fact(spec.name, None, reason="Patient resource not in the input")
+    birth = patient.get("birthDate")
+    if not isinstance(birth, str) or not birth.strip():
+        return Fact(spec.name, None, reason="no birthDate")
+    birth = birth.strip()
+    if not _FULL_DATE.match(birth):
+        # A year-only birthDate spans two possible ages; decide only if both agree.
+        try:
+            year = int(birth[:4])
+            month = int(birth[5:7]) if len(birth) >= 7 else None
+        except ValueError:
+            return Fact(spec.name, None, reason=f"birthDate {birth!r} is not a date")
+        first = dt.date(year, month or 1, 1)
+        last = dt.date(year, month or 12, 28 if month == 2 else 30 if month in {4, 6, 9, 11} else 31)
+        low, high = whole_years(last, ctx.as_of), whole_years(first, ctx.as_of)
+        if low != high:
+            return Fact(spec.name, None, reason=f"birthDate {birth} is partial: age {low} or {high}")
+        born = first
+    else:
+        try:
+            born = dt.date.fromisoformat(birth[:10])
+        except ValueError:
+            return Fact(spec.name, None, reason=f"birthDate {birth!r} is not a date")
+    years = whole_years(born, ctx.as_of)
+    return Fact(
+        spec.name,
+        Decimal(years),
+        unit="a",
+        evidence=(Evidence(ctx.patient_ref, f"birthDate {birth}"),),
+        reason=f"{years} years on {ctx.as_of.isoformat()}",
+    )
+
+
+def sex(ctx: Context, spec: FactSpec) -> Fact:
+    patient = ctx.record.patient
+    gender = patient.get("gender") if patient else None
+    if isinstance(gender, str) and gender.strip().lower() in {"male", "female"}:
+        value = gender.strip().lower()
+        return Fact(spec.name, value, evidence=(Evidence(ctx.patient_ref, f"gender {value}"),), reason=value)
+    return Fact(spec.name, None, reason="administrative gender not recorded as male or female")

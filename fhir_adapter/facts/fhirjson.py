@@ -1,0 +1,114 @@
+"""Pure helpers over FHIR JSON: statuses, codings, dates, references. No clinical meaning here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from fhir_adapter.model import Resource
+
+IGNORED_STATUSES = frozenset({"entered-in-error", "cancelled"})
+_DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+def status_of(resource: Resource, key: str = "status") -> str:
+    """The status code trimmed and lower-cased (vendors send ``"entered-in-error "``)."""
+    value = resource.get(key)
+    return value.strip().lower() if isinstance(value, str) else ""
+
+
+def is_ignored(resource: Resource) -> bool:
+    return status_of(resource) in IGNORED_STATUSES
+
+
+def codings(concept: Any) -> Iterator[tuple[str, str, str]]:
+    """(system, code, display) of every coding in a CodeableConcept, whitespace-trimmed."""
+    if not isinstance(concept, dict):
+        return
+    for coding in concept.get("coding") or ():
+        if not isinstance(coding, dict):
+            continue
+        system = coding.get("system")
+        code = coding.get("code")
+        display = coding.get("display")
+        yield (
+            system.strip().replace(" ", "") if isinstance(system, str) else "",
+            code.strip() if isinstance(code, str) else "",
+            display.strip() if isinstance(display, str) else "",
+        )
+
+
+def texts(concept: Any) -> list[str]:
+    """code.text and every coding.display: the last-resort text to match."""
+    if not isinstance(concept, dict):
+        return []
+    out = [d for _, _, d in codings(concept) if d]
+    text = concept.get("text")
+    if isinstance(text, str) and text.strip():
+        out.append(text.strip())
+    return out
+
+
+def concept_code(concept: Any) -> str:
+    """First code of a CodeableConcept (for status-like concepts: clinicalStatus, class)."""
+    for _, code, _ in codings(concept):
+        if code:
+            return code.lower()
+    return ""
+
+
+def parse_date(value: Any) -> dt.date | None:
+    """The calendar date of a FHIR date/dateTime/instant; partial dates take their first day.
+
+    Time zones are ignored on purpose: windows are counted in calendar days at the site.
+    """
+    if not isinstance(value, str):
+        return None
+    m = _DATE_RE.match(value.strip())
+    if not m:
+        return None
+    try:
+        return dt.date(int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 1))
+    except ValueError:
+        return None
+
+
+def period_bounds(period: Any) -> tuple[dt.date | None, dt.date | None]:
+    if not isinstance(period, dict):
+        return None, None
+    return parse_date(period.get("start")), parse_date(period.get("end"))
+
+
+def effective_date(resource: Resource) -> dt.date | None:
+    """When an observation holds: effectiveDateTime, else the period's end (or start), else issued."""
+    for key in ("effectiveDateTime", "effectiveInstant"):
+        d = parse_date(resource.get(key))
+        if d:
+            return d
+    start, end = period_bounds(resource.get("effectivePeriod"))
+    if end or start:
+        return end or start
+    return parse_date(resource.get("issued"))
+
+
+def ref_id(reference: Any) -> str | None:
+    """``Type/id`` of a Reference-ish value (dict or string); absolute URLs reduced to the last two parts."""
+    if isinstance(reference, dict):
+        reference = reference.get("reference")
+    if not isinstance(reference, str) or not reference.strip():
+        return None
+    ref = reference.strip()
+    if ref.startswith(("urn:uuid:", "urn:oid:", "#")):
+        return ref
+    ref = ref.split("/_history/")[0]
+    parts = [p for p in ref.split("?")[0].split("/") if p]
+    if len(parts) >= 2:
+        return f"{parts[-2]}/{parts[-1]}"
+    return None
+
+
+def reference_label(resource: Resource) -> str:
+    """``Type/id`` used in evidence."""
+    return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '?')}"

@@ -1,0 +1,354 @@
+"""Medication facts: prednisone-equivalent mg/kg/d, immunosuppressant starts and dose changes, IV drugs.
+
+MedicationRequest, MedicationStatement and MedicationAdministration become ``Exposure``s: one drug, a
+route, the days it was taken and the mg per day. A MedicationRequest whose administrations are in the
+record is represented by those administrations only, so a dose is never counted twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from fhir_adapter.config.types import Concept, FactSpec, Glucocorticoid
+from fhir_adapter.facts import codes, dosage
+from fhir_adapter.facts.context import Context
+from fhir_adapter.facts.fhirjson import codings, parse_date, period_bounds, ref_id, reference_label, status_of, texts
+from fhir_adapter.facts.labs import fmt
+from fhir_adapter.model import Evidence, Fact, Resource
+
+MED_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
+_NEVER_TAKEN = frozenset({"entered-in-error", "cancelled", "draft", "not-taken", "not-done", "intended"})
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    resource: Resource
+    ref: str
+    names: tuple[str, ...]
+    codings: tuple[tuple[str, str, str], ...]
+    medication: Resource | None
+    start: dt.date | None
+    end: dt.date | None  # inclusive
+    mg_per_day: Decimal | str  # str: why unknown
+    route: Any
+    taken: bool
+
+    def covers(self, day: dt.date) -> bool:
+        return self.start is not None and self.start <= day and (self.end is None or day <= self.end)
+
+
+def _medication(ctx: Context, resource: Resource) -> tuple[Any, Resource | None]:
+    """The drug's CodeableConcept and its Medication resource (contained, referenced, or R5 CodeableReference)."""
+    cc = resource.get("medicationCodeableConcept")
+    ref = resource.get("medicationReference")
+    r5 = resource.get("medication")
+    if isinstance(r5, dict):
+        cc = cc or r5.get("concept")
+        ref = ref or r5.get("reference")
+    medication = None
+    key = ref.get("reference") if isinstance(ref, dict) else None
+    if isinstance(key, str):
+        if key.startswith("#"):
+            medication = next(
+                (c for c in resource.get("contained") or [] if isinstance(c, dict) and c.get("id") == key[1:]), None
+            )
+        else:
+            medication = ctx.record.medications.get(key) or ctx.record.medications.get(ref_id(key) or "")
+    if medication is not None and cc is None:
+        cc = medication.get("code")
+    return cc, medication
+
+
+def _all_codings_and_names(cc: Any, medication: Resource | None) -> tuple[list[tuple[str, str, str]], list[str]]:
+    found = list(codings(cc))
+    names = texts(cc)
+    if medication is not None:
+        found += list(codings(medication.get("code")))
+        names += texts(medication.get("code"))
+        for ing in medication.get("ingredient") or []:
+            if isinstance(ing, dict):
+                item = ing.get("itemCodeableConcept") or (ing.get("item") or {}).get("concept")
+                found += list(codings(item))
+                names += texts(item)
+    return found, names
+
+
+def _dosages(resource: Resource) -> list[Resource]:
+    rtype = resource.get("resourceType")
+    raw = resource.get("dosageInstruction") if rtype == "MedicationRequest" else resource.get("dosage")
+    if isinstance(raw, dict):
+        return [raw]
+    return [d for d in raw or [] if isinstance(d, dict)]
+
+
+def _period(resource: Resource, dosages: list[Resource], as_of: dt.date) -> tuple[dt.date | None, dt.date | None]:
+    status = status_of(resource)
+    start = end = None
+    for d in dosages:
+        timing = d.get("timing") if isinstance(d.get("timing"), dict) else {}
+        repeat = timing.get("repeat") if isinstance(timing.get("repeat"), dict) else {}
+        s, e = period_bounds(repeat.get("boundsPeriod"))
+        start, end = start or s, end or e
+    rtype = resource.get("resourceType")
+    if rtype == "MedicationAdministration" or rtype == "MedicationStatement":
+        s, e = period_bounds(resource.get("effectivePeriod"))
+        instant = parse_date(resource.get("effectiveDateTime"))
+        start = start or s or instant
+        end = end or e or (instant if rtype == "MedicationAdministration" else None)
+        if rtype == "MedicationStatement" and start is None:
+            start = parse_date(resource.get("dateAsserted"))
+    else:
+        validity = (resource.get("dispenseRequest") or {}).get("validityPeriod")
+        s, e = period_bounds(validity)
+        start = start or s or parse_date(resource.get("authoredOn"))
+        end = end or (e if status != "active" else None)
+    if end is None and status in {"completed", "stopped"}:
+        # Finished with no recorded end: the only day we know it was taken is its start.
+        end = start
+    if end is None and status not in {"active", "on-hold", "in-progress", ""} and start is not None:
+        end = start
+    return start, end
+
+
+def _mg_per_day(
+    ctx: Context, resource: Resource, dosages: list[Resource], medication: Resource | None, names: list[str]
+) -> Decimal | str:
+    rules, table = ctx.mappings.medications, ctx.mappings.units
+    weight_fact = ctx.fact("body-weight")
+    weight = weight_fact.value if isinstance(weight_fact.value, Decimal) else None
+    if resource.get("resourceType") == "MedicationAdministration":
+        dose = dosage.dose_quantity(dosages[0]) if dosages else None
+        if dose is None:
+            return "administration without a dose"
+        return dosage.dose_mg(dose, rules, table, medication, names, weight)
+    if not dosages:
+        return "no dosage"
+    # Dosages that share a sequence number are taken together; different sequences follow each other,
+    # so the day's amount is the largest concurrent group.
+    groups: dict[Any, Decimal] = defaultdict(Decimal)
+    for i, d in enumerate(dosages):
+        amount = dosage.dose_mg(dosage.dose_quantity(d), rules, table, medication, names, weight)
+        if isinstance(amount, str):
+            text = d.get("text")
+            return f"dosage only as text: {text.strip()[:80]!r}" if isinstance(text, str) and text.strip() else amount
+        freq = dosage.per_day(d, rules)
+        if isinstance(freq, str):
+            return freq
+        groups[d.get("sequence", f"#{i}")] += amount * freq
+    return max(groups.values())
+
+
+def exposures(ctx: Context) -> list[Exposure]:
+    cached = ctx.__dict__.get("_exposures")
+    if cached is not None:
+        return list(cached)
+    administered_requests = {
+        ref_id(a.get("request"))
+        for a in ctx.record.of_type("MedicationAdministration")
+        if ref_id(a.get("request"))
+    }
+    out = []
+    rules = ctx.mappings.medications
+    for rtype in MED_TYPES:
+        for resource in ctx.record.of_type(rtype):
+            ref = reference_label(resource)
+            status = status_of(resource)
+            if status in _NEVER_TAKEN:
+                continue
+            if rtype == "MedicationRequest" and ref in administered_requests:
+                continue
+            taken_set = rules.administered_statuses if rtype == "MedicationAdministration" else rules.taken_statuses
+            cc, medication = _medication(ctx, resource)
+            found, names = _all_codings_and_names(cc, medication)
+            dosages = _dosages(resource)
+            start, end = _period(resource, dosages, ctx.as_of)
+            route = next((d.get("route") for d in dosages if d.get("route")), None)
+            out.append(
+                Exposure(
+                    resource=resource,
+                    ref=ref,
+                    names=tuple(names),
+                    codings=tuple(found),
+                    medication=medication,
+                    start=start,
+                    end=end,
+                    mg_per_day=_mg_per_day(ctx, resource, dosages, medication, names),
+                    route=route,
+                    taken=status in taken_set,
+                )
+            )
+    ctx.__dict__["_exposures"] = tuple(out)
+    return out
+
+
+def _drug_matches(concept: Concept, exp: Exposure) -> bool:
+    # Text always counts for drugs: orders carry product-level codes (RxNorm SCD) the value set lacks.
+    coded = {"coding": [{"system": s, "code": c} for s, c, _ in exp.codings]}
+    return codes.code_matches(concept, coded) or codes.text_matches(concept, list(exp.names))
+
+
+def glucocorticoid_of(ctx: Context, exp: Exposure) -> Glucocorticoid | None:
+    for gc in ctx.mappings.medications.glucocorticoids:
+        if any((s, c) in gc.codes for s, c, _ in exp.codings):
+            return gc
+    # Longest name wins: "methylprednisolone" over "prednisolone", "prednisolone" over "prednisone".
+    best: tuple[int, Glucocorticoid] | None = None
+    for gc in ctx.mappings.medications.glucocorticoids:
+        for name in gc.names:
+            if any(name in n.lower() for n in exp.names) and (best is None or len(name) > best[0]):
+                best = (len(name), gc)
+    return best[1] if best else None
+
+
+def _is_iv(ctx: Context, exp: Exposure) -> bool:
+    return exp.route is not None and codes.matches(ctx.concept("route-intravenous"), exp.route)
+
+
+def _is_systemic(ctx: Context, exp: Exposure) -> bool:
+    if exp.route is not None and codes.matches(ctx.concept("route-non-systemic"), exp.route):
+        return False
+    return not codes.text_matches(ctx.concept("dose-form-non-systemic"), list(exp.names))
+
+
+def _window(ctx: Context, spec: FactSpec) -> tuple[dt.date, dt.date]:
+    start = ctx.window_start(spec) or ctx.as_of
+    return start, ctx.as_of
+
+
+def glucocorticoid_dose(ctx: Context, spec: FactSpec) -> Fact:
+    """Highest per-day sum of prednisone-equivalent mg over the window, divided by the latest weight."""
+    start, end = _window(ctx, spec)
+    iv_only = spec.get("routes") == "intravenous"
+    relevant: list[tuple[Exposure, Glucocorticoid]] = []
+    for exp in exposures(ctx):
+        if not exp.taken or exp.start is None or exp.start > end or (exp.end is not None and exp.end < start):
+            continue
+        gc = glucocorticoid_of(ctx, exp)
+        if gc is None or not _is_systemic(ctx, exp) or (iv_only and not _is_iv(ctx, exp)):
+            continue
+        relevant.append((exp, gc))
+    kind = "intravenous glucocorticoid" if iv_only else "systemic glucocorticoid"
+    if not relevant:
+        detail = f"no {kind} taken {start}..{end}"
+        return Fact(spec.name, Decimal(0), unit="mg/kg/d", evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
+    weight = ctx.fact(str(spec.get("weight_fact")))
+    if not isinstance(weight.value, Decimal) or weight.value <= 0:
+        return Fact(spec.name, None, reason=f"{weight.reason or 'no body weight'}; needed for the prednisone dose")
+    unknown = [f"{e.ref}: {e.mg_per_day}" for e, _ in relevant if isinstance(e.mg_per_day, str)]
+    best_day, best_total, contributors = None, Decimal(0), []
+    day = start
+    while day <= end:
+        total, parts = Decimal(0), []
+        for exp, gc in relevant:
+            if exp.covers(day) and isinstance(exp.mg_per_day, Decimal):
+                eq = exp.mg_per_day * gc.factor
+                total += eq
+                parts.append((exp, gc, eq))
+        if total > best_total:
+            best_day, best_total, contributors = day, total, parts
+        day += dt.timedelta(days=1)
+    per_kg = best_total / weight.value
+    evidence = [
+        Evidence(exp.ref, f"{gc.name} {fmt(exp.mg_per_day)} mg/d = {fmt(eq)} mg/d prednisone-equivalent")  # type: ignore[arg-type]
+        for exp, gc, eq in contributors
+    ]
+    evidence += list(weight.evidence)
+    if unknown:
+        reason = "dose unknown for " + "; ".join(unknown)
+        if best_total == 0:
+            return Fact(spec.name, None, reason=reason)
+        detail = f"at least {fmt(per_kg)} mg/kg/d on {best_day} ({reason})"
+        return Fact(spec.name, per_kg, unit="mg/kg/d", evidence=tuple(evidence), reason=detail, comparator=">=")
+    detail = (
+        f"highest {kind} {fmt(best_total)} mg/d prednisone-equivalent on {best_day} / "
+        f"{fmt(weight.value)} kg = {fmt(per_kg)} mg/kg/d"
+    )
+    if best_day is None:
+        detail = f"{kind} in {start}..{end} but no day with a dose"
+    return Fact(spec.name, per_kg, unit="mg/kg/d", evidence=tuple(evidence), reason=detail)
+
+
+def _ingredient_key(concept: Concept, exp: Exposure) -> str:
+    for system, code, _ in exp.codings:
+        if (system, code) in concept.codes:
+            return f"{system}|{code}"
+    for pattern in concept.text:
+        if any(pattern in n.lower() for n in exp.names):
+            return pattern
+    return exp.ref
+
+
+def _by_drug(ctx: Context, spec: FactSpec) -> dict[str, list[Exposure]]:
+    concept = ctx.concept(str(spec.get("concept")))
+    groups: dict[str, list[Exposure]] = defaultdict(list)
+    for exp in exposures(ctx):
+        if _drug_matches(concept, exp):
+            groups[_ingredient_key(concept, exp)].append(exp)
+    return groups
+
+
+def medication_started(ctx: Context, spec: FactSpec) -> Fact:
+    start, end = _window(ctx, spec)
+    undated = []
+    for drug, exps in _by_drug(ctx, spec).items():
+        dated = [e for e in exps if e.start is not None and e.start <= end]
+        undated += [e.ref for e in exps if e.start is None]
+        if not dated:
+            continue
+        first = min(dated, key=lambda e: e.start or dt.date.max)
+        if first.start is not None and first.start >= start:
+            detail = f"{drug} first recorded {first.start} (within {start}..{end})"
+            return Fact(spec.name, True, evidence=(Evidence(first.ref, detail),), reason=detail)
+    if undated:
+        return Fact(spec.name, None, reason=f"{spec.label}: no start date on {', '.join(undated)}")
+    groups = _by_drug(ctx, spec)
+    if groups:
+        firsts = [min(e.start for e in exps if e.start) for exps in groups.values() if any(e.start for e in exps)]
+        detail = f"every immunosuppressant started before {start} (first: {min(firsts)})" if firsts else "none dated"
+        refs = tuple(Evidence(exps[0].ref, f"{k} since {min((e.start for e in exps if e.start), default='?')}")
+                     for k, exps in groups.items())
+        return Fact(spec.name, False, evidence=refs, reason=detail)
+    detail = "no immunosuppressant order, statement or administration"
+    return Fact(spec.name, False, evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
+
+
+def medication_dose_changed(ctx: Context, spec: FactSpec) -> Fact:
+    start, end = _window(ctx, spec)
+    undecided = []
+    checked: list[Evidence] = []
+    for drug, exps in _by_drug(ctx, spec).items():
+        dated = sorted((e for e in exps if e.start is not None and e.start <= end), key=lambda e: (e.start, e.ref))
+        for before, after in zip(dated, dated[1:], strict=False):
+            if after.start is None or after.start < start:
+                continue
+            if isinstance(before.mg_per_day, str) or isinstance(after.mg_per_day, str):
+                undecided.append(f"{drug} {after.ref} ({after.mg_per_day if isinstance(after.mg_per_day, str) else before.mg_per_day})")
+                continue
+            if before.mg_per_day != after.mg_per_day:
+                detail = (f"{drug} {fmt(before.mg_per_day)} mg/d ({before.ref}) -> {fmt(after.mg_per_day)} mg/d "
+                          f"from {after.start}")
+                return Fact(spec.name, True, evidence=(Evidence(after.ref, detail), Evidence(before.ref, "previous dose")),
+                            reason=detail)
+            checked.append(Evidence(after.ref, f"{drug} unchanged at {fmt(after.mg_per_day)} mg/d"))
+    if undecided:
+        return Fact(spec.name, None, reason="dose not comparable: " + "; ".join(undecided))
+    detail = f"no immunosuppressant dose change {start}..{end}"
+    return Fact(spec.name, False, evidence=tuple(checked) or (Evidence(ctx.patient_ref, detail),), reason=detail)
+
+
+def medication_given(ctx: Context, spec: FactSpec) -> Fact:
+    start, end = _window(ctx, spec)
+    concept = ctx.concept(str(spec.get("concept")))
+    route = ctx.concept(str(spec.get("route")))
+    for exp in exposures(ctx):
+        if not exp.taken or exp.start is None or exp.start > end or (exp.end is not None and exp.end < start):
+            continue
+        if _drug_matches(concept, exp) and exp.route is not None and codes.matches(route, exp.route):
+            detail = f"{spec.label}: {(exp.names or ('?',))[-1][:60]} from {exp.start}"
+            return Fact(spec.name, True, evidence=(Evidence(exp.ref, detail),), reason=detail)
+    detail = f"no {spec.label} {start}..{end}"
+    return Fact(spec.name, False, evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)

@@ -1,0 +1,1 @@
+"""Write the result file and the terminal summary."""

@@ -1,0 +1,1 @@
+"""Read FHIR inputs: files, Bundles, bulk NDJSON; group resources by patient."""

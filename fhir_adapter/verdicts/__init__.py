@@ -1,0 +1,1 @@
+"""Evaluate criteria as data with three-valued logic."""

@@ -1,0 +1,176 @@
+"""Evaluate the criteria tree against a patient's facts: verdict, reason and evidence for every node."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from fhir_adapter.config.types import (
+    AllOf,
+    AnyOf,
+    AtLeast,
+    ComponentRef,
+    Compare,
+    Constant,
+    Criterion,
+    Not,
+    Rule,
+    Trial,
+)
+from fhir_adapter.facts.labs import fmt
+from fhir_adapter.model import CriterionResult, Evidence, Fact, Status, SubjectResult, Verdict
+from fhir_adapter.verdicts import logic
+
+MET, NOT_MET, UNKNOWN = Verdict.MET, Verdict.NOT_MET, Verdict.UNKNOWN
+FactLookup = Callable[[str], Fact]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Verdict
+    reason: str
+    evidence: tuple[Evidence, ...] = ()
+
+
+def _holds(x: Decimal, op: str, t: Decimal) -> bool:
+    return {"<": x < t, "<=": x <= t, ">": x > t, ">=": x >= t, "==": x == t, "!=": x != t}[op]
+
+
+def compare_censored(x: Decimal, comparator: str | None, op: str, t: Decimal) -> Verdict:
+    """Compare a possibly censored value (true value v with ``v <comparator> x``) with ``op t``.
+
+    Met when every possible v satisfies the rule, not-met when none does, else unknown.
+    """
+    if comparator is None:
+        return MET if _holds(x, op, t) else NOT_MET
+    if op in {"==", "!="}:
+        return UNKNOWN
+    upper = comparator in {"<", "<="}  # v lies below x
+    strict = comparator in {"<", ">"}
+    rule_below = op in {"<", "<="}
+    rule_strict = op in {"<", ">"}
+    if upper == rule_below:
+        # Same direction: the whole interval fits inside the rule's half-line, or we cannot tell.
+        inside = (x < t or (x == t and (strict or not rule_strict))) if upper else (
+            x > t or (x == t and (strict or not rule_strict))
+        )
+        return MET if inside else UNKNOWN
+    # Opposite directions: the interval misses the rule's half-line entirely, or we cannot tell.
+    disjoint = (x < t or (x == t and (strict or rule_strict))) if upper else (
+        x > t or (x == t and (strict or rule_strict))
+    )
+    return NOT_MET if disjoint else UNKNOWN
+
+
+_WORDS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "is", "!=": "is not"}
+
+
+def _leaf(rule: Compare, fact: Fact) -> Outcome:
+    if fact.value is None:
+        return Outcome(UNKNOWN, fact.reason or f"{fact.name} unknown")
+    if isinstance(rule.value, Decimal) and isinstance(fact.value, Decimal):
+        verdict = compare_censored(fact.value, fact.comparator, rule.op, rule.value)
+        reason = f"{fact.reason} ({_WORDS[rule.op]} {fmt(rule.value)}: {'yes' if verdict is MET else 'no' if verdict is NOT_MET else 'cannot tell'})"
+    elif isinstance(rule.value, bool) and isinstance(fact.value, bool) or (
+        isinstance(rule.value, str) and isinstance(fact.value, str)
+    ):
+        same = fact.value == rule.value
+        verdict = MET if same == (rule.op == "==") else NOT_MET
+        reason = fact.reason
+    else:
+        return Outcome(UNKNOWN, f"{fact.name}: value {fact.value!r} cannot be compared with {rule.value!r}")
+    if verdict is MET and rule.on_match is not None:
+        return Outcome(rule.on_match, f"{reason}: needs review")
+    return Outcome(verdict, reason, fact.evidence if verdict is not UNKNOWN else ())
+
+
+def _join(outcomes: Sequence[Outcome]) -> tuple[str, tuple[Evidence, ...]]:
+    reasons: list[str] = []
+    evidence: list[Evidence] = []
+    for o in outcomes:
+        if o.reason and o.reason not in reasons:
+            reasons.append(o.reason)
+        for e in o.evidence:
+            if e not in evidence:
+                evidence.append(e)
+    return "; ".join(reasons), tuple(evidence)
+
+
+def evaluate(rule: Rule, facts: FactLookup, components: dict[str, CriterionResult]) -> Outcome:
+    if isinstance(rule, Compare):
+        return _leaf(rule, facts(rule.fact))
+    if isinstance(rule, Constant):
+        return Outcome(rule.verdict, "")
+    if isinstance(rule, ComponentRef):
+        c = components[rule.id]
+        return Outcome(c.verdict, f"{rule.id}: {c.reason}", c.evidence)
+    if isinstance(rule, Not):
+        inner = evaluate(rule.item, facts, components)
+        return Outcome(logic.negate(inner.verdict), f"not ({inner.reason})", inner.evidence)
+    children = [evaluate(item, facts, components) for item in rule.items]
+    verdicts = [c.verdict for c in children]
+    if isinstance(rule, AllOf):
+        verdict = logic.all_of(verdicts)
+        pick = NOT_MET if verdict is NOT_MET else UNKNOWN if verdict is UNKNOWN else MET
+        reason, evidence = _join([c for c in children if c.verdict is pick])
+        return Outcome(verdict, reason, evidence if verdict is not UNKNOWN else ())
+    if isinstance(rule, AnyOf):
+        verdict = logic.any_of(verdicts)
+        pick = MET if verdict is MET else UNKNOWN if verdict is UNKNOWN else NOT_MET
+        reason, evidence = _join([c for c in children if c.verdict is pick])
+        return Outcome(verdict, reason, evidence if verdict is not UNKNOWN else ())
+    assert isinstance(rule, AtLeast)
+    verdict = logic.at_least(rule.k, verdicts)
+    met = [c for c in children if c.verdict is MET]
+    unknown = [c for c in children if c.verdict is UNKNOWN]
+    n = len(children)
+    if verdict is MET:
+        reason, evidence = _join(met)
+        return Outcome(verdict, f"{len(met)} of {n} met (need {rule.k}): {reason}", evidence)
+    if verdict is NOT_MET:
+        reason, evidence = _join([c for c in children if c.verdict is NOT_MET])
+        return Outcome(verdict, f"only {len(met)} of {n} met, {len(unknown)} unknown (need {rule.k}): {reason}", evidence)
+    reason, _ = _join(unknown)
+    return Outcome(verdict, f"{len(met)} of {n} met, {len(unknown)} unknown (need {rule.k}); unknown: {reason}")
+
+
+def evaluate_criterion(criterion: Criterion, facts: FactLookup) -> CriterionResult:
+    components: dict[str, CriterionResult] = {}
+    for comp in criterion.components:
+        o = evaluate(comp.rule, facts, {})
+        components[comp.id] = CriterionResult(comp.id, "component", o.verdict, o.reason, o.evidence)
+    if criterion.applies_when is not None:
+        gate = evaluate(criterion.applies_when, facts, components)
+        if gate.verdict is NOT_MET:
+            return CriterionResult(criterion.id, criterion.type, Verdict.NOT_APPLICABLE, f"does not apply: {gate.reason}")
+        o = evaluate(criterion.rule, facts, components)
+        why = f"applies: {gate.reason}" if gate.verdict is MET else f"may apply ({gate.reason})"
+        return CriterionResult(criterion.id, criterion.type, o.verdict, f"{why}; {criterion.text}".strip("; "), gate.evidence)
+    o = evaluate(criterion.rule, facts, components)
+    reason = o.reason or criterion.text
+    if o.verdict is Verdict.NOT_EVALUABLE:
+        reason = f"{criterion.text}: never decidable from the EHR"
+    return CriterionResult(criterion.id, criterion.type, o.verdict, reason, o.evidence, tuple(components.values()))
+
+
+def status_of(results: Sequence[CriterionResult]) -> Status:
+    """Spec section 1: reads the criteria only, never their components."""
+    for r in results:
+        if (r.type == "inclusion" and r.verdict is NOT_MET) or (r.type == "exclusion" and r.verdict is MET):
+            return Status.INELIGIBLE
+    if any(r.verdict is UNKNOWN for r in results):
+        return Status.POTENTIAL_CANDIDATE
+    return Status.CANDIDATE
+
+
+def screen(patient_ref: str, trial: Trial, facts: FactLookup) -> SubjectResult:
+    results: list[CriterionResult] = []
+    for criterion in trial.criteria:
+        if criterion.gate:
+            gate = evaluate_criterion(criterion, facts)
+            if gate.verdict is not MET:
+                return SubjectResult(patient_ref, status_of([gate]), (gate,))
+    for criterion in trial.criteria:
+        results.append(evaluate_criterion(criterion, facts))
+    return SubjectResult(patient_ref, status_of(results), tuple(results))

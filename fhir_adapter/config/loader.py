@@ -254,7 +254,9 @@ def load_mappings(
         _merge_concepts(raw_concepts, doc.get("concepts", {}), overlay, path_of)
         for name, body in doc.get("facts", {}).items():
             if name not in raw_facts:
-                raise ConfigError(f"{overlay}: facts.{name}: unknown fact (an overlay changes existing facts only)")
+                raise ConfigError(
+                    f"{overlay}: facts.{name}: unknown fact (an overlay changes existing facts only)"
+                )
             merged = {**raw_facts[name], **body}
             _validate({"facts": {name: merged}}, "facts_file", overlay)
             raw_facts[name] = merged

@@ -11,9 +11,9 @@ from fhir_adapter.config.types import (
     AllOf,
     AnyOf,
     AtLeast,
+    Compare,
     Component,
     ComponentRef,
-    Compare,
     Constant,
     Criterion,
     FactSpec,
@@ -37,16 +37,22 @@ def _value(raw: Any) -> Decimal | bool | str:
         return str(raw)
 
 
-def parse_rule(node: Mapping[str, Any], where: str, facts: Mapping[str, FactSpec], components: set[str]) -> Rule:
+def parse_rule(
+    node: Mapping[str, Any], where: str, facts: Mapping[str, FactSpec], components: set[str]
+) -> Rule:
     if "fact" in node:
         if node["fact"] not in facts:
             raise ConfigError(f"{where}.fact: unknown fact {node['fact']!r}")
         on_match = Verdict(node["on_match"]) if "on_match" in node else None
         return Compare(fact=node["fact"], op=node["op"], value=_value(node["value"]), on_match=on_match)
     if "all" in node:
-        return AllOf(tuple(parse_rule(n, f"{where}.all[{i}]", facts, components) for i, n in enumerate(node["all"])))
+        return AllOf(
+            tuple(parse_rule(n, f"{where}.all[{i}]", facts, components) for i, n in enumerate(node["all"]))
+        )
     if "any" in node:
-        return AnyOf(tuple(parse_rule(n, f"{where}.any[{i}]", facts, components) for i, n in enumerate(node["any"])))
+        return AnyOf(
+            tuple(parse_rule(n, f"{where}.any[{i}]", facts, components) for i, n in enumerate(node["any"]))
+        )
     if "not" in node:
         return Not(parse_rule(node["not"], f"{where}.not", facts, components))
     if "at_least" in node:
@@ -90,4 +96,9 @@ def build_trial(doc: Mapping[str, Any], path: Path, facts: Mapping[str, FactSpec
                 components=components,
             )
         )
-    return Trial(study=doc["study"], title=doc.get("title", doc["study"]), version=doc["version"], criteria=tuple(criteria))
+    return Trial(
+        study=doc["study"],
+        title=doc.get("title", doc["study"]),
+        version=doc["version"],
+        criteria=tuple(criteria),
+    )

@@ -89,7 +89,9 @@ def condition(ctx: Context, spec: FactSpec) -> Fact:
         qualifier = "current " if scope == "current" else ""
         return _none_found(ctx, spec, f"{qualifier}{spec.label}")
     evidence = tuple(Evidence(reference_label(c), _describe(c)) for c in found)
-    return Fact(spec.name, True, evidence=evidence, reason=f"{spec.label}: " + "; ".join(e.detail for e in evidence))
+    return Fact(
+        spec.name, True, evidence=evidence, reason=f"{spec.label}: " + "; ".join(e.detail for e in evidence)
+    )
 
 
 def _allergy_active(allergy: Resource) -> bool:
@@ -110,15 +112,24 @@ def medication_allergy_count(ctx: Context, spec: FactSpec) -> Fact:
         distinct.setdefault(key, allergy)
     count = len(distinct)
     if not distinct:
-        detail = f"no active medication allergy among {len(ctx.record.of_type('AllergyIntolerance'))} record(s)"
+        detail = (
+            f"no active medication allergy among {len(ctx.record.of_type('AllergyIntolerance'))} record(s)"
+        )
         return Fact(spec.name, Decimal(0), evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
-    evidence = tuple(Evidence(reference_label(a), f"allergy to {label(a.get('code'))}") for a in distinct.values())
-    return Fact(spec.name, Decimal(count), evidence=evidence, reason=f"{count} distinct active medication allergies")
+    evidence = tuple(
+        Evidence(reference_label(a), f"allergy to {label(a.get('code'))}") for a in distinct.values()
+    )
+    return Fact(
+        spec.name, Decimal(count), evidence=evidence, reason=f"{count} distinct active medication allergies"
+    )
 
 
 def _nyha_class(ctx: Context, spec: FactSpec, cc_or_obs: Resource) -> int | None:
     """3 for class III/IV, 1 for class I/II, None when the record does not say."""
-    high, low = ctx.concept(str(spec.get("class_3_4_concept"))), ctx.concept(str(spec.get("class_1_2_concept")))
+    high, low = (
+        ctx.concept(str(spec.get("class_3_4_concept"))),
+        ctx.concept(str(spec.get("class_1_2_concept"))),
+    )
     value = cc_or_obs.get("valueCodeableConcept")
     candidates: list[str] = []
     if value is not None:
@@ -160,10 +171,17 @@ def heart_failure_class(ctx: Context, spec: FactSpec) -> Fact:
         klass = _nyha_class(ctx, spec, dated.resource)
         if klass is None:
             continue
-        ev = Evidence(reference_label(dated.resource), f"NYHA class {'III/IV' if klass == 3 else 'I/II'} on {dated.date}")
+        ev = Evidence(
+            reference_label(dated.resource),
+            f"NYHA class {'III/IV' if klass == 3 else 'I/II'} on {dated.date}",
+        )
         return Fact(spec.name, klass == 3, evidence=(ev, *hf_evidence), reason=ev.detail)
     if hf:
-        return Fact(spec.name, None, reason=f"heart failure ({', '.join(e.reference for e in hf_evidence)}) without NYHA class")
+        return Fact(
+            spec.name,
+            None,
+            reason=f"heart failure ({', '.join(e.reference for e in hf_evidence)}) without NYHA class",
+        )
     return _none_found(ctx, spec, "heart failure or NYHA class III/IV")
 
 
@@ -197,7 +215,9 @@ def inpatient_stay(ctx: Context, spec: FactSpec) -> Fact:
     return Fact(spec.name, False, evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
 
 
-def _infection_reason(ctx: Context, enc: Resource, reason: Concept, conditions: dict[str, Resource]) -> str | None:
+def _infection_reason(
+    ctx: Context, enc: Resource, reason: Concept, conditions: dict[str, Resource]
+) -> str | None:
     for cc in enc.get("reasonCode") or []:
         if codes.matches(reason, cc):
             return label(cc)
@@ -209,6 +229,10 @@ def _infection_reason(ctx: Context, enc: Resource, reason: Concept, conditions: 
             return f"{label(cond.get('code'))} ({ref})"
     own = f"Encounter/{enc.get('id')}"
     for ref, cond in conditions.items():
-        if ref_id(cond.get("encounter")) == own and usable(cond, ctx.as_of) and codes.matches(reason, cond.get("code")):
+        if (
+            ref_id(cond.get("encounter")) == own
+            and usable(cond, ctx.as_of)
+            and codes.matches(reason, cond.get("code"))
+        ):
             return f"{label(cond.get('code'))} ({ref})"
     return None

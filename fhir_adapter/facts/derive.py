@@ -35,7 +35,12 @@ def _derive(ctx: Context, spec: FactSpec) -> Fact:
     try:
         return KINDS[spec.kind](ctx, spec)
     except Exception as exc:  # one odd resource must not sink the patient, let alone the run
-        log.warning("fact %s failed for a patient: %s", spec.name, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+        log.warning(
+            "fact %s failed for a patient: %s",
+            spec.name,
+            type(exc).__name__,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
         return Fact(spec.name, None, reason=f"could not be computed ({type(exc).__name__}); see the log")
 
 

@@ -49,7 +49,7 @@ def strength_from_medication(medication: Resource | None, table: UnitTable) -> D
 
 
 def strength_from_name(names: list[str]) -> Decimal | None:
-    """"predniSONE 20 MG Oral Tablet" -> 20 (mg per tablet). Only when exactly one strength is named."""
+    """ "predniSONE 20 MG Oral Tablet" -> 20 (mg per tablet). Only when exactly one strength is named."""
     found = set()
     for name in names:
         for m in _STRENGTH_RE.finditer(name):
@@ -118,12 +118,12 @@ def per_day(dosage: Resource, rules: MedicationRules) -> Decimal | str:
                 c = str(coding.get("code", "")).upper()
                 if c in rules.frequency_codes:
                     return rules.frequency_codes[c]
-            text = str(code.get("text", "")).upper()
-            if text in rules.frequency_codes:
-                return rules.frequency_codes[text]
-    text = dosage.get("text")
-    if isinstance(text, str) and text.strip():
-        return f"dosage only as text: {text.strip()[:80]!r}"
+            code_text = str(code.get("text", "")).upper()
+            if code_text in rules.frequency_codes:
+                return rules.frequency_codes[code_text]
+    sig = dosage.get("text")
+    if isinstance(sig, str) and sig.strip():
+        return f"dosage only as text: {sig.strip()[:80]!r}"
     return "no frequency"
 
 

@@ -38,7 +38,11 @@ def latest_reading(ctx: Context, spec: FactSpec, concept_name: str) -> tuple[Res
     if not valued:
         if found:
             r = reading(found[0].resource)
-            return Fact(spec.name, None, reason=f"{spec.label}: {r} ({found[0].resource.get('id')}) {_window_text(spec)}")
+            return Fact(
+                spec.name,
+                None,
+                reason=f"{spec.label}: {r} ({found[0].resource.get('id')}) {_window_text(spec)}",
+            )
         return Fact(spec.name, None, reason=f"no {spec.label} {_window_text(spec)}")
     obs = valued[0].resource
     r = reading(obs)
@@ -109,7 +113,11 @@ def uln_ratio(ctx: Context, spec: FactSpec) -> Fact:
         ):
             numerator, shown = r.value, f"{fmt(r.value)} {r.unit}"
         else:
-            return Fact(spec.name, None, reason=f"{spec.label} {ref}: reference range unit {uln_unit!r} not comparable")
+            return Fact(
+                spec.name,
+                None,
+                reason=f"{spec.label} {ref}: reference range unit {uln_unit!r} not comparable",
+            )
         source = f"ULN {fmt(uln)} {uln_unit} from the result's reference range"
     else:
         if isinstance(value, str):
@@ -125,7 +133,14 @@ def uln_ratio(ctx: Context, spec: FactSpec) -> Fact:
         source = f"ULN {fmt(uln)} {unit} from the default table" + (f" ({sex})" if "any" not in table else "")
     ratio = numerator / uln
     detail = f"{spec.label} {r.comparator or ''}{shown} on {date} = {fmt(ratio)} x ULN; {source}"
-    return Fact(spec.name, ratio, unit="x ULN", evidence=(Evidence(ref, detail),), reason=detail, comparator=r.comparator)
+    return Fact(
+        spec.name,
+        ratio,
+        unit="x ULN",
+        evidence=(Evidence(ref, detail),),
+        reason=detail,
+        comparator=r.comparator,
+    )
 
 
 def _polarity(ctx: Context, obs: Resource) -> bool | None:
@@ -164,7 +179,9 @@ def qualitative(ctx: Context, spec: FactSpec) -> Fact:
     polarity = _polarity(ctx, obs)
     shown = _shown_value(obs)
     if polarity is None:
-        return Fact(spec.name, None, reason=f"{spec.label} {ref} result {shown!r} is neither positive nor negative")
+        return Fact(
+            spec.name, None, reason=f"{spec.label} {ref} result {shown!r} is neither positive nor negative"
+        )
     word = "positive" if polarity else "negative"
     detail = f"{spec.label} {word} ({shown}) on {date}"
     return Fact(spec.name, polarity, evidence=(Evidence(ref, detail),), reason=detail)
@@ -185,8 +202,9 @@ def _shown_value(obs: Resource) -> str:
 
 
 def creatinine_clearance(ctx: Context, spec: FactSpec) -> Fact:
-    measured_spec = FactSpec(spec.name, "measurement", "measured creatinine clearance",
-                             {**spec.params, "unit": "mL/min"})
+    measured_spec = FactSpec(
+        spec.name, "measurement", "measured creatinine clearance", {**spec.params, "unit": "mL/min"}
+    )
     measured = measurement_for(ctx, measured_spec, str(spec.get("measured_concept")))
     if measured.value is not None:
         return measured
@@ -195,7 +213,9 @@ def creatinine_clearance(ctx: Context, spec: FactSpec) -> Fact:
     age, sex, weight = ctx.fact("age"), ctx.fact("sex"), ctx.fact(str(spec.get("weight_fact")))
     missing = [f.reason for f in (creat, age, sex, weight) if f.value is None]
     if missing or not isinstance(creat.value, Decimal) or not isinstance(age.value, Decimal):
-        return Fact(spec.name, None, reason="no measured clearance; Cockcroft-Gault needs " + "; ".join(missing))
+        return Fact(
+            spec.name, None, reason="no measured clearance; Cockcroft-Gault needs " + "; ".join(missing)
+        )
     if creat.comparator is not None or weight.comparator is not None or creat.value <= 0:
         return Fact(spec.name, None, reason=f"Cockcroft-Gault not computable from {creat.reason}")
     assert isinstance(weight.value, Decimal)

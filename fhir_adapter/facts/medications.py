@@ -8,6 +8,7 @@ record is represented by those administrations only, so a dose is never counted 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
@@ -16,7 +17,15 @@ from typing import Any
 from fhir_adapter.config.types import Concept, FactSpec, Glucocorticoid
 from fhir_adapter.facts import codes, dosage
 from fhir_adapter.facts.context import Context
-from fhir_adapter.facts.fhirjson import codings, parse_date, period_bounds, ref_id, reference_label, status_of, texts
+from fhir_adapter.facts.fhirjson import (
+    codings,
+    parse_date,
+    period_bounds,
+    ref_id,
+    reference_label,
+    status_of,
+    texts,
+)
 from fhir_adapter.facts.labs import fmt
 from fhir_adapter.model import Evidence, Fact, Resource
 
@@ -54,7 +63,12 @@ def _medication(ctx: Context, resource: Resource) -> tuple[Any, Resource | None]
     if isinstance(key, str):
         if key.startswith("#"):
             medication = next(
-                (c for c in resource.get("contained") or [] if isinstance(c, dict) and c.get("id") == key[1:]), None
+                (
+                    c
+                    for c in resource.get("contained") or []
+                    if isinstance(c, dict) and c.get("id") == key[1:]
+                ),
+                None,
             )
         else:
             medication = ctx.record.medications.get(key) or ctx.record.medications.get(ref_id(key) or "")
@@ -63,7 +77,9 @@ def _medication(ctx: Context, resource: Resource) -> tuple[Any, Resource | None]
     return cc, medication
 
 
-def _all_codings_and_names(cc: Any, medication: Resource | None) -> tuple[list[tuple[str, str, str]], list[str]]:
+def _all_codings_and_names(
+    cc: Any, medication: Resource | None
+) -> tuple[list[tuple[str, str, str]], list[str]]:
     found = list(codings(cc))
     names = texts(cc)
     if medication is not None:
@@ -85,12 +101,14 @@ def _dosages(resource: Resource) -> list[Resource]:
     return [d for d in raw or [] if isinstance(d, dict)]
 
 
-def _period(resource: Resource, dosages: list[Resource], as_of: dt.date) -> tuple[dt.date | None, dt.date | None]:
+def _period(
+    resource: Resource, dosages: list[Resource], as_of: dt.date
+) -> tuple[dt.date | None, dt.date | None]:
     status = status_of(resource)
     start = end = None
     for d in dosages:
-        timing = d.get("timing") if isinstance(d.get("timing"), dict) else {}
-        repeat = timing.get("repeat") if isinstance(timing.get("repeat"), dict) else {}
+        timing: dict[str, Any] = d["timing"] if isinstance(d.get("timing"), dict) else {}
+        repeat: dict[str, Any] = timing["repeat"] if isinstance(timing.get("repeat"), dict) else {}
         s, e = period_bounds(repeat.get("boundsPeriod"))
         start, end = start or s, end or e
     rtype = resource.get("resourceType")
@@ -134,7 +152,11 @@ def _mg_per_day(
         amount = dosage.dose_mg(dosage.dose_quantity(d), rules, table, medication, names, weight)
         if isinstance(amount, str):
             text = d.get("text")
-            return f"dosage only as text: {text.strip()[:80]!r}" if isinstance(text, str) and text.strip() else amount
+            return (
+                f"dosage only as text: {text.strip()[:80]!r}"
+                if isinstance(text, str) and text.strip()
+                else amount
+            )
         freq = dosage.per_day(d, rules)
         if isinstance(freq, str):
             return freq
@@ -161,7 +183,9 @@ def exposures(ctx: Context) -> list[Exposure]:
                 continue
             if rtype == "MedicationRequest" and ref in administered_requests:
                 continue
-            taken_set = rules.administered_statuses if rtype == "MedicationAdministration" else rules.taken_statuses
+            taken_set = (
+                rules.administered_statuses if rtype == "MedicationAdministration" else rules.taken_statuses
+            )
             cc, medication = _medication(ctx, resource)
             found, names = _all_codings_and_names(cc, medication)
             dosages = _dosages(resource)
@@ -234,10 +258,18 @@ def glucocorticoid_dose(ctx: Context, spec: FactSpec) -> Fact:
     kind = "intravenous glucocorticoid" if iv_only else "systemic glucocorticoid"
     if not relevant:
         detail = f"no {kind} taken {start}..{end}"
-        return Fact(spec.name, Decimal(0), unit="mg/kg/d", evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
+        return Fact(
+            spec.name,
+            Decimal(0),
+            unit="mg/kg/d",
+            evidence=(Evidence(ctx.patient_ref, detail),),
+            reason=detail,
+        )
     weight = ctx.fact(str(spec.get("weight_fact")))
     if not isinstance(weight.value, Decimal) or weight.value <= 0:
-        return Fact(spec.name, None, reason=f"{weight.reason or 'no body weight'}; needed for the prednisone dose")
+        return Fact(
+            spec.name, None, reason=f"{weight.reason or 'no body weight'}; needed for the prednisone dose"
+        )
     unknown = [f"{e.ref}: {e.mg_per_day}" for e, _ in relevant if isinstance(e.mg_per_day, str)]
     best_day, best_total, contributors = None, Decimal(0), []
     day = start
@@ -262,7 +294,9 @@ def glucocorticoid_dose(ctx: Context, spec: FactSpec) -> Fact:
         if best_total == 0:
             return Fact(spec.name, None, reason=reason)
         detail = f"at least {fmt(per_kg)} mg/kg/d on {best_day} ({reason})"
-        return Fact(spec.name, per_kg, unit="mg/kg/d", evidence=tuple(evidence), reason=detail, comparator=">=")
+        return Fact(
+            spec.name, per_kg, unit="mg/kg/d", evidence=tuple(evidence), reason=detail, comparator=">="
+        )
     detail = (
         f"highest {kind} {fmt(best_total)} mg/d prednisone-equivalent on {best_day} / "
         f"{fmt(weight.value)} kg = {fmt(per_kg)} mg/kg/d"
@@ -307,10 +341,18 @@ def medication_started(ctx: Context, spec: FactSpec) -> Fact:
         return Fact(spec.name, None, reason=f"{spec.label}: no start date on {', '.join(undated)}")
     groups = _by_drug(ctx, spec)
     if groups:
-        firsts = [min(e.start for e in exps if e.start) for exps in groups.values() if any(e.start for e in exps)]
-        detail = f"every immunosuppressant started before {start} (first: {min(firsts)})" if firsts else "none dated"
-        refs = tuple(Evidence(exps[0].ref, f"{k} since {min((e.start for e in exps if e.start), default='?')}")
-                     for k, exps in groups.items())
+        firsts = [
+            min(e.start for e in exps if e.start) for exps in groups.values() if any(e.start for e in exps)
+        ]
+        detail = (
+            f"every immunosuppressant started before {start} (first: {min(firsts)})"
+            if firsts
+            else "none dated"
+        )
+        refs = tuple(
+            Evidence(exps[0].ref, f"{k} since {min((e.start for e in exps if e.start), default='?')}")
+            for k, exps in groups.items()
+        )
         return Fact(spec.name, False, evidence=refs, reason=detail)
     detail = "no immunosuppressant order, statement or administration"
     return Fact(spec.name, False, evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
@@ -321,23 +363,35 @@ def medication_dose_changed(ctx: Context, spec: FactSpec) -> Fact:
     undecided = []
     checked: list[Evidence] = []
     for drug, exps in _by_drug(ctx, spec).items():
-        dated = sorted((e for e in exps if e.start is not None and e.start <= end), key=lambda e: (e.start, e.ref))
-        for before, after in zip(dated, dated[1:], strict=False):
+        dated = sorted(
+            (e for e in exps if e.start is not None and e.start <= end), key=lambda e: (e.start, e.ref)
+        )
+        for before, after in itertools.pairwise(dated):
             if after.start is None or after.start < start:
                 continue
             if isinstance(before.mg_per_day, str) or isinstance(after.mg_per_day, str):
-                undecided.append(f"{drug} {after.ref} ({after.mg_per_day if isinstance(after.mg_per_day, str) else before.mg_per_day})")
+                undecided.append(
+                    f"{drug} {after.ref} ({after.mg_per_day if isinstance(after.mg_per_day, str) else before.mg_per_day})"
+                )
                 continue
             if before.mg_per_day != after.mg_per_day:
-                detail = (f"{drug} {fmt(before.mg_per_day)} mg/d ({before.ref}) -> {fmt(after.mg_per_day)} mg/d "
-                          f"from {after.start}")
-                return Fact(spec.name, True, evidence=(Evidence(after.ref, detail), Evidence(before.ref, "previous dose")),
-                            reason=detail)
+                detail = (
+                    f"{drug} {fmt(before.mg_per_day)} mg/d ({before.ref}) -> {fmt(after.mg_per_day)} mg/d "
+                    f"from {after.start}"
+                )
+                return Fact(
+                    spec.name,
+                    True,
+                    evidence=(Evidence(after.ref, detail), Evidence(before.ref, "previous dose")),
+                    reason=detail,
+                )
             checked.append(Evidence(after.ref, f"{drug} unchanged at {fmt(after.mg_per_day)} mg/d"))
     if undecided:
         return Fact(spec.name, None, reason="dose not comparable: " + "; ".join(undecided))
     detail = f"no immunosuppressant dose change {start}..{end}"
-    return Fact(spec.name, False, evidence=tuple(checked) or (Evidence(ctx.patient_ref, detail),), reason=detail)
+    return Fact(
+        spec.name, False, evidence=tuple(checked) or (Evidence(ctx.patient_ref, detail),), reason=detail
+    )
 
 
 def medication_given(ctx: Context, spec: FactSpec) -> Fact:

@@ -98,7 +98,9 @@ def reading(obs: Resource) -> Reading | str:
     return "no value"
 
 
-def reference_high(obs: Resource, sex: str | None, table: UnitTable, unit: str, concept: str) -> tuple[Decimal, str] | None:
+def reference_high(
+    obs: Resource, sex: str | None, table: UnitTable, unit: str, concept: str
+) -> tuple[Decimal, str] | None:
     """ULN from the result's own referenceRange (the one for the patient's sex when split), in ``unit``.
 
     Returns (value, unit it is expressed in) — the unit is the range's own when it cannot be converted,

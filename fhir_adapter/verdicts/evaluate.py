@@ -10,8 +10,8 @@ from fhir_adapter.config.types import (
     AllOf,
     AnyOf,
     AtLeast,
-    ComponentRef,
     Compare,
+    ComponentRef,
     Constant,
     Criterion,
     Not,
@@ -52,13 +52,17 @@ def compare_censored(x: Decimal, comparator: str | None, op: str, t: Decimal) ->
     rule_strict = op in {"<", ">"}
     if upper == rule_below:
         # Same direction: the whole interval fits inside the rule's half-line, or we cannot tell.
-        inside = (x < t or (x == t and (strict or not rule_strict))) if upper else (
-            x > t or (x == t and (strict or not rule_strict))
+        inside = (
+            (x < t or (x == t and (strict or not rule_strict)))
+            if upper
+            else (x > t or (x == t and (strict or not rule_strict)))
         )
         return MET if inside else UNKNOWN
     # Opposite directions: the interval misses the rule's half-line entirely, or we cannot tell.
-    disjoint = (x < t or (x == t and (strict or rule_strict))) if upper else (
-        x > t or (x == t and (strict or rule_strict))
+    disjoint = (
+        (x < t or (x == t and (strict or rule_strict)))
+        if upper
+        else (x > t or (x == t and (strict or rule_strict)))
     )
     return NOT_MET if disjoint else UNKNOWN
 
@@ -72,7 +76,7 @@ def _leaf(rule: Compare, fact: Fact) -> Outcome:
     if isinstance(rule.value, Decimal) and isinstance(fact.value, Decimal):
         verdict = compare_censored(fact.value, fact.comparator, rule.op, rule.value)
         reason = f"{fact.reason} ({_WORDS[rule.op]} {fmt(rule.value)}: {'yes' if verdict is MET else 'no' if verdict is NOT_MET else 'cannot tell'})"
-    elif isinstance(rule.value, bool) and isinstance(fact.value, bool) or (
+    elif (isinstance(rule.value, bool) and isinstance(fact.value, bool)) or (
         isinstance(rule.value, str) and isinstance(fact.value, str)
     ):
         same = fact.value == rule.value
@@ -130,9 +134,13 @@ def evaluate(rule: Rule, facts: FactLookup, components: dict[str, CriterionResul
         return Outcome(verdict, f"{len(met)} of {n} met (need {rule.k}): {reason}", evidence)
     if verdict is NOT_MET:
         reason, evidence = _join([c for c in children if c.verdict is NOT_MET])
-        return Outcome(verdict, f"only {len(met)} of {n} met, {len(unknown)} unknown (need {rule.k}): {reason}", evidence)
+        return Outcome(
+            verdict, f"only {len(met)} of {n} met, {len(unknown)} unknown (need {rule.k}): {reason}", evidence
+        )
     reason, _ = _join(unknown)
-    return Outcome(verdict, f"{len(met)} of {n} met, {len(unknown)} unknown (need {rule.k}); unknown: {reason}")
+    return Outcome(
+        verdict, f"{len(met)} of {n} met, {len(unknown)} unknown (need {rule.k}); unknown: {reason}"
+    )
 
 
 def evaluate_criterion(criterion: Criterion, facts: FactLookup) -> CriterionResult:
@@ -143,15 +151,21 @@ def evaluate_criterion(criterion: Criterion, facts: FactLookup) -> CriterionResu
     if criterion.applies_when is not None:
         gate = evaluate(criterion.applies_when, facts, components)
         if gate.verdict is NOT_MET:
-            return CriterionResult(criterion.id, criterion.type, Verdict.NOT_APPLICABLE, f"does not apply: {gate.reason}")
+            return CriterionResult(
+                criterion.id, criterion.type, Verdict.NOT_APPLICABLE, f"does not apply: {gate.reason}"
+            )
         o = evaluate(criterion.rule, facts, components)
         why = f"applies: {gate.reason}" if gate.verdict is MET else f"may apply ({gate.reason})"
-        return CriterionResult(criterion.id, criterion.type, o.verdict, f"{why}; {criterion.text}".strip("; "), gate.evidence)
+        return CriterionResult(
+            criterion.id, criterion.type, o.verdict, f"{why}; {criterion.text}".strip("; "), gate.evidence
+        )
     o = evaluate(criterion.rule, facts, components)
     reason = o.reason or criterion.text
     if o.verdict is Verdict.NOT_EVALUABLE:
         reason = f"{criterion.text}: never decidable from the EHR"
-    return CriterionResult(criterion.id, criterion.type, o.verdict, reason, o.evidence, tuple(components.values()))
+    return CriterionResult(
+        criterion.id, criterion.type, o.verdict, reason, o.evidence, tuple(components.values())
+    )
 
 
 def status_of(results: Sequence[CriterionResult]) -> Status:

@@ -1,0 +1,185 @@
+"""Command line: parse arguments, call the pipeline, map errors to exit codes. No logic lives here.
+
+Exit codes (README, "Exit codes"): 0 every input read; 3 finished but some inputs could not be read or
+written; 2 usage or configuration error; 4 fatal (server unreachable, authentication failed);
+5 another sync run holds the lock; 70 internal error (a bug; the log has details at -vv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fhir_adapter import __version__, logs
+from fhir_adapter.config.loader import load_mappings
+from fhir_adapter.errors import AdapterError, ExitCode, UsageError
+from fhir_adapter.output import summary
+from fhir_adapter.output.result_file import ResultWriter
+from fhir_adapter.pipeline import screen_files
+
+log = logging.getLogger("fhir_adapter")
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from exc
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="-v progress, -vv debug (no patient data)"
+    )
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("FHIR server (secrets come from the environment or files, never from arguments)")
+    g.add_argument("--server", metavar="URL", help="FHIR base URL to read from (instead of files)")
+    g.add_argument("--auth", choices=["none", "bearer", "basic", "smart"], default="none")
+    g.add_argument(
+        "--token",
+        metavar="REF",
+        default="env:FHIR_TOKEN",
+        help="bearer token reference: env:NAME or file:/path (default env:FHIR_TOKEN)",
+    )
+    g.add_argument("--basic-user", metavar="NAME")
+    g.add_argument(
+        "--basic-password", metavar="REF", default="env:FHIR_PASSWORD", help="env:NAME or file:/path"
+    )
+    g.add_argument("--smart-client-id", metavar="ID")
+    g.add_argument("--smart-key", metavar="REF", help="private key PEM: file:/path or env:NAME")
+    g.add_argument("--smart-alg", choices=["RS384", "ES384"], default="RS384")
+    g.add_argument("--smart-kid", metavar="KID")
+    g.add_argument("--smart-token-url", metavar="URL", help="default: from .well-known/smart-configuration")
+    g.add_argument("--ca-bundle", metavar="PATH", help="custom CA bundle for TLS verification")
+    g.add_argument("--timeout", type=float, default=60.0, help="read timeout in seconds (default 60)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fhir-adapter", description="Prescreen FHIR patients for NCT05495321."
+    )
+    parser.add_argument("--version", action="version", version=f"fhir-adapter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("screen", help="screen FHIR files or a FHIR server; write the result JSON")
+    s.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help="files or folders (JSON, Bundles, NDJSON, .gz)"
+    )
+    s.add_argument("--as-of", type=_date, default=None, help="evaluation date (default: today)")
+    s.add_argument(
+        "--mappings",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="OVERLAY.toml",
+        help="site overlay; repeatable, applied in order",
+    )
+    s.add_argument("--mappings-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    s.add_argument("--out", type=Path, default=None, help="result JSON (default: stdout)")
+    s.add_argument(
+        "--report", type=Path, default=None, metavar="HTML", help="also write the coordinator report"
+    )
+    s.add_argument("--patient", action="append", default=[], metavar="ID", help="server: screen this patient")
+    s.add_argument("--group", metavar="ID", help="server: screen the members of this Group")
+    s.add_argument("--write-back", action="store_true", help="server: write ResearchSubject + Provenance")
+    _server_options(s)
+    _common(s)
+
+    r = sub.add_parser("report", help="render a result JSON as an HTML page (and a CSV worklist)")
+    r.add_argument("result", type=Path)
+    r.add_argument("--html", type=Path, required=True)
+    r.add_argument("--csv", type=Path, default=None)
+    _common(r)
+    return parser
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent otherwise (cron mails stay short)."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total < 50:
+            return
+        if done == total or done % max(1, total // 100) == 0:
+            width = 30
+            filled = width * done // total
+            sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} patients")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _screen(args: argparse.Namespace) -> int:
+    mappings = load_mappings(args.mappings_dir, args.mappings)
+    as_of = args.as_of or dt.date.today()
+    if args.server:
+        from fhir_adapter.server.screen import screen_server
+
+        problems = screen_server(args, mappings, as_of)
+    else:
+        if not args.paths:
+            raise UsageError("give at least one PATH, or --server URL")
+        if args.write_back or args.patient or args.group:
+            raise UsageError("--write-back, --patient and --group need --server")
+        writer = ResultWriter(args.out, mappings.trial.study, as_of, mappings.fingerprint)
+        try:
+            problems = screen_files(args.paths, mappings, as_of, writer, _Progress())
+            writer.close(problems)
+        except BaseException:
+            writer.abort()
+            raise
+        order = [c.id for c in mappings.trial.criteria]
+        print(summary.render(writer.tally, problems, order), file=sys.stderr)
+    if args.report is not None:
+        if args.out is None:
+            raise UsageError("--report needs --out (the report is rendered from the result file)")
+        _render_report(args.out, args.report, None)
+    return ExitCode.PARTIAL if problems else ExitCode.OK
+
+
+def _render_report(result: Path, html: Path, csv: Path | None) -> None:
+    from fhir_adapter.report import write_report
+
+    try:
+        data = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{result}: cannot read the result JSON ({exc})") from exc
+    write_report(data, html, csv)
+    print(f"report written to {html}" + (f" and {csv}" if csv else ""), file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.setup(args.verbose)
+    try:
+        if args.command == "screen":
+            return _screen(args)
+        if args.command == "report":
+            _render_report(args.result, args.html, args.csv)
+            return ExitCode.OK
+        raise UsageError(f"unknown command {args.command}")
+    except AdapterError as exc:
+        print(f"fhir-adapter: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fhir-adapter: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so briefly; the traceback only at -vv (it may quote data)
+        log.debug("internal error", exc_info=True)
+        print(
+            f"fhir-adapter: internal error: {type(exc).__name__}; run with -vv for details", file=sys.stderr
+        )
+        return ExitCode.INTERNAL
+
+
+__all__ = ["main"]

@@ -1,0 +1,61 @@
+"""Make a Bundle's references local: ``urn:uuid:`` and absolute fullUrls become ``Type/id``.
+
+Resources with no id get the id their fullUrl carries (carebundle does this), so the same patient has the
+same id whether it arrives in a Bundle or in NDJSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_adapter.model import InputProblem, Resource
+
+
+def _id_from_full_url(full_url: str) -> str | None:
+    tail = full_url.rstrip("/").rsplit("/", 1)[-1]
+    if full_url.startswith("urn:uuid:"):
+        return full_url[len("urn:uuid:") :]
+    return tail or None
+
+
+def localise_bundle(entries: list[Any]) -> list[Resource | InputProblem | None]:
+    mapping: dict[str, str] = {}
+    out: list[Resource | InputProblem | None] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            out.append(InputProblem("", "entry is not an object"))
+            continue
+        resource = entry.get("resource")
+        if resource is None:  # a batch-response entry with only a response, or a deletion
+            out.append(None)
+            continue
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            out.append(InputProblem("", "entry.resource has no resourceType"))
+            continue
+        full_url = entry.get("fullUrl")
+        if not resource.get("id") and isinstance(full_url, str):
+            new_id = _id_from_full_url(full_url)
+            if new_id:
+                resource = {**resource, "id": new_id}
+        if isinstance(full_url, str) and resource.get("id"):
+            mapping[full_url] = f"{resource['resourceType']}/{resource['id']}"
+        out.append(resource)
+    if mapping:
+        out = [_rewrite(r, mapping) if isinstance(r, dict) else r for r in out]
+    return out
+
+
+def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        changed = {}
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str) and value in mapping:
+                changed[key] = mapping[value]
+            elif isinstance(value, dict | list):
+                changed[key] = _rewrite(value, mapping)
+            else:
+                changed[key] = value
+        return changed
+    if isinstance(node, list):
+        return [_rewrite(v, mapping) for v in node]
+    return node

@@ -316,6 +316,10 @@ def _ingredient_key(concept: Concept, exp: Exposure) -> str:
     return exp.ref
 
 
+def _name(exp: Exposure) -> str:
+    return exp.names[-1][:60] if exp.names else exp.ref
+
+
 def _by_drug(ctx: Context, spec: FactSpec) -> dict[str, list[Exposure]]:
     concept = ctx.concept(str(spec.get("concept")))
     groups: dict[str, list[Exposure]] = defaultdict(list)
@@ -335,7 +339,7 @@ def medication_started(ctx: Context, spec: FactSpec) -> Fact:
             continue
         first = min(dated, key=lambda e: e.start or dt.date.max)
         if first.start is not None and first.start >= start:
-            detail = f"{drug} first recorded {first.start} (within {start}..{end})"
+            detail = f"{_name(first)} first recorded {first.start} (within {start}..{end})"
             return Fact(spec.name, True, evidence=(Evidence(first.ref, detail),), reason=detail)
     if undated:
         return Fact(spec.name, None, reason=f"{spec.label}: no start date on {', '.join(undated)}")

@@ -14,7 +14,7 @@ from fhir_adapter.facts.fhirjson import codings, effective_date, is_ignored, par
 from fhir_adapter.model import Resource
 
 _NUMBER_RE = re.compile(r"^\s*(<=|>=|≤|≥|＜|＞|<|>)?\s*(-?\d+(?:[.,]\d+)?)\s*(.*?)\s*$")
-_FLAG_RE = re.compile(r"[↑↓]|\b[HL]\b$")
+_FLAG_RE = re.compile(r"[↑↓]|(?:^|\s+)[HL]$")
 _COMPARATORS = {"≤": "<=", "≥": ">=", "＜": "<", "＞": ">"}
 
 

@@ -332,7 +332,7 @@ def _by_drug(ctx: Context, spec: FactSpec) -> dict[str, list[Exposure]]:
 def medication_started(ctx: Context, spec: FactSpec) -> Fact:
     start, end = _window(ctx, spec)
     undated = []
-    for drug, exps in _by_drug(ctx, spec).items():
+    for exps in _by_drug(ctx, spec).values():
         dated = [e for e in exps if e.start is not None and e.start <= end]
         undated += [e.ref for e in exps if e.start is None]
         if not dated:

@@ -6,6 +6,7 @@ from typing import Any
 
 from fhir_adapter.config.types import Concept
 from fhir_adapter.facts.fhirjson import codings, texts
+from fhir_adapter.model import Resource
 
 
 def code_matches(concept: Concept, cc: Any) -> bool:
@@ -39,3 +40,50 @@ def text_matches(concept: Concept, candidates: list[str]) -> bool:
         if any(t in low for t in concept.text):
             return True
     return False
+
+
+class CodeIndex:
+    """One patient's resources of one type, indexed by coding, so each concept is matched once per
+    record instead of once per fact (an export's routine labs would otherwise dominate the run time)."""
+
+    def __init__(self, resources: tuple[Resource, ...], key: str = "code") -> None:
+        self._resources = resources
+        self._key = key
+        self._codings: list[list[tuple[str, str, str]]] = [list(codings(r.get(key))) for r in resources]
+        self._by_code: dict[tuple[str, str], list[int]] = {}
+        for i, found in enumerate(self._codings):
+            for system, code, _ in found:
+                self._by_code.setdefault((system, code), []).append(i)
+        self._cache: dict[str, tuple[Resource, ...]] = {}
+        self._texts: dict[int, list[str]] = {}
+
+    def _lower_texts(self, i: int) -> list[str]:
+        found = self._texts.get(i)
+        if found is None:
+            found = self._texts[i] = [t.lower() for t in texts(self._resources[i].get(self._key))]
+        return found
+
+    def matching(self, concept: Concept) -> tuple[Resource, ...]:
+        cached = self._cache.get(concept.name)
+        if cached is not None:
+            return cached
+        hits: set[int] = set()
+        for key in concept.codes:
+            hits.update(self._by_code.get(key, ()))
+        if concept.prefixes:
+            for (system, code), idx in self._by_code.items():
+                upper = code.upper()
+                if any(system == s and upper.startswith(p) for s, p in concept.prefixes):
+                    hits.update(idx)
+        if concept.text:
+            for i, found in enumerate(self._codings):
+                if i in hits or any(s in concept.systems for s, _, _ in found):
+                    continue
+                lowered = self._lower_texts(i)
+                if any(t in low for low in lowered for t in concept.text) and not any(
+                    x in low for low in lowered for x in concept.text_exclude
+                ):
+                    hits.add(i)
+        result = tuple(self._resources[i] for i in sorted(hits))
+        self._cache[concept.name] = result
+        return result

@@ -59,8 +59,8 @@ def _describe(condition: Resource) -> str:
 
 def matching_conditions(ctx: Context, concept: Concept, scope: str) -> list[Resource]:
     out = []
-    for cond in ctx.record.of_type("Condition"):
-        if not usable(cond, ctx.as_of) or not codes.matches(concept, cond.get("code")):
+    for cond in ctx.matching("Condition", concept.name):
+        if not usable(cond, ctx.as_of):
             continue
         if scope == "current" and not is_current(cond):
             continue
@@ -159,12 +159,8 @@ def heart_failure_class(ctx: Context, spec: FactSpec) -> Fact:
         if usable(cond, ctx.as_of) and is_current(cond) and codes.code_matches(high, cond.get("code")):
             detail = f"{_describe(cond)}: NYHA class III/IV"
             return Fact(spec.name, True, evidence=(Evidence(reference_label(cond), detail),), reason=detail)
-    nyha = in_window(
-        ctx.record.of_type("Observation"),
-        ctx.concept(str(spec.get("nyha_observation_concept"))),
-        ctx.as_of,
-        ctx.window_start(spec),
-    )
+    nyha_concept = str(spec.get("nyha_observation_concept"))
+    nyha = in_window(ctx.matching("Observation", nyha_concept), ctx.as_of, ctx.window_start(spec))
     hf = matching_conditions(ctx, ctx.concept(str(spec.get("heart_failure_concept"))), "current")
     hf_evidence = tuple(Evidence(reference_label(c), _describe(c)) for c in hf)
     for dated in nyha:

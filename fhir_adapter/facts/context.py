@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fhir_adapter.config.types import Concept, FactSpec, Mappings
-from fhir_adapter.model import Fact, PatientRecord
+from fhir_adapter.facts.codes import CodeIndex
+from fhir_adapter.model import Fact, PatientRecord, Resource
 
 
 def months_before(day: dt.date, months: int) -> dt.date:
@@ -30,6 +31,14 @@ class Context:
     as_of: dt.date
     derive: Callable[[Context, FactSpec], Fact]
     _facts: dict[str, Fact] = field(default_factory=dict)
+    _indexes: dict[str, CodeIndex] = field(default_factory=dict)
+
+    def matching(self, resource_type: str, concept: str) -> tuple[Resource, ...]:
+        """This patient's resources of a type whose ``code`` is in the concept (computed once)."""
+        index = self._indexes.get(resource_type)
+        if index is None:
+            index = self._indexes[resource_type] = CodeIndex(self.record.of_type(resource_type))
+        return index.matching(self.concept(concept))
 
     @property
     def patient_ref(self) -> str:

@@ -32,8 +32,7 @@ def _window_text(spec: FactSpec) -> str:
 
 def latest_reading(ctx: Context, spec: FactSpec, concept_name: str) -> tuple[Resource, str, Reading] | Fact:
     """The newest valued result in the window, or an unknown Fact saying why there is none."""
-    concept = ctx.concept(concept_name)
-    found = in_window(ctx.record.of_type("Observation"), concept, ctx.as_of, ctx.window_start(spec))
+    found = in_window(ctx.matching("Observation", concept_name), ctx.as_of, ctx.window_start(spec))
     valued = [d for d in found if has_value(d.resource)]
     if not valued:
         if found:
@@ -169,8 +168,9 @@ def _polarity(ctx: Context, obs: Resource) -> bool | None:
 
 
 def qualitative(ctx: Context, spec: FactSpec) -> Fact:
-    concept = ctx.concept(str(spec.get("concept")))
-    found = in_window(ctx.record.of_type("Observation"), concept, ctx.as_of, ctx.window_start(spec))
+    found = in_window(
+        ctx.matching("Observation", str(spec.get("concept"))), ctx.as_of, ctx.window_start(spec)
+    )
     valued = [d for d in found if has_value(d.resource) or d.resource.get("interpretation")]
     if not valued:
         return Fact(spec.name, None, reason=f"no {spec.label} result {_window_text(spec)}")

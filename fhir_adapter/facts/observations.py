@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from fhir_adapter.config.types import Concept, UnitTable
-from fhir_adapter.facts import codes, units
+from fhir_adapter.config.types import UnitTable
+from fhir_adapter.facts import units
 from fhir_adapter.facts.fhirjson import codings, effective_date, is_ignored, parse_date, reference_label
 from fhir_adapter.model import Resource
 
@@ -43,16 +43,14 @@ def _to_decimal(value: Any) -> Decimal | None:
         return None
 
 
-def in_window(
-    resources: tuple[Resource, ...], concept: Concept, as_of: dt.date, start: dt.date | None
-) -> list[Dated]:
-    """Matching, non-ignored observations dated within [start, as_of], newest first.
+def in_window(resources: tuple[Resource, ...], as_of: dt.date, start: dt.date | None) -> list[Dated]:
+    """Non-ignored observations (already matched to a concept) dated within [start, as_of], newest first.
 
     Ties on date go to the later ``issued``, then to the larger id (spec section 2).
     """
     found: list[tuple[dt.date, str, str, Resource]] = []
     for obs in resources:
-        if is_ignored(obs) or not codes.matches(concept, obs.get("code")):
+        if is_ignored(obs):
             continue
         date = effective_date(obs)
         if date is None or date > as_of or (start is not None and date < start):

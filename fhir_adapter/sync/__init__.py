@@ -1,0 +1,1 @@
+"""Scheduled, incremental, unattended sync runs against a FHIR server."""

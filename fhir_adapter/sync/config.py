@@ -1,0 +1,85 @@
+"""site.toml: everything a scheduled run needs, validated on load. Secrets only by reference."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from fhir_adapter.config.loader import profiles_dir
+from fhir_adapter.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    path: Path
+    server_url: str
+    auth: dict[str, Any]
+    ca_bundle: Path | None
+    timeout: float
+    study: str
+    as_of: dt.date | None  # None: today, on the day of the run
+    overlays: tuple[Path, ...]
+    state_path: Path
+    manifests: Path
+    lock_path: Path
+    max_patients: int
+    write_back: bool
+    report_html: Path | None = None
+    result_path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def load_site_config(path: Path) -> SiteConfig:
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    schema = json.loads((profiles_dir() / "site-config.schema.json").read_text(encoding="utf-8"))
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(raw))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        message = err.message
+        if "does not match '^(env|file):.+'" in message:
+            message = "secrets are given by reference: env:VARIABLE or file:/path (never the secret itself)"
+        raise ConfigError(f"{path}: {key}: {message}")
+    base = path.parent
+
+    def resolve(value: str | None) -> Path | None:
+        if value is None:
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else base / p
+
+    server, state = raw["server"], raw["state"]
+    limits, study = raw.get("limits", {}), raw.get("study", {})
+    as_of_raw = study.get("as_of", "today")
+    state_path = resolve(state["path"])
+    assert state_path is not None
+    return SiteConfig(
+        path=path,
+        server_url=server["url"],
+        auth=server.get("auth", {"type": "none"}),
+        ca_bundle=resolve(server.get("ca_bundle")),
+        timeout=float(server.get("timeout_seconds", 60)),
+        study=study.get("id", "NCT05495321"),
+        as_of=None if as_of_raw == "today" else dt.date.fromisoformat(as_of_raw),
+        overlays=tuple(p for p in (resolve(o) for o in raw.get("mappings", {}).get("overlays", [])) if p),
+        state_path=state_path,
+        manifests=resolve(state.get("manifests")) or state_path.parent / "runs",
+        lock_path=resolve(state.get("lock")) or state_path.with_suffix(".lock"),
+        max_patients=int(limits.get("max_patients_per_run", 0)),
+        write_back=bool(limits.get("write_back", True)),
+        report_html=resolve(raw.get("report", {}).get("html")),
+        result_path=resolve(raw.get("report", {}).get("result")),
+        raw=raw,
+    )

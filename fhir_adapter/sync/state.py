@@ -1,0 +1,161 @@
+"""Sync state in an embedded SQLite file: watermark, per-patient result hash, re-check date, last error.
+
+The schema carries a version (``PRAGMA user_version``); ``MIGRATIONS[n]`` upgrades version n to n+1, so
+an older state file is migrated in place on open, never thrown away.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE patient (
+        id TEXT PRIMARY KEY,
+        result_hash TEXT,
+        status TEXT,
+        recheck_on TEXT,
+        last_error TEXT,
+        screened_at TEXT
+    );
+    CREATE TABLE pending (id TEXT PRIMARY KEY, reason TEXT NOT NULL);
+    CREATE TABLE run (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started TEXT NOT NULL,
+        finished TEXT,
+        outcome TEXT,
+        manifest TEXT
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientState:
+    id: str
+    result_hash: str | None
+    status: str | None
+    recheck_on: dt.date | None
+    last_error: str | None
+
+
+class State:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            from fhir_adapter.errors import ConfigError
+
+            raise ConfigError(f"state file schema v{version} is newer than this adapter (v{SCHEMA_VERSION})")
+        for n in range(version, SCHEMA_VERSION):
+            self.db.execute("BEGIN")
+            # executescript would COMMIT implicitly; statement by statement keeps the migration atomic.
+            for statement in _statements(MIGRATIONS[n]):
+                self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version = {n + 1}")
+            self.db.execute("COMMIT")
+
+    # --- watermark -----------------------------------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # --- patients ------------------------------------------------------------------------------------
+    def patient(self, pid: str) -> PatientState | None:
+        row = self.db.execute(
+            "SELECT id, result_hash, status, recheck_on, last_error FROM patient WHERE id = ?", (pid,)
+        ).fetchone()
+        if not row:
+            return None
+        return PatientState(row[0], row[1], row[2], dt.date.fromisoformat(row[3]) if row[3] else None, row[4])
+
+    def known_patients(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM patient ORDER BY id")]
+
+    def due_for_recheck(self, as_of: dt.date) -> list[str]:
+        rows = self.db.execute(
+            "SELECT id FROM patient WHERE recheck_on IS NOT NULL AND recheck_on <= ? ORDER BY id",
+            (as_of.isoformat(),),
+        )
+        return [r[0] for r in rows]
+
+    def record_result(self, pid: str, result_hash: str, status: str, recheck_on: dt.date | None) -> None:
+        self.db.execute(
+            "INSERT INTO patient (id, result_hash, status, recheck_on, last_error, screened_at) "
+            "VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT(id) DO UPDATE SET result_hash = excluded.result_hash, "
+            "status = excluded.status, recheck_on = excluded.recheck_on, last_error = NULL, "
+            "screened_at = excluded.screened_at",
+            (pid, result_hash, status, recheck_on.isoformat() if recheck_on else None, _now()),
+        )
+
+    def record_error(self, pid: str, error: str) -> None:
+        self.db.execute(
+            "INSERT INTO patient (id, last_error) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET last_error = excluded.last_error",
+            (pid, error[:500]),
+        )
+
+    # --- the work queue: survives a crash, so the next run finishes what this one started ------------
+    def enqueue(self, ids: Iterator[str] | list[str], reason: str) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?)", ((i, reason) for i in ids))
+        self.db.execute("COMMIT")
+
+    def pending(self) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self.db.execute("SELECT id, reason FROM pending ORDER BY id")]
+
+    def done(self, pid: str) -> None:
+        self.db.execute("DELETE FROM pending WHERE id = ?", (pid,))
+
+    # --- runs ------------------------------------------------------------------------------------------
+    def start_run(self) -> int:
+        cur = self.db.execute("INSERT INTO run (started) VALUES (?)", (_now(),))
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, outcome: str, manifest: dict[str, Any]) -> None:
+        self.db.execute(
+            "UPDATE run SET finished = ?, outcome = ?, manifest = ? WHERE id = ?",
+            (_now(), outcome, json.dumps(manifest), run_id),
+        )
+
+    def runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT id, started, finished, outcome, manifest FROM run ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [
+            {
+                "id": r[0],
+                "started": r[1],
+                "finished": r[2],
+                "outcome": r[3] or "interrupted",
+                "manifest": json.loads(r[4]) if r[4] else None,
+            }
+            for r in rows
+        ]
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -3,6 +3,8 @@
 Exit codes (README, "Exit codes"): 0 every input read; 3 finished but some inputs could not be read or
 written; 2 usage or configuration error; 4 fatal (server unreachable, authentication failed);
 5 another sync run holds the lock; 70 internal error (a bug; the log has details at -vv).
+``load`` uses the same codes: 0 everything uploaded; 3 some files unreadable or some transactions
+rejected (listed); 4 server unreachable or authentication failed.
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(s)
     _common(s)
 
+    ld = sub.add_parser("load", help="upload FHIR files to a server as transaction Bundles (PUT Type/id)")
+    ld.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="files or folders (JSON, Bundles, NDJSON, .gz)"
+    )
+    ld.add_argument(
+        "--chunk-size", type=int, default=200, metavar="N", help="resources per transaction (default 200)"
+    )
+    _server_options(ld)
+    _common(ld)
+
     r = sub.add_parser("report", help="render a result JSON as an HTML page (and a CSV worklist)")
     r.add_argument("result", type=Path)
     r.add_argument("--html", type=Path, required=True)
@@ -146,6 +158,18 @@ def _screen(args: argparse.Namespace) -> int:
     return ExitCode.PARTIAL if problems else ExitCode.OK
 
 
+def _load(args: argparse.Namespace) -> int:
+    from fhir_adapter.server.load import load_paths
+    from fhir_adapter.server.screen import client_from_args
+
+    if args.chunk_size < 1:
+        raise UsageError("--chunk-size must be at least 1")
+    with client_from_args(args) as client:
+        report = load_paths(client, args.paths, args.chunk_size)
+    print(report.render(), file=sys.stderr)
+    return ExitCode.PARTIAL if report.problems else ExitCode.OK
+
+
 def _render_report(result: Path, html: Path, csv: Path | None) -> None:
     from fhir_adapter.report import write_report
 
@@ -164,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "screen":
             return _screen(args)
+        if args.command == "load":
+            return _load(args)
         if args.command == "report":
             _render_report(args.result, args.html, args.csv)
             return ExitCode.OK

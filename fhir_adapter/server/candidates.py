@@ -1,0 +1,143 @@
+"""Which patients to screen on a server: a Condition search for the DM value set, a Group, or given ids.
+
+A FHIR token search matches codes exactly, while the value set in ``mappings/`` also has prefixes
+(ICD-10 ``M33.1*``) and text patterns. What the search can and cannot see:
+
+- exact codes (SNOMED, and any exact code a site adds in its overlay) are searched as they are;
+- a prefix ``M33.1*`` is searched as the stem itself (``M33.1``, a WHO ICD-10 code) and the stem plus
+  one digit (``M33.10`` .. ``M33.19``, where every ICD-10-CM code under M33.0/M33.1 lives); deeper
+  codes are not found this way;
+- a text pattern is searched with the ``:text`` modifier, which servers implement as "the text or
+  display *starts with*" (HAPI does), not "contains" as the file path matches it, so a local code
+  whose text reads "Juvenile dermatomyositis" is not found by ``dermatomyositis``. A server that
+  rejects ``:text`` costs only that part of the search: the rest still runs, with a warning.
+
+Local codes are therefore best added to the site overlay as exact codes, or the patients listed with
+``--patient``/``--group``. Every Condition a search returns is checked again with the same matcher
+as the file path, so the extra width of the search (stems, ``:text``) never adds a non-DM patient.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from fhir_adapter.config.types import Concept, Mappings
+from fhir_adapter.errors import AuthError, ServerError, UsageError
+from fhir_adapter.facts.fhirjson import ref_id
+from fhir_adapter.pipeline import diagnosis_concepts, is_dm_condition
+from fhir_adapter.server.http import FhirClient
+from fhir_adapter.source.patient_index import patient_of
+
+log = logging.getLogger(__name__)
+
+# Long OR-lists make long URLs; proxies in front of hospital servers often cap the request line at 4-8 KB.
+CODES_PER_SEARCH: Final = 20
+PAGE_SIZE: Final = 200
+_ID_RE: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# ICD-10 / ICD-10-CM codes below a 4-character stem (M33.1) have one more digit at most (M33.10..M33.19).
+_STEM_CHILDREN: Final = tuple(str(d) for d in range(10))
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Patient ids to screen (sorted, unique), how many requests finding them took, and warnings."""
+
+    patient_ids: tuple[str, ...]
+    requests: int
+    warnings: tuple[str, ...] = field(default=())
+
+
+def search_tokens(concept: Concept) -> list[str]:
+    """``system|code`` tokens that a FHIR token search can use for the concept (see the module doc)."""
+    tokens = {f"{system}|{code}" for system, code in concept.codes}
+    for system, prefix in concept.prefixes:
+        stem = prefix.rstrip("*").rstrip(".")
+        if not stem:
+            continue
+        tokens.add(f"{system}|{stem}")
+        if "." in stem:  # M33.1 -> M33.10 .. M33.19; a bare chapter prefix (C) would be unbounded
+            tokens.update(f"{system}|{stem}{d}" for d in _STEM_CHILDREN)
+    # Commas separate OR-ed values in a token search, so a code containing one must be escaped.
+    return sorted(t.replace(",", "\\,") for t in tokens)
+
+
+def find_candidates(client: FhirClient, mappings: Mappings) -> Candidates:
+    """Patients with a Condition in the DM value set, found by token and ``:text`` searches."""
+    before = client.request_count
+    matcher = is_dm_condition(mappings)
+    concepts = [mappings.concepts[name] for name in diagnosis_concepts(mappings)]
+    tokens = sorted({t for c in concepts for t in search_tokens(c)})
+    texts = sorted({t for c in concepts for t in c.text})
+    found: set[str] = set()
+    warnings: list[str] = []
+
+    def take(conditions: Iterator[dict[str, object]]) -> None:
+        for condition in conditions:
+            if condition.get("resourceType") != "Condition":
+                continue
+            pid = patient_of(condition)
+            if pid is not None and matcher(condition):
+                found.add(pid)
+
+    for start in range(0, len(tokens), CODES_PER_SEARCH):
+        chunk = ",".join(tokens[start : start + CODES_PER_SEARCH])
+        take(client.search("Condition", _params("code", chunk)))
+    for text in texts:
+        try:
+            take(client.search("Condition", _params("code:text", text)))
+        except AuthError:
+            raise
+        except ServerError as exc:
+            if exc.status is None or exc.status >= 500:
+                raise
+            # Only this part of the search is lost; say so instead of failing the whole run.
+            warnings.append(
+                f"the server rejected Condition?code:text= ({exc}); patients whose DM Condition "
+                "has only a local code are not found: add the code to the site overlay"
+            )
+            break
+    log.info("candidate search: %d patient(s) with a DM Condition", len(found))
+    return Candidates(tuple(sorted(found)), client.request_count - before, tuple(warnings))
+
+
+def group_members(client: FhirClient, group_id: str) -> Candidates:
+    """The Patient members of ``Group/group_id`` (inactive memberships skipped)."""
+    before = client.request_count
+    response = client.read("Group", check_id(group_id, "--group"))
+    if response is None or response.body is None:
+        raise UsageError(f"Group/{group_id} does not exist on the server")
+    ids: set[str] = set()
+    skipped = 0
+    for member in response.body.get("member") or []:
+        if not isinstance(member, dict) or member.get("inactive") is True:
+            continue
+        ref = ref_id(member.get("entity"))
+        if ref and ref.startswith("Patient/"):
+            ids.add(ref.removeprefix("Patient/"))
+        else:
+            skipped += 1
+    warnings = (
+        (f"Group/{group_id}: {skipped} member(s) are not Patients and were skipped",) if skipped else ()
+    )
+    return Candidates(tuple(sorted(ids)), client.request_count - before, warnings)
+
+
+def given_patients(ids: list[str]) -> Candidates:
+    """``--patient`` ids (``Patient/`` prefix optional), checked, deduplicated and sorted."""
+    clean = {check_id(pid.removeprefix("Patient/"), "--patient") for pid in ids}
+    return Candidates(tuple(sorted(clean)), 0)
+
+
+def check_id(value: str, option: str) -> str:
+    if not _ID_RE.fullmatch(value) or value in (".", ".."):
+        raise UsageError(f"{option}: {value!r} is not a FHIR id (A-Z a-z 0-9 - . up to 64 characters)")
+    return value
+
+
+def _params(name: str, value: str) -> list[tuple[str, str | int]]:
+    # _elements keeps the pages small: the matcher needs only the code, the patient only the subject.
+    return [(name, value), ("_elements", "code,subject"), ("_count", PAGE_SIZE)]

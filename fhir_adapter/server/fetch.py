@@ -1,0 +1,188 @@
+"""One candidate's data from a server, as the same ``PatientRecord`` the file path builds.
+
+Two ways, chosen from the CapabilityStatement: ``Patient/ID/$everything`` (one request plus its pages)
+when the server lists the operation, else one search per resource type the criteria read
+(``patient=ID``), with ``_include`` of the Medications that orders and statements reference.
+
+The typed searches are not narrowed to the codes the criteria need, although servers support
+``code=``: the value sets also match by text pattern (``code.text`` / ``display``) for local codes, and
+a code-restricted search would drop exactly those resources, so the verdicts would differ from the
+file path's. Paging is what the restriction would save; ``_count`` keeps that to a page or two.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from fhir_adapter.errors import ServerError
+from fhir_adapter.facts.fhirjson import ref_id
+from fhir_adapter.model import PatientRecord, Resource
+from fhir_adapter.server.http import FhirClient
+from fhir_adapter.source.patient_index import USED_TYPES, patient_of
+
+log = logging.getLogger(__name__)
+
+Strategy = Literal["everything", "typed"]
+
+PAGE_SIZE: Final = 500
+_MEDICATION_TYPES: Final = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
+_SEARCHED_TYPES: Final = tuple(sorted(USED_TYPES - {"Patient"}))
+_EVERYTHING_NAMES: Final = frozenset({"everything", "patient-everything"})
+_ABSENT: Final = frozenset({404, 410})
+_IDS_PER_SEARCH: Final = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A patient's record, what it cost, and the version of every resource read (for Provenance)."""
+
+    record: PatientRecord
+    requests: int
+    versions: Mapping[str, str]  # "Observation/abc" -> "3"
+
+    @property
+    def n_conditions(self) -> int:
+        return len(self.record.of_type("Condition"))
+
+
+def choose_strategy(capabilities: Resource) -> Strategy:
+    """``everything`` when the CapabilityStatement lists Patient ``$everything``, else ``typed``."""
+    for rest in _dicts(capabilities.get("rest")):
+        if rest.get("mode", "server") != "server":
+            continue
+        # Servers list instance operations under the resource, but some only at the rest level.
+        if any(_is_everything(op) for op in _dicts(rest.get("operation"))):
+            return "everything"
+        for resource in _dicts(rest.get("resource")):
+            if resource.get("type") == "Patient" and any(
+                _is_everything(op) for op in _dicts(resource.get("operation"))
+            ):
+                return "everything"
+    return "typed"
+
+
+def fetch_record(client: FhirClient, patient_id: str, strategy: Strategy) -> Fetched | None:
+    """The record of ``Patient/patient_id``; None when the server has no such patient."""
+    before = client.request_count
+    resources: list[Resource]
+    if strategy == "everything":
+        found = _everything(client, patient_id)
+        if found is None:
+            return None
+        resources = found
+    else:
+        response = client.read("Patient", patient_id)
+        if response is None or response.body is None:
+            return None
+        resources = [response.body]
+        for rtype in _SEARCHED_TYPES:
+            params: list[tuple[str, str | int]] = [("patient", patient_id), ("_count", PAGE_SIZE)]
+            if rtype in _MEDICATION_TYPES:
+                params.append(("_include", f"{rtype}:medication"))
+            resources.extend(client.search(rtype, params))
+    record, versions, missing = build_record(patient_id, resources)
+    if missing:
+        # $everything and _include should have brought these; fetch what a server left out.
+        extra = list(_medications_by_id(client, missing))
+        record, versions, _ = build_record(patient_id, [*resources, *extra])
+    return Fetched(record, client.request_count - before, versions)
+
+
+def build_record(
+    patient_id: str, resources: Iterable[Resource]
+) -> tuple[PatientRecord, dict[str, str], list[str]]:
+    """Group a server's resources as ``PatientIndex.record`` groups a file's.
+
+    Returns the record, the versionId of every resource kept, and the ids of Medications that the
+    patient's medication resources reference but ``resources`` does not hold.
+    """
+    seen: set[tuple[str, str]] = set()
+    patient: Resource | None = None
+    grouped: dict[str, list[Resource]] = {}
+    pool: dict[str, Resource] = {}
+    versions: dict[str, str] = {}
+    for resource in resources:
+        rtype = resource.get("resourceType")
+        rid = resource.get("id")
+        if not isinstance(rtype, str) or not isinstance(rid, str) or not rid:
+            continue
+        if (rtype, rid) in seen:
+            continue
+        seen.add((rtype, rid))
+        if rtype == "Medication":
+            pool[f"Medication/{rid}"] = resource
+            _note_version(versions, resource)
+            continue
+        # $everything also returns what the record points at (Practitioners, other patients' linked
+        # records, ResearchSubjects); the file path keeps only the types the criteria read, about
+        # this patient.
+        if rtype not in USED_TYPES or patient_of(resource) != patient_id:
+            continue
+        _note_version(versions, resource)
+        if rtype == "Patient":
+            patient = resource
+        else:
+            grouped.setdefault(rtype, []).append(resource)
+    wanted = _medication_keys(grouped)
+    medications = {key: pool[key] for key in sorted(wanted) if key in pool}
+    for key in list(versions):
+        if key.startswith("Medication/") and key not in medications:
+            del versions[key]
+    missing = sorted(key.removeprefix("Medication/") for key in wanted - pool.keys())
+    record = PatientRecord(
+        patient_id=patient_id,
+        patient=patient,
+        resources={rtype: tuple(items) for rtype, items in grouped.items()},
+        medications=medications,
+    )
+    return record, versions, missing
+
+
+def _everything(client: FhirClient, patient_id: str) -> list[Resource] | None:
+    try:
+        return list(client.search(f"Patient/{patient_id}/$everything", [("_count", PAGE_SIZE)]))
+    except ServerError as exc:
+        if exc.status in _ABSENT:
+            return None
+        raise
+
+
+def _medications_by_id(client: FhirClient, ids: list[str]) -> Iterable[Resource]:
+    for start in range(0, len(ids), _IDS_PER_SEARCH):
+        chunk = ",".join(ids[start : start + _IDS_PER_SEARCH])
+        yield from client.search("Medication", [("_id", chunk), ("_count", _IDS_PER_SEARCH)])
+
+
+def _medication_keys(grouped: Mapping[str, list[Resource]]) -> set[str]:
+    keys: set[str] = set()
+    for rtype in _MEDICATION_TYPES:
+        for resource in grouped.get(rtype, []):
+            r5 = resource.get("medication")
+            ref = ref_id(resource.get("medicationReference")) or ref_id(
+                r5.get("reference") if isinstance(r5, dict) else None
+            )
+            if ref and ref.startswith("Medication/"):
+                keys.add(ref)
+    return keys
+
+
+def _note_version(versions: dict[str, str], resource: Resource) -> None:
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    if isinstance(version, str) and version:
+        versions[f"{resource['resourceType']}/{resource['id']}"] = version
+
+
+def _is_everything(operation: Resource) -> bool:
+    name = operation.get("name")
+    definition = operation.get("definition")
+    return (isinstance(name, str) and name.lower() in _EVERYTHING_NAMES) or (
+        isinstance(definition, str) and definition.rstrip("/").endswith("/Patient-everything")
+    )
+
+
+def _dicts(value: object) -> list[Resource]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []

@@ -56,9 +56,7 @@ import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 public class SandboxServerConfig {
 
 	@Bean
-	public JpaStorageSettings jpaStorageSettings(
-			@Value("${server.port}") int port,
-			@Value("${sandbox.default-page-size:20}") int defaultPageSize) {
+	public JpaStorageSettings jpaStorageSettings(@Value("${server.port}") int port) {
 		JpaStorageSettings s = new JpaStorageSettings();
 		// A search run right after a write must see the write: no search-result reuse.
 		s.setReuseCachedSearchResultsForMillis(null);

@@ -437,3 +437,41 @@ def test_current_step_of_a_sequenced_taper_counts() -> None:
     v, why = gc(_taper(60, 40))
     assert v == "not-met"
     assert "40 mg/d" in why
+
+
+# --- dose shapes --------------------------------------------------------------------------------------
+def test_iv_dose_in_mg_per_kg_uses_the_body_weight() -> None:
+    v, why = iv(med_admin("methylprednisolone", 10, "mg/kg"))  # 600 mg x 1.25 = 750 mg / 60 kg
+    assert v == "met"
+    assert "12.5 mg/kg/d" in why
+
+
+def test_iv_dose_in_grams_is_converted_to_mg() -> None:
+    assert "625 mg/d" in iv(med_admin("methylprednisolone", 0.5, "g"))[1]
+
+
+def test_oral_solution_dose_in_ml_uses_the_concentration_in_the_name() -> None:
+    assert "30 mg/d" in gc(med_request("Prednisolone 5 mg/mL oral solution", 6, "mL"))[1]
+
+
+def test_dose_range_takes_the_highest_dose_the_order_allows() -> None:
+    req = med_request("prednisone", 30, "mg")
+    req["dosageInstruction"][0]["doseAndRate"] = [
+        {
+            "doseRange": {
+                "low": {"value": 20, "unit": "mg", "code": "mg"},
+                "high": {"value": 30, "unit": "mg", "code": "mg"},
+            }
+        }
+    ]
+    assert gc(req)[0] == "not-met"
+
+
+def test_on_hold_order_counts_as_taken() -> None:
+    assert gc(med_request("prednisone", 30, "mg", status="on-hold"))[0] == "not-met"
+
+
+def test_dose_unit_that_is_not_a_mass_is_unknown_naming_the_unit() -> None:
+    v, why = gc(med_request("prednisone", 2, "puff"))
+    assert v == "unknown"
+    assert "puff" in why

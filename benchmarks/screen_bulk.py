@@ -22,15 +22,31 @@ import time
 from pathlib import Path
 
 AS_OF = dt.date(2026, 6, 15)
-ROUTINE = [("2345-7", "mg/dL"), ("2951-2", "mmol/L"), ("2823-3", "mmol/L"), ("2075-0", "mmol/L"), ("6690-2", "10*3/uL")]
+ROUTINE = [
+    ("2345-7", "mg/dL"),
+    ("2951-2", "mmol/L"),
+    ("2823-3", "mmol/L"),
+    ("2075-0", "mmol/L"),
+    ("6690-2", "10*3/uL"),
+]
 
 
 def _obs(oid: str, pid: str, code: str, value: float, unit: str, days: int) -> dict[str, object]:
     return {
-        "resourceType": "Observation", "id": oid, "status": "final",
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
         "meta": {"versionId": "1", "lastUpdated": "2026-06-01T10:00:00Z"},
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "laboratory"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": "http://loinc.org", "code": code}], "text": code},
         "subject": {"reference": f"Patient/{pid}"},
         "effectiveDateTime": (AS_OF - dt.timedelta(days=days)).isoformat() + "T08:00:00+08:00",
@@ -42,32 +58,92 @@ def _obs(oid: str, pid: str, code: str, value: float, unit: str, days: int) -> d
 
 def generate(n: int, folder: Path, seed: int = 7) -> int:
     rng = random.Random(seed)
-    files = {t: (folder / f"{t}.ndjson").open("w") for t in ("Patient", "Condition", "Observation", "MedicationRequest")}
+    files = {
+        t: (folder / f"{t}.ndjson").open("w")
+        for t in ("Patient", "Condition", "Observation", "MedicationRequest")
+    }
     size = 0
     for i in range(n):
         pid = f"p{i:06d}"
-        rows = [("Patient", {"resourceType": "Patient", "id": pid, "gender": rng.choice(["male", "female"]),
-                             "birthDate": f"{rng.randint(1950, 2005)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}"})]
+        rows = [
+            (
+                "Patient",
+                {
+                    "resourceType": "Patient",
+                    "id": pid,
+                    "gender": rng.choice(["male", "female"]),
+                    "birthDate": f"{rng.randint(1950, 2005)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+                },
+            )
+        ]
         dm = i % 4 == 0
         code = ("http://snomed.info/sct", "396230008") if dm else ("http://snomed.info/sct", "44054006")
-        rows.append(("Condition", {"resourceType": "Condition", "id": f"{pid}-c1", "subject": {"reference": f"Patient/{pid}"},
-                                   "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                                                  "code": "active"}]},
-                                   "code": {"coding": [{"system": code[0], "code": code[1]}]}}))
+        rows.append(
+            (
+                "Condition",
+                {
+                    "resourceType": "Condition",
+                    "id": f"{pid}-c1",
+                    "subject": {"reference": f"Patient/{pid}"},
+                    "clinicalStatus": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                "code": "active",
+                            }
+                        ]
+                    },
+                    "code": {"coding": [{"system": code[0], "code": code[1]}]},
+                },
+            )
+        )
         for j in range(40):
             loinc, unit = ROUTINE[j % len(ROUTINE)]
-            rows.append(("Observation", _obs(f"{pid}-r{j}", pid, loinc, round(rng.uniform(2, 150), 1), unit, rng.randint(1, 400))))
+            rows.append(
+                (
+                    "Observation",
+                    _obs(f"{pid}-r{j}", pid, loinc, round(rng.uniform(2, 150), 1), unit, rng.randint(1, 400)),
+                )
+            )
         if dm:
-            for k, (loinc, unit, v) in enumerate([("2157-6", "U/L", 600), ("718-7", "g/L", 120), ("777-3", "10*9/L", 200),
-                                                  ("14682-9", "umol/L", 70), ("29463-7", "kg", 60)]):
+            for k, (loinc, unit, v) in enumerate(
+                [
+                    ("2157-6", "U/L", 600),
+                    ("718-7", "g/L", 120),
+                    ("777-3", "10*9/L", 200),
+                    ("14682-9", "umol/L", 70),
+                    ("29463-7", "kg", 60),
+                ]
+            ):
                 rows.append(("Observation", _obs(f"{pid}-d{k}", pid, loinc, v, unit, 10)))
-            rows.append(("MedicationRequest", {
-                "resourceType": "MedicationRequest", "id": f"{pid}-m1", "status": "active", "intent": "order",
-                "subject": {"reference": f"Patient/{pid}"}, "authoredOn": "2026-01-01",
-                "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                                                          "code": "312617", "display": "predniSONE 20 MG Oral Tablet"}]},
-                "dosageInstruction": [{"timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
-                                       "doseAndRate": [{"doseQuantity": {"value": 1}}]}]}))
+            rows.append(
+                (
+                    "MedicationRequest",
+                    {
+                        "resourceType": "MedicationRequest",
+                        "id": f"{pid}-m1",
+                        "status": "active",
+                        "intent": "order",
+                        "subject": {"reference": f"Patient/{pid}"},
+                        "authoredOn": "2026-01-01",
+                        "medicationCodeableConcept": {
+                            "coding": [
+                                {
+                                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                    "code": "312617",
+                                    "display": "predniSONE 20 MG Oral Tablet",
+                                }
+                            ]
+                        },
+                        "dosageInstruction": [
+                            {
+                                "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+                                "doseAndRate": [{"doseQuantity": {"value": 1}}],
+                            }
+                        ],
+                    },
+                )
+            )
         for rtype, body in rows:
             line = json.dumps(body) + "\n"
             size += len(line)
@@ -85,8 +161,15 @@ def child_parse(folder: Path) -> None:
             for line in fh:
                 json.loads(line)
                 count += 1
-    print(json.dumps({"seconds": time.perf_counter() - start, "resources": count,
-                      "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    print(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - start,
+                "resources": count,
+                "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            }
+        )
+    )
 
 
 def child_screen(folder: Path) -> None:
@@ -101,19 +184,30 @@ def child_screen(folder: Path) -> None:
         problems = screen_files([folder], mappings, AS_OF, writer)
         writer.close(problems)
         seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "patients": writer.tally.patients, "errors": len(problems),
-                      "statuses": dict(writer.tally.statuses),
-                      "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "patients": writer.tally.patients,
+                "errors": len(problems),
+                "statuses": dict(writer.tally.statuses),
+                "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            }
+        )
+    )
 
 
 def run_child(mode: str, folder: Path) -> dict[str, object]:
-    out = subprocess.run([sys.executable, __file__, f"--child-{mode}", str(folder)], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, f"--child-{mode}", str(folder)], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000])
     parser.add_argument("--repeat", type=int, default=3, help="best of N timings (default 3)")
     parser.add_argument("--child-parse", type=Path, help=argparse.SUPPRESS)
@@ -135,12 +229,16 @@ def main() -> int:
             screen = min(screens, key=lambda r: r["seconds"])
             rss = max(int(r["rss_kb"]) for r in screens)  # type: ignore[call-overload]
             rows.append((n, size, parse, screen, rss))
-    print(f"{'patients':>8} {'MB':>6} {'resources':>9} {'parse s':>8} {'screen s':>8} {'patients/s':>10} "
-          f"{'x parse':>7} {'peak RSS MB':>11}")
+    print(
+        f"{'patients':>8} {'MB':>6} {'resources':>9} {'parse s':>8} {'screen s':>8} {'patients/s':>10} "
+        f"{'x parse':>7} {'peak RSS MB':>11}"
+    )
     for n, size, parse, screen, rss in rows:
         ps, ss = float(parse["seconds"]), float(screen["seconds"])  # type: ignore[arg-type]
-        print(f"{n:>8} {size / 1e6:>6.1f} {parse['resources']:>9} {ps:>8.2f} {ss:>8.2f} {n / ss:>10.0f} "
-              f"{ss / ps:>7.2f} {rss / 1024:>11.1f}")
+        print(
+            f"{n:>8} {size / 1e6:>6.1f} {parse['resources']:>9} {ps:>8.2f} {ss:>8.2f} {n / ss:>10.0f} "
+            f"{ss / ps:>7.2f} {rss / 1024:>11.1f}"
+        )
     if len(rows) >= 2:
         print(f"peak RSS {rows[-1][0]} / {rows[0][0]} patients: {rows[-1][4] / rows[0][4]:.2f}x")
     return 0

@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fhir-adapter: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: say so briefly; the traceback only at -vv (it may quote data)
-        log.debug("internal error", exc_info=True)
+        log.debug("internal error: %s", logs.where(exc))
         print(
             f"fhir-adapter: internal error: {type(exc).__name__}; run with -vv for details", file=sys.stderr
         )

@@ -10,6 +10,8 @@ import json
 import logging
 import sys
 import time
+import traceback
+from pathlib import Path
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,9 +22,15 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info and record.levelno >= logging.DEBUG and logging.getLogger().level <= logging.DEBUG:
-            body["exception"] = self.formatException(record.exc_info)
         return json.dumps(body, ensure_ascii=False)
+
+
+def where(exc: BaseException) -> str:
+    """An exception's type and stack (file:line in function), without its message: messages may quote
+    the patient data that triggered them, and logs must never carry that."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    stack = " <- ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(frames[-6:]))
+    return f"{type(exc).__name__} at {stack}" if stack else type(exc).__name__
 
 
 def setup(verbosity: int, json_lines: bool | None = None) -> None:

@@ -56,6 +56,8 @@ class Fact:
     # A censored value ("<0.06", or a dose that is at least this much because another dose is unknown):
     # the true value x satisfies ``x <comparator> value``.
     comparator: str | None = None
+    # An interval [value, upper] when the record allows several values (a year-only birthDate).
+    upper: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)

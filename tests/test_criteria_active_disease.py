@@ -318,13 +318,6 @@ def test_active_disease_assessment_90_days_old_counts() -> None:
     assert verdict(result, "active-disease") == "met"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: facts/observations.py reference_high() keeps a range only when an appliesTo code equals "
-    "'male'/'female'/'m'/'f'; with the usual SNOMED appliesTo (248152002 Female, 248153007 Male) every "
-    "range is skipped and the default table is used: CK 260 U/L with its own female ULN 400 becomes "
-    "1.3 x ULN (default 200) instead of 0.65",
-)
 def test_sex_specific_reference_range_coded_in_snomed_is_used() -> None:
     from fhirdata import SCT, UCUM, cc
 

@@ -86,20 +86,10 @@ def test_year_only_birth_date_decides_when_both_possible_ages_are_the_same() -> 
     assert "46 years" in reason(result, "age")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: facts/demographics.py age(): a year-only birthDate '1980' gives age 45 or 46 on "
-    "2026-06-15, both inside 18..75, yet the fact is unknown, so the patient can never be a candidate",
-)
 def test_year_only_birth_date_with_both_possible_ages_inside_18_to_75_is_met() -> None:
     assert verdict(screen(*_with_patient("1980")), "age") == "met"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: facts/demographics.py age(): a year-only birthDate '1940' (85 or 86) is unknown, "
-    "though both possible ages are above 75",
-)
 def test_year_only_birth_date_with_both_possible_ages_above_75_is_not_met() -> None:
     assert verdict(screen(*_with_patient("1940")), "age") == "not-met"
 

@@ -198,12 +198,6 @@ def test_allergic_disposition_recorded_as_allergy_intolerance_is_met() -> None:
     assert check("drug-allergy", disposition)[0] == "met"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: facts/conditions.py medication_allergy_count(): an active 'No known drug allergy' "
-    "(SNOMED 409137002) record with category medication is counted as a medication allergy, so NKDA + "
-    "one real allergy = '2 distinct active medication allergies' and the patient is excluded",
-)
 def test_no_known_drug_allergy_record_is_not_an_allergy() -> None:
     nkda = allergy("409137002", "No known drug allergy", system=SCT)
     assert check("drug-allergy", allergy("7980", "penicillin"), nkda)[0] == "not-met"

@@ -434,12 +434,6 @@ def test_status_is_ineligible_when_a_lab_exclusion_is_met() -> None:
 
 
 # --- known defects ------------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: facts/observations.py in_window() orders same-day results by calendar date only "
-    "(parse_date drops the time), so of two same-day results at 08:00 and 18:00 without `issued` the one "
-    "with the larger id wins, not the later one",
-)
 def test_same_day_results_the_later_time_decides() -> None:
     day = days_ago(5)
     morning = observation(HGB, 70, "g/L", date=f"{day}T08:00:00+08:00", id="hb-b")
@@ -447,11 +441,6 @@ def test_same_day_results_the_later_time_decides() -> None:
     assert anemia(morning, evening) == "not-met"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: facts/observations.py in_window() compares `issued` as strings, so "
-    "'T20:00:00+08:00' (12:00Z) sorts after 'T13:00:00Z' and the earlier-issued result wins the tie",
-)
 def test_tie_on_issued_compares_instants_across_time_zones() -> None:
     day = days_ago(5)
     earlier = observation(HGB, 120, "g/L", date=day, id="hb-b", issued=f"{day}T20:00:00+08:00")  # 12:00Z

@@ -403,13 +403,7 @@ def test_immunosuppressant_coded_rxnorm_ingredient() -> None:
     assert stable(req)[0] == "not-met"
 
 
-# --- known defects (each xfail names the bug; it must start passing when fixed) ----------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: hour-based periods drift: mappings/medications.toml period_days.h = 0.04166...667 (rounded) "
-    "and facts/dosage.py per_day() computes frequency / (period x days), so 15 mg every 12 h = 29.999 mg/d "
-    "= 0.499 mg/kg/d (met) instead of exactly 30 mg/d = 0.5 (not-met)",
-)
+# --- regressions: each of these was a defect found in review ----------------------------------------
 @pytest.mark.parametrize(("dose", "hours"), [(15, 12), (10, 8), (5, 4)], ids=["q12h", "q8h", "q4h"])
 def test_every_n_hours_gives_an_exact_daily_dose(dose: float, hours: int) -> None:
     v, why = gc(med_request("prednisone", dose, "mg", frequency=1, period=hours, period_unit="h"))
@@ -427,12 +421,6 @@ def _taper(first_mg: float, current_mg: float) -> Res:
     return req
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: facts/medications.py _period() keeps the first dosage's boundsPeriod (start/end = start or s, "
-    "end or e), so a taper order whose current step (40 mg/d since 40 days ago) is in its 2nd dosage is "
-    "read as ended 41 days ago: 'no systemic glucocorticoid' (met) instead of 0.67 mg/kg/d (not-met)",
-)
 def test_current_step_of_a_sequenced_taper_counts() -> None:
     v, why = gc(_taper(60, 40))
     assert v == "not-met"

@@ -321,12 +321,6 @@ def test_corrupt_gzip_is_reported(capsys: pytest.CaptureFixture[str], tmp_path: 
     _assert_reported(run, bad, "cannot read")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: source/reader.py read_file() catches (OSError, EOFError, BadGzipFile) but not zlib.error, "
-    "so a .gz whose deflate data is corrupt aborts the whole run (exit 70 'internal error', no result "
-    "file) instead of being reported in errors with exit 3",
-)
 @pytest.mark.parametrize("name", ["Patient.ndjson.gz", "export.json.gz"])
 def test_gzip_with_corrupt_deflate_data_is_reported(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str
@@ -344,10 +338,16 @@ def test_gzip_with_corrupt_deflate_data_is_reported(
     _assert_reported(run, bad, "cannot read")
 
 
-def test_utf8_bom_file_is_reported_naming_the_bom(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_utf8_bom_file_is_read_like_any_other(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Windows tools write a UTF-8 byte-order mark; the file is FHIR all the same.
     content = b"\xef\xbb\xbf" + json.dumps(bundle(good_patient("bom"))).encode()
-    run, bad = _screen_with_bad(capsys, tmp_path, "bom.json", content)
-    _assert_reported(run, bad, "BOM")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bom.json").write_bytes(content)
+    code = main(["screen", str(tmp_path / "in"), "--as-of", "2026-06-15", "--out", str(tmp_path / "r.json")])
+    result = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert code == 0
+    assert result["errors"] == []
+    assert [s["patient"] for s in result["subjects"]] == ["Patient/bom"]
 
 
 def test_broken_ndjson_line_among_good_ones_is_reported_with_its_line(

@@ -46,7 +46,7 @@ def _phi_patients(folder: Path) -> Path:
     )
     first = [zhang, *[r for r in for_patient(baseline(), "phi1") if r["resourceType"] != "Patient"]]
     second = [quimby, *[r for r in for_patient(baseline(), "phi2") if r["resourceType"] != "Patient"]]
-    # A malformed Observation makes a fact fail, which is logged with a traceback at -vv.
+    # A malformed Observation (coding not a list) must be tolerated, not logged with its content.
     broken = observation(HGB, 70, "g/L", pid="phi2", id="phi2-broken")
     broken["code"]["coding"] = 7
     second.append(broken)
@@ -119,12 +119,20 @@ def test_vv_logs_of_the_examples_hold_no_name_mrn_or_birth_date(all_log_text: An
 
 
 def test_vv_logs_hold_no_phi_even_when_facts_fail_and_inputs_are_bad(
-    all_log_text: Any, tmp_path: Path
+    all_log_text: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A fact that fails with the patient's name and MRN in its exception message (as a careless
+    # ValueError(f"...{resource}") would): the log may say where it failed, never what the data was.
+    import fhir_adapter.facts.derive as derive
+
+    def leaky(ctx: Any, spec: Any) -> Any:
+        raise ValueError(f"cannot read {NAMES[0]} {MRNS[0]} born {BIRTH_DATES[0]}")
+
+    monkeypatch.setitem(derive.KINDS, "inpatient-stay", leaky)
     folder = _phi_patients(tmp_path / "in")
     text, code = all_log_text(tmp_path, folder)
     assert code == 3  # the broken NDJSON line
-    assert "failed for a patient" in text  # the malformed Observation's fact failure was logged
+    assert "failed for a patient: ValueError at" in text  # the failure was logged, with its location
     _assert_absent(text, NAMES)
     _assert_absent(text, MRNS)
     _assert_absent(text, BIRTH_DATES)

@@ -166,9 +166,22 @@ def test_compare_censored_cases(
     assert compare_censored(Decimal(value), comparator, op, Decimal(threshold)) is expected
 
 
-@pytest.mark.parametrize("comparator", ["<", ">", "<=", ">="])
-def test_compare_censored_equality_with_a_censored_value_is_unknown(comparator: str) -> None:
+@pytest.mark.parametrize("comparator", ["<=", ">="])
+def test_compare_censored_equality_with_a_censored_value_that_allows_it_is_unknown(comparator: str) -> None:
     assert compare_censored(Decimal("5"), comparator, "==", Decimal("5")) is U
+
+
+@pytest.mark.parametrize("comparator", ["<", ">"])
+def test_compare_censored_equality_with_a_strictly_censored_boundary_is_not_met(comparator: str) -> None:
+    # "<5" can never be exactly 5.
+    assert compare_censored(Decimal("5"), comparator, "==", Decimal("5")) is F
+
+
+def test_compare_interval_decides_only_when_every_value_agrees() -> None:
+    # A year-only birthDate allows ages 45..46: both are >= 18; 75..76 straddles <= 75.
+    assert compare_censored(Decimal(45), None, ">=", Decimal(18), upper=Decimal(46)) is T
+    assert compare_censored(Decimal(75), None, "<=", Decimal(75), upper=Decimal(76)) is U
+    assert compare_censored(Decimal(85), None, "<=", Decimal(75), upper=Decimal(86)) is F
 
 
 def test_compare_without_float_drift_at_1_3_times_uln() -> None:

@@ -240,12 +240,6 @@ def test_missing_mapping_file_is_named(tmp_path: Path) -> None:
         load_mappings(base)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config/rules.py _value() keeps a non-numeric threshold as a string, so "
-    '`{ fact = "hemoglobin", op = "<", value = "eighty" }` loads fine and anemia is silently '
-    "'unknown' for every patient instead of failing at load naming the key",
-)
 def test_non_numeric_threshold_for_a_numeric_fact_fails_at_load(tmp_path: Path) -> None:
     base = _copy(tmp_path)
     _edit(base / "criteria/NCT05495321.toml", 'op = "<", value = 80 }', 'op = "<", value = "eighty" }')
@@ -389,12 +383,6 @@ def test_overlay_for_an_unknown_fact_fails_naming_it(tmp_path: Path) -> None:
     assert str(path) in str(err.value) and "facts.haemoglobin" in str(err.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config/loader.py load_mappings() calls _check_facts(facts, concepts, facts_path), so an "
-    'overlay\'s `[facts.hemoglobin] concept = "haemoglobin"` is reported as an error in mappings/facts.toml, '
-    "not in the overlay file that contains it",
-)
 def test_overlay_fact_with_an_unknown_concept_names_the_overlay_file(tmp_path: Path) -> None:
     path = _overlay(tmp_path, '[facts.hemoglobin]\nconcept = "haemoglobin"\n')
     with pytest.raises(ConfigError) as err:

@@ -99,6 +99,14 @@ def _decimal(value: Any, where: str) -> Decimal:
         raise ConfigError(f"{where}: not a number: {value!r}") from exc
 
 
+def _fraction(value: Any, where: str) -> tuple[Decimal, Decimal]:
+    num, _, den = str(value).partition("/")
+    result = (_decimal(num, where), _decimal(den or "1", where))
+    if result[1] == 0:
+        raise ConfigError(f"{where}: division by zero in {value!r}")
+    return result
+
+
 def _split_code(entry: str, where: str) -> tuple[str, str]:
     system, _, code = entry.partition("|")
     if not system or not code:
@@ -113,7 +121,7 @@ def _build_concepts(raw: Mapping[str, dict[str, Any]], path_of: Mapping[str, str
         if name in seen:
             raise ConfigError(f"{path_of[name]}: concepts.{name}.include: include cycle {' -> '.join(seen)}")
         body = raw[name]
-        merged = {k: list(body.get(k, [])) for k in ("codes", "text", "text_exclude")}
+        merged = {k: list(body.get(k, [])) for k in ("codes", "text", "text_exclude", "text_exact")}
         for inc in body.get("include", []):
             if inc not in raw:
                 raise ConfigError(f"{path_of[name]}: concepts.{name}.include: unknown concept {inc!r}")
@@ -140,6 +148,7 @@ def _build_concepts(raw: Mapping[str, dict[str, Any]], path_of: Mapping[str, str
             prefixes=tuple(prefixes),
             text=tuple(t.lower() for t in body["text"]),
             text_exclude=tuple(t.lower() for t in body["text_exclude"]),
+            text_exact=frozenset(t.strip().lower() for t in body["text_exact"]),
             systems=frozenset(s for s, _ in exact) | frozenset(s for s, _ in prefixes),
         )
     return concepts
@@ -153,7 +162,7 @@ def _merge_concepts(
             # Concept names are fixed by the spec; an unknown one is almost always a typo.
             known = ", ".join(sorted(base))
             raise ConfigError(f"{path}: concepts.{name}: unknown concept (known: {known})")
-        for key in ("codes", "text", "text_exclude", "include"):
+        for key in ("codes", "text", "text_exclude", "text_exact", "include"):
             if key in body:
                 base[name].setdefault(key, [])
                 base[name][key] = [*base[name][key], *body[key]]
@@ -191,15 +200,20 @@ def _build_medications(raw: Mapping[str, Any], path: Path) -> MedicationRules:
         taken_statuses=frozenset(raw["statuses"]["taken"]),
         administered_statuses=frozenset(raw["statuses"]["administered"]),
         frequency_codes={
-            k.upper(): _decimal(v, f"{path}: frequency_codes.{k}") for k, v in raw["frequency_codes"].items()
+            k.upper(): _fraction(v, f"{path}: frequency_codes.{k}") for k, v in raw["frequency_codes"].items()
         },
-        period_days={k: _decimal(v, f"{path}: period_days.{k}") for k, v in raw["period_days"].items()},
+        periods_per_day={
+            k: _fraction(v, f"{path}: periods_per_day.{k}") for k, v in raw["periods_per_day"].items()
+        },
         count_units=frozenset(u.lower() for u in raw["dose_units"].get("count", [])),
     )
 
 
-def _check_facts(facts: Mapping[str, FactSpec], concepts: Mapping[str, Concept], path: Path) -> None:
+def _check_facts(
+    facts: Mapping[str, FactSpec], concepts: Mapping[str, Concept], path_of: Mapping[str, Path]
+) -> None:
     for fact in facts.values():
+        path = path_of[fact.name]
         for key in _CONCEPT_KEYS:
             name = fact.get(key)
             if name is not None and name not in concepts:
@@ -244,6 +258,8 @@ def load_mappings(
     raw_concepts: dict[str, dict[str, Any]] = {k: dict(v) for k, v in concepts_doc["concepts"].items()}
     path_of = dict.fromkeys(raw_concepts, str(concepts_path))
     raw_facts: dict[str, dict[str, Any]] = {k: dict(v) for k, v in facts_doc["facts"].items()}
+    # The file that last set each fact, so an error in an overlay names the overlay.
+    fact_paths = dict.fromkeys(raw_facts, facts_path)
     aliases = dict(units_doc.get("aliases", {}))
     conversions = list(units_doc.get("conversions", []))
 
@@ -260,6 +276,7 @@ def load_mappings(
             merged = {**raw_facts[name], **body}
             _validate({"facts": {name: merged}}, "facts_file", overlay)
             raw_facts[name] = merged
+            fact_paths[name] = overlay
         units = doc.get("units", {})
         aliases.update(units.get("aliases", {}))
         conversions.extend(units.get("conversions", []))
@@ -269,7 +286,7 @@ def load_mappings(
         name: FactSpec(name=name, kind=body["kind"], label=body.get("label", name), params=body)
         for name, body in raw_facts.items()
     }
-    _check_facts(facts, concepts, facts_path)
+    _check_facts(facts, concepts, fact_paths)
     trial_obj = rules.build_trial(criteria_doc, criteria_path, facts)
 
     digest = hashlib.sha256()

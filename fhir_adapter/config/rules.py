@@ -44,7 +44,10 @@ def parse_rule(
         if node["fact"] not in facts:
             raise ConfigError(f"{where}.fact: unknown fact {node['fact']!r}")
         on_match = Verdict(node["on_match"]) if "on_match" in node else None
-        return Compare(fact=node["fact"], op=node["op"], value=_value(node["value"]), on_match=on_match)
+        value = _value(node["value"])
+        if node["op"] in {"<", "<=", ">", ">="} and not isinstance(value, Decimal):
+            raise ConfigError(f"{where}.value: {node['op']} needs a number, got {node['value']!r}")
+        return Compare(fact=node["fact"], op=node["op"], value=value, on_match=on_match)
     if "all" in node:
         return AllOf(
             tuple(parse_rule(n, f"{where}.all[{i}]", facts, components) for i, n in enumerate(node["all"]))

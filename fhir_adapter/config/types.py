@@ -26,6 +26,7 @@ class Concept:
     prefixes: tuple[tuple[str, str], ...] = ()
     text: tuple[str, ...] = ()  # lower-cased substrings
     text_exclude: tuple[str, ...] = ()
+    text_exact: frozenset[str] = frozenset()  # whole-text matches for short tokens ("IV", "po")
     # Systems this concept has codes in: when a CodeableConcept carries one of them, its codes decide
     # and text is not consulted (so "Mean platelet volume" with its own LOINC is not read as platelets).
     systems: frozenset[str] = frozenset()
@@ -69,8 +70,9 @@ class MedicationRules:
     glucocorticoids: tuple[Glucocorticoid, ...]
     taken_statuses: frozenset[str]
     administered_statuses: frozenset[str]
-    frequency_codes: Mapping[str, Decimal]
-    period_days: Mapping[str, Decimal]
+    # Exact fractions (numerator, denominator): administrations per day, periods per day.
+    frequency_codes: Mapping[str, tuple[Decimal, Decimal]]
+    periods_per_day: Mapping[str, tuple[Decimal, Decimal]]
     count_units: frozenset[str]
 
 

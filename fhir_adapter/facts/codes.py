@@ -25,7 +25,7 @@ def matches(concept: Concept, cc: Any) -> bool:
     codes in) when code.text or a display contains one of the concept's text patterns."""
     if code_matches(concept, cc):
         return True
-    if not concept.text:
+    if not concept.text and not concept.text_exact:
         return False
     if any(system in concept.systems for system, _, _ in codings(cc)):
         return False
@@ -35,6 +35,8 @@ def matches(concept: Concept, cc: Any) -> bool:
 def text_matches(concept: Concept, candidates: list[str]) -> bool:
     for text in candidates:
         low = text.lower()
+        if low.strip() in concept.text_exact:
+            return True
         if any(x in low for x in concept.text_exclude):
             continue
         if any(t in low for t in concept.text):
@@ -75,13 +77,14 @@ class CodeIndex:
                 upper = code.upper()
                 if any(system == s and upper.startswith(p) for s, p in concept.prefixes):
                     hits.update(idx)
-        if concept.text:
+        if concept.text or concept.text_exact:
             for i, found in enumerate(self._codings):
                 if i in hits or any(s in concept.systems for s, _, _ in found):
                     continue
                 lowered = self._lower_texts(i)
-                if any(t in low for low in lowered for t in concept.text) and not any(
-                    x in low for low in lowered for x in concept.text_exclude
+                if any(low.strip() in concept.text_exact for low in lowered) or (
+                    any(t in low for low in lowered for t in concept.text)
+                    and not any(x in low for low in lowered for x in concept.text_exclude)
                 ):
                     hits.add(i)
         result = tuple(self._resources[i] for i in sorted(hits))

@@ -86,7 +86,7 @@ def condition(ctx: Context, spec: FactSpec) -> Fact:
                 if _allergy_active(allergy) and codes.matches(concept, allergy.get("code")):
                     found.append(allergy)
     if not found:
-        qualifier = "current " if scope == "current" else ""
+        qualifier = "current " if scope == "current" and not spec.label.startswith("current") else ""
         return _none_found(ctx, spec, f"{qualifier}{spec.label}")
     evidence = tuple(Evidence(reference_label(c), _describe(c)) for c in found)
     return Fact(
@@ -103,10 +103,13 @@ def _allergy_active(allergy: Resource) -> bool:
 
 def medication_allergy_count(ctx: Context, spec: FactSpec) -> Fact:
     distinct: dict[str, Resource] = {}
+    none_known = ctx.concept("no-known-allergy")
     for allergy in ctx.record.of_type("AllergyIntolerance"):
         categories = [c.strip().lower() for c in allergy.get("category") or [] if isinstance(c, str)]
         if "medication" not in categories or not _allergy_active(allergy):
             continue
+        if codes.matches(none_known, allergy.get("code")):
+            continue  # "no known drug allergy" is recorded as an AllergyIntolerance, but is none
         key = next((f"{s}|{c}" for s, c, _ in codings(allergy.get("code")) if c), None)
         key = key or label(allergy.get("code")).lower()
         distinct.setdefault(key, allergy)

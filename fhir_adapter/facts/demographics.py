@@ -36,7 +36,16 @@ def age(ctx: Context, spec: FactSpec) -> Fact:
         last = dt.date(year, month or 12, 28 if month == 2 else 30 if month in {4, 6, 9, 11} else 31)
         low, high = whole_years(last, ctx.as_of), whole_years(first, ctx.as_of)
         if low != high:
-            return Fact(spec.name, None, reason=f"birthDate {birth} is partial: age {low} or {high}")
+            # Both ages are possible: the criterion decides when they agree (1980 is 45 or 46: adult).
+            detail = f"{low} or {high} years on {ctx.as_of.isoformat()} (birthDate {birth} is partial)"
+            return Fact(
+                spec.name,
+                Decimal(low),
+                unit="a",
+                evidence=(Evidence(ctx.patient_ref, f"birthDate {birth}"),),
+                reason=detail,
+                upper=Decimal(high),
+            )
         born = first
     else:
         try:

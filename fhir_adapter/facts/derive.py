@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+from fhir_adapter import logs
 from fhir_adapter.config.types import FactSpec, Mappings
 from fhir_adapter.facts import conditions, demographics, labs, medications
 from fhir_adapter.facts.context import Context
@@ -35,12 +36,8 @@ def _derive(ctx: Context, spec: FactSpec) -> Fact:
     try:
         return KINDS[spec.kind](ctx, spec)
     except Exception as exc:  # one odd resource must not sink the patient, let alone the run
-        log.warning(
-            "fact %s failed for a patient: %s",
-            spec.name,
-            type(exc).__name__,
-            exc_info=log.isEnabledFor(logging.DEBUG),
-        )
+        # Where, never what: an exception's message may quote the data that broke it.
+        log.warning("fact %s failed for a patient: %s", spec.name, logs.where(exc))
         return Fact(spec.name, None, reason=f"could not be computed ({type(exc).__name__}); see the log")
 
 

@@ -108,19 +108,22 @@ def per_day(dosage: Resource, rules: MedicationRules) -> Decimal | str:
             freq = _decimal(repeat.get("frequencyMax") or repeat.get("frequency"))
             period = _decimal(repeat.get("period", 1))
             unit = str(repeat.get("periodUnit", "d"))
-            days = rules.period_days.get(unit)
-            if freq is None or not period or days is None:
+            per_day = rules.periods_per_day.get(unit)
+            if freq is None or not period or per_day is None:
                 return f"timing {freq}/{period} {unit} not understood"
-            return freq / (period * days)
+            # One division at the end keeps "every 12 h" at exactly 2 a day.
+            return freq * per_day[0] / (period * per_day[1])
         code = timing.get("code")
         if isinstance(code, dict):
             for coding in code.get("coding") or []:
                 c = str(coding.get("code", "")).upper()
                 if c in rules.frequency_codes:
-                    return rules.frequency_codes[c]
+                    num, den = rules.frequency_codes[c]
+                    return num / den
             code_text = str(code.get("text", "")).upper()
             if code_text in rules.frequency_codes:
-                return rules.frequency_codes[code_text]
+                num, den = rules.frequency_codes[code_text]
+                return num / den
     sig = dosage.get("text")
     if isinstance(sig, str) and sig.strip():
         return f"dosage only as text: {sig.strip()[:80]!r}"

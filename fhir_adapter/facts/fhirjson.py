@@ -27,7 +27,8 @@ def codings(concept: Any) -> Iterator[tuple[str, str, str]]:
     """(system, code, display) of every coding in a CodeableConcept, whitespace-trimmed."""
     if not isinstance(concept, dict):
         return
-    for coding in concept.get("coding") or ():
+    found = concept.get("coding")
+    for coding in found if isinstance(found, list) else ():
         if not isinstance(coding, dict):
             continue
         system = coding.get("system")
@@ -73,6 +74,31 @@ def parse_date(value: Any) -> dt.date | None:
         return dt.date(int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 1))
     except ValueError:
         return None
+
+
+_EPOCH = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+
+
+def instant(value: Any) -> dt.datetime:
+    """A dateTime as an aware UTC instant for ordering; dates and unparseable values sort first."""
+    if not isinstance(value, str) or "T" not in value:
+        return _EPOCH
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return _EPOCH
+    # A time without a zone is local to the source; UTC is as good a guess as any for ordering only.
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def effective_instant(resource: Resource) -> dt.datetime:
+    for key in ("effectiveDateTime", "effectiveInstant"):
+        if key in resource:
+            return instant(resource.get(key))
+    period = resource.get("effectivePeriod")
+    if isinstance(period, dict):
+        return instant(period.get("end") or period.get("start"))
+    return instant(resource.get("issued"))
 
 
 def period_bounds(period: Any) -> tuple[dt.date | None, dt.date | None]:

@@ -101,6 +101,23 @@ def _dosages(resource: Resource) -> list[Resource]:
     return [d for d in raw or [] if isinstance(d, dict)]
 
 
+def _bounds(dosage: Resource) -> Any:
+    timing = dosage.get("timing")
+    repeat = timing.get("repeat") if isinstance(timing, dict) else None
+    return repeat.get("boundsPeriod") if isinstance(repeat, dict) else None
+
+
+def _phases(dosages: list[Resource]) -> list[list[Resource]]:
+    """A taper (dosages in sequence, each with its own boundsPeriod) is one phase per sequence, each
+    taken over its own dates; otherwise the order's dosages form one phase."""
+    groups: dict[Any, list[Resource]] = {}
+    for i, d in enumerate(dosages):
+        groups.setdefault(d.get("sequence", f"#{i}"), []).append(d)
+    if len(groups) > 1 and any(_bounds(d) for d in dosages):
+        return list(groups.values())
+    return [dosages]
+
+
 def _period(
     resource: Resource, dosages: list[Resource], as_of: dt.date
 ) -> tuple[dt.date | None, dt.date | None]:
@@ -116,7 +133,8 @@ def _period(
         s, e = period_bounds(resource.get("effectivePeriod"))
         instant = parse_date(resource.get("effectiveDateTime"))
         start = start or s or instant
-        end = end or e or (instant if rtype == "MedicationAdministration" else None)
+        # An administration happens on its day(s): an open "in-progress" one is not given for ever.
+        end = end or e or (instant or start if rtype == "MedicationAdministration" else None)
         if rtype == "MedicationStatement" and start is None:
             start = parse_date(resource.get("dateAsserted"))
     else:
@@ -189,22 +207,23 @@ def exposures(ctx: Context) -> list[Exposure]:
             cc, medication = _medication(ctx, resource)
             found, names = _all_codings_and_names(cc, medication)
             dosages = _dosages(resource)
-            start, end = _period(resource, dosages, ctx.as_of)
             route = next((d.get("route") for d in dosages if d.get("route")), None)
-            out.append(
-                Exposure(
-                    resource=resource,
-                    ref=ref,
-                    names=tuple(names),
-                    codings=tuple(found),
-                    medication=medication,
-                    start=start,
-                    end=end,
-                    mg_per_day=_mg_per_day(ctx, resource, dosages, medication, names),
-                    route=route,
-                    taken=status in taken_set,
+            for part in _phases(dosages):
+                start, end = _period(resource, part, ctx.as_of)
+                out.append(
+                    Exposure(
+                        resource=resource,
+                        ref=ref,
+                        names=tuple(names),
+                        codings=tuple(found),
+                        medication=medication,
+                        start=start,
+                        end=end,
+                        mg_per_day=_mg_per_day(ctx, resource, part, medication, names),
+                        route=route,
+                        taken=status in taken_set,
+                    )
                 )
-            )
     ctx.__dict__["_exposures"] = tuple(out)
     return out
 

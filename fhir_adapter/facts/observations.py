@@ -10,7 +10,15 @@ from typing import Any
 
 from fhir_adapter.config.types import UnitTable
 from fhir_adapter.facts import units
-from fhir_adapter.facts.fhirjson import codings, effective_date, is_ignored, parse_date, reference_label
+from fhir_adapter.facts.fhirjson import (
+    codings,
+    effective_date,
+    effective_instant,
+    instant,
+    is_ignored,
+    parse_date,
+    reference_label,
+)
 from fhir_adapter.model import Resource
 
 _NUMBER_RE = re.compile(r"^\s*(<=|>=|≤|≥|＜|＞|<|>)?\s*(-?\d+(?:[.,]\d+)?)\s*(.*?)\s*$")
@@ -48,17 +56,18 @@ def in_window(resources: tuple[Resource, ...], as_of: dt.date, start: dt.date | 
 
     Ties on date go to the later ``issued``, then to the larger id (spec section 2).
     """
-    found: list[tuple[dt.date, str, str, Resource]] = []
+    found: list[tuple[tuple[dt.date, dt.datetime, dt.datetime, str], Resource]] = []
     for obs in resources:
         if is_ignored(obs):
             continue
         date = effective_date(obs)
         if date is None or date > as_of or (start is not None and date < start):
             continue
-        issued = obs.get("issued") if isinstance(obs.get("issued"), str) else ""
-        found.append((date, str(issued), str(obs.get("id", "")), obs))
-    found.sort(key=lambda t: (t[0], t[1], t[2]), reverse=True)
-    return [Dated(resource=t[3], date=t[0]) for t in found]
+        # Same day: the later time of day, then the later issued instant, then the larger id.
+        key = (date, effective_instant(obs), instant(obs.get("issued")), str(obs.get("id", "")))
+        found.append((key, obs))
+    found.sort(key=lambda t: t[0], reverse=True)
+    return [Dated(resource=obs, date=key[0]) for key, obs in found]
 
 
 def has_value(obs: Resource) -> bool:
@@ -110,8 +119,8 @@ def reference_high(
     for rr in ranges:
         if not isinstance(rr, dict):
             continue
-        applies = [c for _, c, _ in codings_list(rr.get("appliesTo"))]
-        if applies and sex and not any(a.lower() in {sex, sex[0]} for a in applies):
+        applies = codings_list(rr.get("appliesTo")) + [("", "", t) for t in _texts(rr.get("appliesTo"))]
+        if applies and not _applies_to_sex(applies, sex):
             continue
         high = rr.get("high")
         if isinstance(high, dict):
@@ -131,6 +140,35 @@ def reference_high(
                 if parsed is not None:
                     return parsed, "?"
     return None
+
+
+_SEX_CODES = {
+    "248152002": "female",
+    "248153007": "male",
+    "female": "female",
+    "male": "male",
+    "f": "female",
+    "m": "male",
+}
+
+
+def _texts(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [cc["text"] for cc in value if isinstance(cc, dict) and isinstance(cc.get("text"), str)]
+
+
+def _applies_to_sex(applies: list[tuple[str, str, str]], sex: str | None) -> bool:
+    """Whether a range's appliesTo fits the patient; ranges for an age group or other population also
+    pass, and without a known sex a sex-specific range cannot be chosen."""
+    sexes = {
+        _SEX_CODES.get(code.lower()) or _SEX_CODES.get(display.strip().lower())
+        for _, code, display in applies
+    }
+    sexes.discard(None)
+    if not sexes:
+        return True
+    return sex in sexes
 
 
 def codings_list(value: Any) -> list[tuple[str, str, str]]:

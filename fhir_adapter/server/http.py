@@ -275,6 +275,13 @@ class FhirClient:
         for bundle in self._pages(self._resolve(path), params):
             yield from _entries(bundle)
 
+    def history_type(self, resource_type: str, params: Params | None = None) -> Iterator[Resource]:
+        """Yield the entries of ``Type/_history`` (every version of every resource of a type, deletions
+        included), following ``next`` links; the sync job reads changes with ``_since``."""
+        path = f"{_check_type(resource_type)}/_history"
+        for bundle in self._pages(self._resolve(path), params):
+            yield from _entries(bundle)
+
     def create(self, resource: Resource, if_none_exist: str | None = None) -> FhirResponse:
         """``POST Type``; ``if_none_exist`` (a query without ``?``) makes it a conditional create."""
         path = _check_type(_str_field(resource, "resourceType"))

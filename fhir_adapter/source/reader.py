@@ -10,6 +10,7 @@ import gzip
 import io
 import logging
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,7 @@ def read_file(path: Path, line_filter: bytes | None = None) -> Iterator[Item | I
     name = str(path)
     try:
         with _open(path) as fh:
-            first = fh.readline()
+            first = fh.readline().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (Windows exports)
             if b"\x00" in first[:1024]:
                 yield InputProblem(name, "binary file, not FHIR JSON")
                 return
@@ -82,7 +83,7 @@ def read_file(path: Path, line_filter: bytes | None = None) -> Iterator[Item | I
                 yield from _ndjson(name, first, fh, line_filter)
                 return
             data = first + fh.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         yield InputProblem(name, f"cannot read: {type(exc).__name__}: {exc}")
         return
     if not data.strip():

@@ -33,38 +33,72 @@ class Outcome:
     evidence: tuple[Evidence, ...] = ()
 
 
-def _holds(x: Decimal, op: str, t: Decimal) -> bool:
-    return {"<": x < t, "<=": x <= t, ">": x > t, ">=": x >= t, "==": x == t, "!=": x != t}[op]
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """The values a fact allows: ``None`` ends are unbounded; ``*_open`` excludes the end itself."""
+
+    lo: Decimal | None
+    lo_open: bool
+    hi: Decimal | None
+    hi_open: bool
 
 
-def compare_censored(x: Decimal, comparator: str | None, op: str, t: Decimal) -> Verdict:
-    """Compare a possibly censored value (true value v with ``v <comparator> x``) with ``op t``.
+def fact_interval(x: Decimal, comparator: str | None, upper: Decimal | None = None) -> Interval:
+    if upper is not None:
+        return Interval(x, False, upper, False)
+    return {
+        None: Interval(x, False, x, False),
+        "<": Interval(None, True, x, True),
+        "<=": Interval(None, True, x, False),
+        ">": Interval(x, True, None, True),
+        ">=": Interval(x, False, None, True),
+    }[comparator]
 
-    Met when every possible v satisfies the rule, not-met when none does, else unknown.
-    """
-    if comparator is None:
-        return MET if _holds(x, op, t) else NOT_MET
-    if op in {"==", "!="}:
-        return UNKNOWN
-    upper = comparator in {"<", "<="}  # v lies below x
-    strict = comparator in {"<", ">"}
-    rule_below = op in {"<", "<="}
-    rule_strict = op in {"<", ">"}
-    if upper == rule_below:
-        # Same direction: the whole interval fits inside the rule's half-line, or we cannot tell.
-        inside = (
-            (x < t or (x == t and (strict or not rule_strict)))
-            if upper
-            else (x > t or (x == t and (strict or not rule_strict)))
-        )
-        return MET if inside else UNKNOWN
-    # Opposite directions: the interval misses the rule's half-line entirely, or we cannot tell.
-    disjoint = (
-        (x < t or (x == t and (strict or rule_strict)))
-        if upper
-        else (x > t or (x == t and (strict or rule_strict)))
+
+def _region(op: str, t: Decimal) -> Interval:
+    return {
+        "<": Interval(None, True, t, True),
+        "<=": Interval(None, True, t, False),
+        ">": Interval(t, True, None, True),
+        ">=": Interval(t, False, None, True),
+        "==": Interval(t, False, t, False),
+    }[op]
+
+
+def _inside(a: Interval, b: Interval) -> bool:
+    """Every value of ``a`` lies in ``b``."""
+    lo_ok = b.lo is None or (
+        a.lo is not None and (a.lo > b.lo or (a.lo == b.lo and (a.lo_open or not b.lo_open)))
     )
-    return NOT_MET if disjoint else UNKNOWN
+    hi_ok = b.hi is None or (
+        a.hi is not None and (a.hi < b.hi or (a.hi == b.hi and (a.hi_open or not b.hi_open)))
+    )
+    return lo_ok and hi_ok
+
+
+def _apart(a: Interval, b: Interval) -> bool:
+    """No value of ``a`` lies in ``b``."""
+    if a.hi is not None and b.lo is not None and (a.hi < b.lo or (a.hi == b.lo and (a.hi_open or b.lo_open))):
+        return True
+    return (
+        a.lo is not None and b.hi is not None and (a.lo > b.hi or (a.lo == b.hi and (a.lo_open or b.hi_open)))
+    )
+
+
+def compare_censored(
+    x: Decimal, comparator: str | None, op: str, t: Decimal, upper: Decimal | None = None
+) -> Verdict:
+    """Compare a fact that allows a range of values (censored ``<0.06``, a lower bound, or an interval
+    such as the two ages a year-only birthDate allows) with ``op t``.
+
+    Met when every allowed value satisfies the rule, not-met when none does, else unknown.
+    """
+    if op == "!=":
+        return logic.negate(compare_censored(x, comparator, "==", t, upper))
+    interval, region = fact_interval(x, comparator, upper), _region(op, t)
+    if _inside(interval, region):
+        return MET
+    return NOT_MET if _apart(interval, region) else UNKNOWN
 
 
 _WORDS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "is", "!=": "is not"}
@@ -74,7 +108,7 @@ def _leaf(rule: Compare, fact: Fact) -> Outcome:
     if fact.value is None:
         return Outcome(UNKNOWN, fact.reason or f"{fact.name} unknown")
     if isinstance(rule.value, Decimal) and isinstance(fact.value, Decimal):
-        verdict = compare_censored(fact.value, fact.comparator, rule.op, rule.value)
+        verdict = compare_censored(fact.value, fact.comparator, rule.op, rule.value, fact.upper)
         reason = f"{fact.reason} ({_WORDS[rule.op]} {fmt(rule.value)}: {'yes' if verdict is MET else 'no' if verdict is NOT_MET else 'cannot tell'})"
     elif (isinstance(rule.value, bool) and isinstance(fact.value, bool)) or (
         isinstance(rule.value, str) and isinstance(fact.value, str)

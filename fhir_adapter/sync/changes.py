@@ -1,0 +1,82 @@
+"""Which patients changed since the watermark: the server's history feed, deletions included."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from fhir_adapter.facts.fhirjson import ref_id
+from fhir_adapter.server.http import FhirClient
+from fhir_adapter.source.patient_index import USED_TYPES, patient_of
+
+log = logging.getLogger(__name__)
+PAGE_SIZE = 500
+
+
+@dataclass
+class Changes:
+    patients: set[str] = field(default_factory=set)
+    deleted: int = 0
+    entries: int = 0
+
+
+def server_now(client: FhirClient) -> dt.datetime:
+    """The server's clock (its ``Date`` header), never ours: the watermark must not depend on clock skew."""
+    client.get("metadata", {"_summary": "true"})
+    if client.last_server_date is None:
+        from fhir_adapter.errors import ServerError
+
+        raise ServerError("the server sends no Date header; cannot keep an incremental watermark")
+    return client.last_server_date
+
+
+def changed_patients(client: FhirClient, since: dt.datetime) -> Changes:
+    """Patients with a created, updated or deleted resource of a type the criteria read, since ``since``.
+
+    Type-level ``_history?_since=`` lists deletions too (a version with no body); the patient of a deleted
+    resource is read from the version before the deletion.
+    """
+    changes = Changes()
+    stamp = since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for rtype in sorted(USED_TYPES):
+        for entry in client.history_type(rtype, {"_since": stamp, "_count": PAGE_SIZE}):
+            changes.entries += 1
+            resource = entry.get("resource")
+            if isinstance(resource, dict):
+                pid = patient_of(resource)
+            else:
+                pid = _patient_of_deleted(client, entry)
+                changes.deleted += 1
+            if pid:
+                changes.patients.add(pid)
+    log.info(
+        "history since %s: %d entries, %d deletions, %d patients",
+        stamp,
+        changes.entries,
+        changes.deleted,
+        len(changes.patients),
+    )
+    return changes
+
+
+def _patient_of_deleted(client: FhirClient, entry: dict[str, object]) -> str | None:
+    request = entry.get("request")
+    url = entry.get("fullUrl") or (request.get("url") if isinstance(request, dict) else None)
+    if not isinstance(url, str):
+        return None
+    parts = url.rstrip("/").split("/")
+    if "_history" in parts:
+        i = parts.index("_history")
+        rtype, rid, version = parts[i - 2], parts[i - 1], parts[i + 1] if i + 1 < len(parts) else None
+    else:
+        ref = ref_id(url)
+        if not ref:
+            return None
+        rtype, rid = ref.split("/", 1)
+        version = None
+    if version and version.isdigit() and int(version) > 1:
+        previous = client.vread(rtype, rid, str(int(version) - 1))
+        if previous is not None and previous.body is not None:
+            return patient_of(previous.body)
+    return None

@@ -104,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(ld)
     _common(ld)
 
+    y = sub.add_parser("sync", help="scheduled, incremental screening of a FHIR server with write-back")
+    y.add_argument("--config", type=Path, required=True, metavar="site.toml", help="the site configuration")
+    y.add_argument("--dry-run", action="store_true", help="show what a run would do; change nothing")
+    y.add_argument("--full", action="store_true", help="full reconciliation: re-screen every candidate")
+    y.add_argument("--status", action="store_true", help="print the last runs and exit")
+    y.add_argument(
+        "--as-of", type=_date, default=None, help="evaluation date (default: the config's, else today)"
+    )
+    y.add_argument("--report", type=Path, default=None, metavar="HTML", help=argparse.SUPPRESS)
+    _common(y)
+
     r = sub.add_parser("report", help="render a result JSON as an HTML page (and a CSV worklist)")
     r.add_argument("result", type=Path)
     r.add_argument("--html", type=Path, required=True)
@@ -181,6 +192,21 @@ def _render_report(result: Path, html: Path, csv: Path | None) -> None:
     print(f"report written to {html}" + (f" and {csv}" if csv else ""), file=sys.stderr)
 
 
+def _sync(args: argparse.Namespace) -> int:
+    from fhir_adapter.sync import run
+    from fhir_adapter.sync.config import load_site_config
+
+    config = load_site_config(args.config)
+    if args.status:
+        print(run.status(config))
+        return ExitCode.OK
+    code = run.sync(config, dry_run=args.dry_run, full=args.full, as_of=args.as_of)
+    html = args.report or config.report_html
+    if html is not None and config.result_path is not None and not args.dry_run:
+        _render_report(config.result_path, html, None)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -193,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             _render_report(args.result, args.html, args.csv)
             return ExitCode.OK
+        if args.command == "sync":
+            return _sync(args)
         raise UsageError(f"unknown command {args.command}")
     except AdapterError as exc:
         print(f"fhir-adapter: error: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
+from fhir_adapter.errors import ServerError
 from fhir_adapter.facts.fhirjson import ref_id
 from fhir_adapter.server.http import FhirClient
 from fhir_adapter.source.patient_index import USED_TYPES, patient_of
@@ -22,12 +23,22 @@ class Changes:
 
 
 def server_now(client: FhirClient) -> dt.datetime:
-    """The server's clock (its ``Date`` header), never ours: the watermark must not depend on clock skew."""
-    client.get("metadata", {"_summary": "true"})
-    if client.last_server_date is None:
-        from fhir_adapter.errors import ServerError
+    """The server's clock, never ours, so clock skew cannot lose a change.
 
-        raise ServerError("the server sends no Date header; cannot keep an incremental watermark")
+    An empty search's ``Bundle.meta.lastUpdated`` carries milliseconds; the ``Date`` header (whole
+    seconds, the fallback) would make the next run re-read everything written in the same second.
+    """
+    bundle = client.get("Patient", {"_count": 0})
+    stamp = (bundle.get("meta") or {}).get("lastUpdated") if isinstance(bundle, dict) else None
+    if isinstance(stamp, str):
+        try:
+            parsed = dt.datetime.fromisoformat(stamp)
+            if parsed.tzinfo is not None:
+                return parsed
+        except ValueError:
+            pass
+    if client.last_server_date is None:
+        raise ServerError("the server sends neither Bundle.meta.lastUpdated nor a Date header: no watermark")
     return client.last_server_date
 
 
@@ -38,7 +49,7 @@ def changed_patients(client: FhirClient, since: dt.datetime) -> Changes:
     resource is read from the version before the deletion.
     """
     changes = Changes()
-    stamp = since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = since.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     for rtype in sorted(USED_TYPES):
         for entry in client.history_type(rtype, {"_since": stamp, "_count": PAGE_SIZE}):
             changes.entries += 1

@@ -179,7 +179,10 @@ def _build_units(raw: Mapping[str, Any], path: str) -> UnitTable:
         )
         for i, c in enumerate(raw.get("conversions", []))
     )
-    return UnitTable(aliases=dict(raw.get("aliases", {})), conversions=conversions)
+    aliases = dict(raw.get("aliases", {}))
+    return UnitTable(
+        aliases=aliases, conversions=conversions, aliases_lower={k.lower(): v for k, v in aliases.items()}
+    )
 
 
 def _build_medications(raw: Mapping[str, Any], path: Path) -> MedicationRules:

@@ -44,6 +44,7 @@ class Conversion:
 class UnitTable:
     aliases: Mapping[str, str]
     conversions: tuple[Conversion, ...]
+    aliases_lower: Mapping[str, str] = field(default_factory=dict)  # the same keys, lower-cased
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ class CodeIndex:
         self._resources = resources
         self._key = key
         self._codings: list[list[tuple[str, str, str]]] = [list(codings(r.get(key))) for r in resources]
+        self._systems = [frozenset(system for system, _, _ in found) for found in self._codings]
         self._by_code: dict[tuple[str, str], list[int]] = {}
         for i, found in enumerate(self._codings):
             for system, code, _ in found:
@@ -78,8 +79,8 @@ class CodeIndex:
                 if any(system == s and upper.startswith(p) for s, p in concept.prefixes):
                     hits.update(idx)
         if concept.text or concept.text_exact:
-            for i, found in enumerate(self._codings):
-                if i in hits or any(s in concept.systems for s, _, _ in found):
+            for i, systems in enumerate(self._systems):
+                if i in hits or not concept.systems.isdisjoint(systems):
                     continue
                 lowered = self._lower_texts(i)
                 if any(low.strip() in concept.text_exact for low in lowered) or (

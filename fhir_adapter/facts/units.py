@@ -17,8 +17,7 @@ def normalise_unit(table: UnitTable, unit: str) -> str:
     unit = unit.strip()
     if unit in table.aliases:
         return table.aliases[unit]
-    lowered = {k.lower(): v for k, v in table.aliases.items()}
-    return lowered.get(unit.lower(), unit)
+    return table.aliases_lower.get(unit.lower(), unit)
 
 
 def quantity_unit(quantity: dict[str, Any]) -> str | None:

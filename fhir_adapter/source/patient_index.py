@@ -44,7 +44,13 @@ def patient_of(resource: Resource) -> str | None:
         rid = resource.get("id")
         return rid if isinstance(rid, str) and rid else None
     for key in _SUBJECT_KEYS:
-        ref = ref_id(resource.get(key))
+        subject = resource.get(key)
+        if isinstance(subject, dict):
+            # Fast path for the bulk-export form "Patient/<id>" (most of an export's resources).
+            plain = subject.get("reference")
+            if isinstance(plain, str) and plain.startswith("Patient/") and plain.count("/") == 1:
+                return plain[len("Patient/") :] or None
+        ref = ref_id(subject)
         if ref and ref.startswith("Patient/"):
             return ref[len("Patient/") :]
     return None

@@ -193,7 +193,7 @@ def test_renal_cockcroft_gault_from_umol_per_l_is_not_met_for_normal_creatinine(
 def test_renal_without_weight_is_unknown_saying_cockcroft_gault_needs_it() -> None:
     v, why, _ = check("renal-insufficiency", drop=(WEIGHT,))
     assert v == "unknown"
-    assert "Cockcroft-Gault needs" in why and "body weight" in why
+    assert "Cockcroft-Gault lacks" in why and "body weight" in why
 
 
 def test_renal_without_creatinine_is_unknown() -> None:

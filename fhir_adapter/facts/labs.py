@@ -214,7 +214,9 @@ def creatinine_clearance(ctx: Context, spec: FactSpec) -> Fact:
     missing = [f.reason for f in (creat, age, sex, weight) if f.value is None]
     if missing or not isinstance(creat.value, Decimal) or not isinstance(age.value, Decimal):
         return Fact(
-            spec.name, None, reason="no measured clearance; Cockcroft-Gault needs " + "; ".join(missing)
+            spec.name,
+            None,
+            reason="no measured creatinine clearance, and Cockcroft-Gault lacks: " + "; ".join(missing),
         )
     if creat.comparator is not None or weight.comparator is not None or creat.value <= 0:
         return Fact(spec.name, None, reason=f"Cockcroft-Gault not computable from {creat.reason}")

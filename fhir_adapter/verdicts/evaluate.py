@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -123,6 +124,34 @@ def _leaf(rule: Compare, fact: Fact) -> Outcome:
     return Outcome(verdict, reason, fact.evidence if verdict is not UNKNOWN else ())
 
 
+_MISSING = re.compile(r"^no (?P<what>.+?) (?P<when>in the last .+)$")
+
+
+def _collapse(reasons: list[str]) -> list[str]:
+    """ "no CK in the last 90 days; no LDH in the last 90 days" -> "no CK or LDH in the last 90 days":
+    the worklist says in one line what to order."""
+    out: list[str] = []
+    groups: dict[str, list[str]] = {}
+    for reason in reasons:
+        m = _MISSING.match(reason)
+        if m is None:
+            out.append(reason)
+            continue
+        if m.group("when") not in groups:
+            groups[m.group("when")] = []
+            out.append(m.group("when"))  # placeholder, replaced below
+        groups[m.group("when")].append(m.group("what"))
+    result = []
+    for item in out:
+        if item in groups:
+            names = groups[item]
+            joined = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+            result.append(f"no {joined} {item}")
+        else:
+            result.append(item)
+    return result
+
+
 def _join(outcomes: Sequence[Outcome]) -> tuple[str, tuple[Evidence, ...]]:
     reasons: list[str] = []
     evidence: list[Evidence] = []
@@ -132,7 +161,7 @@ def _join(outcomes: Sequence[Outcome]) -> tuple[str, tuple[Evidence, ...]]:
         for e in o.evidence:
             if e not in evidence:
                 evidence.append(e)
-    return "; ".join(reasons), tuple(evidence)
+    return "; ".join(_collapse(reasons)), tuple(evidence)
 
 
 def evaluate(rule: Rule, facts: FactLookup, components: dict[str, CriterionResult]) -> Outcome:

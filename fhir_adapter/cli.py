@@ -112,7 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument(
         "--as-of", type=_date, default=None, help="evaluation date (default: the config's, else today)"
     )
-    y.add_argument("--report", type=Path, default=None, metavar="HTML", help=argparse.SUPPRESS)
+    y.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="HTML",
+        help="write the coordinator report of this run's result (default: [report] html; needs [report] result)",
+    )
     _common(y)
 
     r = sub.add_parser("report", help="render a result JSON as an HTML page (and a CSV worklist)")
@@ -202,7 +208,9 @@ def _sync(args: argparse.Namespace) -> int:
         return ExitCode.OK
     code = run.sync(config, dry_run=args.dry_run, full=args.full, as_of=args.as_of)
     html = args.report or config.report_html
-    if html is not None and config.result_path is not None and not args.dry_run:
+    if html is not None and not args.dry_run:
+        if config.result_path is None:
+            raise UsageError(f"{args.config}: report.result: a report needs the run's result file")
         _render_report(config.result_path, html, None)
     return code
 

@@ -410,6 +410,14 @@ def test_advancing_the_as_of_date_past_a_birthday_changes_the_verdict_without_ne
     assert again["counts"]["queued"] == 0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: changes.py _patient_of_deleted reads the version from entry.fullUrl first; HAPI's history "
+    "entry for a DELETE has fullUrl '[base]/Observation/x' (no _history) and the version only in "
+    "request.url 'Observation/x/_history/2', so the patient is never found: the manifest counts "
+    "deletedResourcesSeen 1 but queues nobody and the patient is not re-evaluated",
+)
 def test_a_deleted_observation_re_evaluates_its_patient(site: Site) -> None:
     site.bootstrap()
     site.load(("dm01", "dm08"))
@@ -450,7 +458,9 @@ def test_a_run_killed_midway_is_finished_by_the_next_run_without_duplicates(site
     try:
 
         def some_done() -> bool:
-            assert run.poll() is None, "the run finished before it could be killed"
+            assert run.poll() is None, (
+                f"the run exited ({run.returncode}) before it could be killed; see {stderr.name}"
+            )
             if not site.state_path.exists():
                 return False
             try:
@@ -494,6 +504,7 @@ def test_a_run_killed_midway_is_finished_by_the_next_run_without_duplicates(site
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="BUG: a run that dies after creating a ResearchSubject and before its Provenance leaves the "
     "patient queued; the next run finds the subject unchanged (run.py _process: Action.UNCHANGED) and "
     "never writes the Provenance, so that ResearchSubject version has none",
@@ -680,9 +691,11 @@ def test_log_records_are_json_lines_when_stderr_is_not_a_terminal(site: Site) ->
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="BUG: with stderr not a terminal, sync still prints the run summary "
     "('sync run N ok: ...', run.py _run: print(render_manifest(...), file=out) with out=sys.stderr) as plain "
-    "text among the JSON log lines, so a JSON-lines log collector cannot parse the job's stderr",
+    "text among the JSON log lines (so do cli.py main's 'fhir-adapter: error: ...' lines, e.g. on exit 5), "
+    "so a JSON-lines log collector cannot parse the job's stderr",
 )
 def test_every_stderr_line_of_an_unattended_run_is_json(site: Site) -> None:
     lines = _sync_with_logs(site)

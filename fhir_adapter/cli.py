@@ -59,6 +59,9 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--smart-alg", choices=["RS384", "ES384"], default="RS384")
     g.add_argument("--smart-kid", metavar="KID")
     g.add_argument("--smart-token-url", metavar="URL", help="default: from .well-known/smart-configuration")
+    g.add_argument(
+        "--smart-scope", metavar="SCOPES", help="default: read all, write the resources write-back needs"
+    )
     g.add_argument("--ca-bundle", metavar="PATH", help="custom CA bundle for TLS verification")
     g.add_argument("--timeout", type=float, default=60.0, help="read timeout in seconds (default 60)")
 
@@ -231,17 +234,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sync(args)
         raise UsageError(f"unknown command {args.command}")
     except AdapterError as exc:
-        print(f"fhir-adapter: error: {exc}", file=sys.stderr)
+        _report_error(f"error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("fhir-adapter: interrupted", file=sys.stderr)
+        _report_error("interrupted")
         return 130
-    except Exception as exc:  # a bug: say so briefly; the traceback only at -vv (it may quote data)
+    except Exception as exc:  # a bug: say so briefly; where it happened only at -vv, never the data
         log.debug("internal error: %s", logs.where(exc))
-        print(
-            f"fhir-adapter: internal error: {type(exc).__name__}; run with -vv for details", file=sys.stderr
-        )
+        _report_error(f"internal error: {type(exc).__name__}; run with -vv for details")
         return ExitCode.INTERNAL
+
+
+def _report_error(message: str) -> None:
+    """On a terminal, a plain line; under cron/systemd/Kubernetes, a JSON log line like every other."""
+    if sys.stderr.isatty():
+        print(f"fhir-adapter: {message}", file=sys.stderr)
+    else:
+        log.error("%s", message)
 
 
 __all__ = ["main"]

@@ -156,13 +156,6 @@ def test_other_invalid_values_name_file_and_key(tmp_path: Path, text: str, key: 
     assert config_error(path).startswith(f"{path}: {key}: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: sync/config.py load_site_config: study.as_of = '2026-02-30' matches the schema pattern, "
-    "then dt.date.fromisoformat raises ValueError, so the CLI exits 70 'internal error: ValueError' instead "
-    "of 2 with the file and key",
-)
 def test_an_impossible_as_of_date_is_a_config_error(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + '\n[study]\nas_of = "2026-02-30"\n')
     assert config_error(path).startswith(f"{path}: study.as_of: ")
@@ -229,25 +222,12 @@ def test_site_config_auth_reaches_the_client(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: site-config.schema.json accepts server.auth.scope but sync/run.py client_for never passes "
-    "it on, so SmartBackendAuth always asks for DEFAULT_SCOPE (a site needing SMART v2 scopes cannot set them)",
-)
 def test_the_smart_scope_of_the_site_config_is_used(tmp_path: Path) -> None:
     config = load_site_config(_smart_config(tmp_path, 'scope = "system/Patient.rs system/Observation.rs"\n'))
     with sync_run.client_for(config) as client:
         assert client._auth.scope == "system/Patient.rs system/Observation.rs"  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: an unresolvable secret reference in site.toml is reported with the CLI flag name "
-    "('--token: environment variable ... is not set', sync/run.py client_for -> server/screen.py _auth), "
-    "naming neither site.toml nor the key server.auth.token",
-)
 def test_an_unset_secret_reference_names_file_and_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -353,12 +333,6 @@ def test_cli_refuses_a_newer_state_file_with_exit_2(tmp_path: Path) -> None:
     assert "is newer than this adapter" in err.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: sync/state.py State._migrate: 'state file schema vN is newer than this adapter' does not say "
-    "which file, although ConfigError's contract (errors.py) is that the message always names the file",
-)
 def test_the_newer_state_file_error_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     db = sqlite3.connect(path)
@@ -554,53 +528,24 @@ def _order_with_validity_period_only() -> tuple[Res, ...]:
             lambda: (BORN, DM_LONG_AGO, med_admin("ceftriaxone", 1, "g", date="2026-06-30", route=IV)),
             "2026-08-31",
             "2026-09-01",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="BUG: recheck.py next_recheck: the month window boundary is _add_months(d, m) + 1 day, "
-                "but months_before clamps to the month's end, so a date on the 30th/31st stays in the window "
-                "longer: IV antibacterial on 2026-06-30 is in the 2-month window through 2026-08-31 and "
-                "leaves on 2026-09-01, yet next_recheck(as_of=2026-08-31) gives 2026-09-23",
-            ),
             id="month-window-end-of-month",
         ),
         pytest.param(
             lambda: (patient("1950-06"), DM_LONG_AGO),
             "2026-06-15",
             "2026-06-30",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="BUG: recheck.py next_recheck: a month-precision birthDate '1950-06' is parsed as "
-                "1950-06-01, so the re-check is 2027-06-01; but the age (demographics.age: 75 or 76) "
-                "becomes 76 for certain on 2026-06-30 and the patient turns ineligible then",
-            ),
             id="partial-birthdate",
         ),
         pytest.param(
             _statement_with_dosage_bounds_only,
             "2026-06-15",
             "2026-08-09",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="BUG: recheck.py _dates reads dosageInstruction but not MedicationStatement.dosage[]."
-                "timing.repeat.boundsPeriod, which medications._period uses: mycophenolate started "
-                "2026-05-16 leaves the 84-day window on 2026-08-09, next_recheck gives 2027-03-02",
-            ),
             id="statement-dosage-bounds",
         ),
         pytest.param(
             _order_with_validity_period_only,
             "2026-07-08",
             "2026-07-09",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="BUG: recheck.py _dates ignores MedicationRequest.dispenseRequest.validityPeriod, "
-                "which medications._period uses as the order's end: prednisone ending 2026-06-10 leaves the "
-                "28-day window on 2026-07-09, next_recheck(as_of=2026-07-08) gives 2026-07-25",
-            ),
             id="request-validity-period",
         ),
     ],
@@ -636,13 +581,6 @@ def test_a_deletion_whose_full_url_carries_the_version_is_traced_to_its_patient(
     assert client.reads == [("Observation", "o1", "2")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: changes.py _patient_of_deleted prefers fullUrl, which HAPI sends without the version for a "
-    "DELETE ('[base]/Observation/o1'); the version is only in request.url 'Observation/o1/_history/2', "
-    "so the patient is never found (None) and a deletion never re-evaluates anyone on HAPI",
-)
 def test_a_hapi_deletion_entry_is_traced_to_its_patient() -> None:
     client = FakeClient(OBS_V1)
     entry = {  # exactly what HAPI 8.8 returns in Observation/_history for a DELETE

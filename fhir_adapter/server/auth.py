@@ -28,7 +28,11 @@ logger = logging.getLogger(__name__)
 
 CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # SMART v1 scope syntax, which v2 servers also accept; pass v2 scopes (system/*.rs) if required.
-DEFAULT_SCOPE: Final = "system/*.read system/ResearchSubject.write system/Provenance.write"
+# Write-back creates ResearchSubject and Provenance, and once each a ResearchStudy and a Device.
+DEFAULT_SCOPE: Final = (
+    "system/*.read system/ResearchSubject.write system/Provenance.write "
+    "system/ResearchStudy.write system/Device.write"
+)
 # SMART Backend Services: the assertion's exp must be no more than five minutes in the future.
 ASSERTION_LIFETIME_S: Final = 300
 # Used when a token response omits expires_in; SMART recommends 300 s, so assume no more.

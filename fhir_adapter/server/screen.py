@@ -29,7 +29,13 @@ from fhir_adapter.model import InputProblem, SubjectResult
 from fhir_adapter.output import summary
 from fhir_adapter.output.result_file import ResultWriter
 from fhir_adapter.pipeline import is_dm_condition, no_diagnosis, screen_record
-from fhir_adapter.server.auth import BearerTokenAuth, SmartBackendAuth, basic_auth, discover_token_url
+from fhir_adapter.server.auth import (
+    DEFAULT_SCOPE,
+    BearerTokenAuth,
+    SmartBackendAuth,
+    basic_auth,
+    discover_token_url,
+)
 from fhir_adapter.server.candidates import Candidates, find_candidates, given_patients, group_members
 from fhir_adapter.server.fetch import Fetched, Strategy, choose_strategy, fetch_record
 from fhir_adapter.server.http import FhirClient
@@ -72,6 +78,7 @@ def _auth(
         key,
         algorithm=args.smart_alg,
         kid=args.smart_kid,
+        scope=getattr(args, "smart_scope", None) or DEFAULT_SCOPE,
         timeout=timeout,
         verify=verify,
     )

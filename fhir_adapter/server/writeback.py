@@ -403,6 +403,43 @@ class WriteBack:
         log.info("%s", outcome.describe())
         return outcome
 
+    def ensure_provenance(self, subject: SubjectResult, versions: Mapping[str, str]) -> bool:
+        """Write the Provenance of the current ResearchSubject version if a crash left it without one.
+
+        Called for patients a previous run left unfinished: their write may have happened with the
+        Provenance still to come. Found by a Provenance for the subject updated at or after the version
+        (the server's clock on both sides). Returns True when one was written.
+        """
+        if self.dry_run:
+            return False
+        with self._counting():
+            token = f"{SUBJECT_ID_SYSTEM}|{subject_identifier(self.trial.study, subject.patient)}"
+            matches = [
+                r
+                for r in self.client.search("ResearchSubject", [("identifier", token)])
+                if _is(r, "ResearchSubject")
+            ]
+            if len(matches) != 1 or not written_by_adapter(matches[0]):
+                return False
+            current = matches[0]
+            meta: dict[str, Any] = current["meta"] if isinstance(current.get("meta"), dict) else {}
+            version, updated = meta.get("versionId"), meta.get("lastUpdated")
+            if not isinstance(version, str) or not isinstance(updated, str):
+                return False
+            params: list[tuple[str, str | int]] = [
+                ("target", f"ResearchSubject/{current['id']}"),
+                ("_lastUpdated", f"ge{updated}"),
+                ("_count", 1),
+            ]
+            if any(_is(r, "Provenance") for r in self.client.search("Provenance", params)):
+                return False
+            response = FhirResponse(200, current, f'W/"{version}"', None, None, None)
+            action: Literal[Action.CREATED, Action.UPDATED] = (
+                Action.CREATED if version == "1" else Action.UPDATED
+            )
+            outcome = self._provenance(action, response, subject, versions, subject.status.value)
+            return outcome.provenance_error is None
+
     # -- internals ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager

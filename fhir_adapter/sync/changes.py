@@ -73,8 +73,11 @@ def changed_patients(client: FhirClient, since: dt.datetime) -> Changes:
 
 def _patient_of_deleted(client: FhirClient, entry: dict[str, object]) -> str | None:
     request = entry.get("request")
-    url = entry.get("fullUrl") or (request.get("url") if isinstance(request, dict) else None)
-    if not isinstance(url, str):
+    candidates = [entry.get("fullUrl"), request.get("url") if isinstance(request, dict) else None]
+    urls = [u for u in candidates if isinstance(u, str)]
+    # HAPI puts the deleted version only in request.url ("Observation/o1/_history/2"), not in fullUrl.
+    url = next((u for u in urls if "/_history/" in u), urls[0] if urls else None)
+    if url is None:
         return None
     parts = url.rstrip("/").split("/")
     if "_history" in parts:

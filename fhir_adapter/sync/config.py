@@ -30,6 +30,7 @@ class SiteConfig:
     lock_path: Path
     max_patients: int
     write_back: bool
+    full_every_days: int = 0
     report_html: Path | None = None
     result_path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +64,10 @@ def load_site_config(path: Path) -> SiteConfig:
     server, state = raw["server"], raw["state"]
     limits, study = raw.get("limits", {}), raw.get("study", {})
     as_of_raw = study.get("as_of", "today")
+    try:
+        as_of = None if as_of_raw == "today" else dt.date.fromisoformat(as_of_raw)
+    except ValueError:
+        raise ConfigError(f"{path}: study.as_of: {as_of_raw!r} is not a calendar date") from None
     state_path = resolve(state["path"])
     assert state_path is not None
     return SiteConfig(
@@ -72,12 +77,13 @@ def load_site_config(path: Path) -> SiteConfig:
         ca_bundle=resolve(server.get("ca_bundle")),
         timeout=float(server.get("timeout_seconds", 60)),
         study=study.get("id", "NCT05495321"),
-        as_of=None if as_of_raw == "today" else dt.date.fromisoformat(as_of_raw),
+        as_of=as_of,
         overlays=tuple(p for p in (resolve(o) for o in raw.get("mappings", {}).get("overlays", [])) if p),
         state_path=state_path,
         manifests=resolve(state.get("manifests")) or state_path.parent / "runs",
         lock_path=resolve(state.get("lock")) or state_path.with_suffix(".lock"),
         max_patients=int(limits.get("max_patients_per_run", 0)),
+        full_every_days=int(limits.get("full_reconciliation_days", 0)),
         write_back=bool(limits.get("write_back", True)),
         report_html=resolve(raw.get("report", {}).get("html")),
         result_path=resolve(raw.get("report", {}).get("result")),

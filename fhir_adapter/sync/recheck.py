@@ -9,21 +9,16 @@ Conservative by design: a re-check that changes nothing writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
+from typing import Any
 
 from fhir_adapter.config.types import Mappings
 from fhir_adapter.facts.context import months_before
-from fhir_adapter.facts.fhirjson import effective_date, parse_date, period_bounds
-from fhir_adapter.model import PatientRecord, Resource
+from fhir_adapter.facts.fhirjson import parse_date
+from fhir_adapter.model import PatientRecord
 
-_DATE_KEYS = (
-    "authoredOn",
-    "effectiveDateTime",
-    "onsetDateTime",
-    "abatementDateTime",
-    "recordedDate",
-    "issued",
-)
+_DATE_RE = re.compile(r"^\d{4}-\d{2}(-\d{2})?")
 
 
 def _windows(mappings: Mappings) -> tuple[set[int], set[int]]:
@@ -37,25 +32,50 @@ def _windows(mappings: Mappings) -> tuple[set[int], set[int]]:
     return days, months
 
 
-def _dates(resource: Resource) -> Iterator[dt.date]:
-    d = effective_date(resource)
-    if d:
-        yield d
-    for key in _DATE_KEYS:
-        d = parse_date(resource.get(key))
-        if d:
+def _dates(node: Any) -> Iterator[dt.date]:
+    """Every date anywhere in a resource (effective, authoredOn, bounds, validity, onset...): a window can
+    hinge on any of them, and one re-check too many costs a no-op, one too few a stale verdict."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key not in {"meta", "birthDate", "text"}:
+                yield from _dates(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _dates(value)
+    elif isinstance(node, str) and _DATE_RE.match(node):
+        d = parse_date(node)
+        if d is not None:
             yield d
-    for key in ("effectivePeriod", "period"):
-        yield from (x for x in period_bounds(resource.get(key)) if x)
-    for dosage in resource.get("dosageInstruction") or []:
-        if isinstance(dosage, dict):
-            repeat = (dosage.get("timing") or {}).get("repeat") or {}
-            yield from (x for x in period_bounds(repeat.get("boundsPeriod")) if x)
 
 
-def _add_months(day: dt.date, months: int) -> dt.date:
-    # months_before with a negative count moves forward, clamped to the month's end the same way.
-    return months_before(day, -months)
+def _leaves_month_window(day: dt.date, months: int) -> dt.date:
+    """The first as-of date whose window ("on or after the same day N months earlier") excludes ``day``.
+    Month ends clamp, so search the few days after the naive anniversary."""
+    candidate = months_before(day, -months) - dt.timedelta(days=3)
+    while months_before(candidate, months) <= day:
+        candidate += dt.timedelta(days=1)
+    return candidate
+
+
+def _birth_range(birth: str) -> tuple[dt.date, dt.date] | None:
+    """First and last possible birth day of a full or partial birthDate."""
+    first = parse_date(birth)
+    if first is None:
+        return None
+    if len(birth.strip()) >= 10:
+        return first, first
+    if len(birth.strip()) == 7:
+        nxt = dt.date(first.year + first.month // 12, first.month % 12 + 1, 1)
+        return first, nxt - dt.timedelta(days=1)
+    return first, dt.date(first.year, 12, 31)
+
+
+def _anniversaries(day: dt.date, years: tuple[int, ...]) -> Iterator[dt.date]:
+    for year in years:
+        try:
+            yield day.replace(year=year)
+        except ValueError:  # 29 February: the birthday counts from 1 March in other years
+            yield dt.date(year, 3, 1)
 
 
 def next_recheck(record: PatientRecord, mappings: Mappings, as_of: dt.date) -> dt.date | None:
@@ -69,18 +89,18 @@ def next_recheck(record: PatientRecord, mappings: Mappings, as_of: dt.date) -> d
 
     for resources in record.resources.values():
         for resource in resources:
-            for d in _dates(resource):
+            for d in set(_dates(resource)):
                 if d > as_of:
                     offer(d)  # a dated-in-the-future result starts counting on its date
                 for w in days:
                     offer(d + dt.timedelta(days=w + 1))
                 for m in months:
-                    offer(_add_months(d, m) + dt.timedelta(days=1))
-    birth = parse_date((record.patient or {}).get("birthDate"))
-    if birth is not None:
-        for year in (as_of.year, as_of.year + 1):
-            try:
-                offer(birth.replace(year=year))
-            except ValueError:  # 29 February
-                offer(dt.date(year, 3, 1))
+                    offer(_leaves_month_window(d, m))
+    birth = (record.patient or {}).get("birthDate")
+    span = _birth_range(birth) if isinstance(birth, str) else None
+    if span is not None:
+        # A partial birthDate allows a range of ages: each end of the range moves on its own anniversary.
+        for end in span:
+            for day in _anniversaries(end, (as_of.year, as_of.year + 1)):
+                offer(day)
     return best

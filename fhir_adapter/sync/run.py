@@ -25,12 +25,12 @@ from typing import Any, TextIO
 from fhir_adapter import __version__, logs
 from fhir_adapter.config.loader import load_mappings
 from fhir_adapter.config.types import Mappings
-from fhir_adapter.errors import AdapterError, AuthError, ExitCode, ServerError
+from fhir_adapter.errors import AdapterError, AuthError, ConfigError, ExitCode, ServerError, UsageError
 from fhir_adapter.model import InputProblem, SubjectResult
 from fhir_adapter.output.result_file import ResultWriter
 from fhir_adapter.pipeline import screen_record
 from fhir_adapter.server.candidates import find_candidates
-from fhir_adapter.server.fetch import choose_strategy, fetch_record
+from fhir_adapter.server.fetch import Strategy, choose_strategy, fetch_record
 from fhir_adapter.server.http import FhirClient
 from fhir_adapter.server.screen import client_from_args
 from fhir_adapter.server.writeback import Action, WriteBack, release_of, subject_reason
@@ -42,6 +42,15 @@ from fhir_adapter.sync.state import State
 
 log = logging.getLogger(__name__)
 WATERMARK = "watermark"
+LAST_FULL = "last_full_reconciliation"
+
+
+def _full_due(config: SiteConfig, state: State, as_of: dt.date) -> bool:
+    """``limits.full_reconciliation_days``: re-screen everyone when the last full run is that old."""
+    if not config.full_every_days:
+        return False
+    last = state.get(LAST_FULL)
+    return last is None or (as_of - dt.date.fromisoformat(last)).days >= config.full_every_days
 
 
 @dataclass
@@ -85,10 +94,30 @@ def client_for(config: SiteConfig) -> FhirClient:
         smart_alg=auth.get("algorithm", "RS384"),
         smart_kid=auth.get("kid"),
         smart_token_url=auth.get("token_url"),
+        smart_scope=auth.get("scope"),
         ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
         timeout=config.timeout,
     )
-    return client_from_args(args)
+    try:
+        return client_from_args(args)
+    except (ConfigError, UsageError) as exc:
+        # The client speaks in command-line flags; the operator edits site.toml keys.
+        message = str(exc)
+        for flag, key in _FLAG_KEYS.items():
+            message = message.replace(flag, f"server.auth.{key}")
+        if "server.auth." not in message:
+            message = f"server.auth: {message}"
+        raise ConfigError(f"{config.path}: {message}") from exc
+
+
+_FLAG_KEYS = {
+    "--token": "token",
+    "--basic-user": "username",
+    "--basic-password": "password",
+    "--smart-client-id": "client_id",
+    "--smart-key": "private_key",
+    "--smart-token-url": "token_url",
+}
 
 
 def result_hash(subject: SubjectResult) -> str:
@@ -105,7 +134,7 @@ def sync(
     as_of: dt.date | None = None,
     out: TextIO | None = None,
 ) -> int:
-    out = out or sys.stderr
+    out = out or sys.stdout  # stderr carries only log lines (JSON when not on a terminal)
     mappings = load_mappings(overlays=config.overlays)
     day = as_of or config.as_of or dt.date.today()
     with RunLock(config.lock_path):
@@ -137,6 +166,8 @@ def _run(
         with client_for(config) as client:
             now = server_now(client)
             queue: dict[str, str] = dict(state.pending())
+            recovered = set(queue)  # left by a run that did not finish
+            full = full or _full_due(config, state, as_of)
             if before is None or full:
                 found = find_candidates(client, mappings)
                 counts.candidates = len(found.patient_ids)
@@ -153,12 +184,16 @@ def _run(
                 queue.setdefault(pid, "window")
             counts.queued = len(queue)
             counts.reasons.update(queue.values())
+            if not dry_run and (before is None or full):
+                state.put(LAST_FULL, as_of.isoformat())
             if not dry_run:
                 # Persist the work, then advance the watermark: a crash from here on loses nothing.
                 state.enqueue(list(queue), "queued")
                 after = now.isoformat()
                 state.put(WATERMARK, after)
-            problems = _process(client, config, state, mappings, as_of, queue, counts, dry_run, out)
+            problems = _process(
+                client, config, state, mappings, as_of, queue, counts, dry_run, out, recovered
+            )
         outcome = "partial" if counts.errors else "ok"
     except AdapterError as exc:
         problems.append(InputProblem(config.server_url, str(exc)))
@@ -195,82 +230,112 @@ def _process(
     counts: Counts,
     dry_run: bool,
     out: TextIO,
+    recovered: set[str],
 ) -> list[InputProblem]:
-    problems: list[InputProblem] = []
-    strategy = choose_strategy(client.capabilities())
     writeback = None
     if config.write_back:
-        writeback = WriteBack(
-            client, mappings.trial, mappings.fingerprint, release_of(client.fhir_version()), dry_run=dry_run
-        )
+        release = release_of(client.fhir_version())
+        writeback = WriteBack(client, mappings.trial, mappings.fingerprint, release, dry_run=dry_run)
         writeback.prepare()
-    writer = _result_writer(config, mappings, as_of, dry_run)
-    limit = config.max_patients or len(queue)
-    for n, pid in enumerate(sorted(queue)):
-        if n >= limit:
-            log.info("limit of %d patients reached; %d stay queued", limit, len(queue) - n)
-            break
+    worker = _Worker(client, state, mappings, as_of, counts, dry_run, out, writeback, recovered)
+    worker.writer = _result_writer(config, mappings, as_of, dry_run)
+    try:
+        limit = config.max_patients or len(queue)
+        for n, pid in enumerate(sorted(queue)):
+            if n >= limit:
+                log.info("limit of %d patients reached; %d stay queued", limit, len(queue) - n)
+                break
+            worker.guarded(pid)
+    except BaseException:
+        if worker.writer is not None:
+            worker.writer.abort()  # a fatal error: never leave half a result where the report reads it
+        raise
+    if worker.writer is not None:
+        worker.writer.close(worker.problems)
+    return worker.problems
+
+
+@dataclass
+class _Worker:
+    """Screens and writes back one queued patient at a time; a patient leaves the queue only when done."""
+
+    client: FhirClient
+    state: State
+    mappings: Mappings
+    as_of: dt.date
+    counts: Counts
+    dry_run: bool
+    out: TextIO
+    writeback: WriteBack | None
+    recovered: set[str]
+    writer: ResultWriter | None = None
+    problems: list[InputProblem] = field(default_factory=list)
+    strategy: Strategy | None = None
+
+    def guarded(self, pid: str) -> None:
         try:
-            fetched = fetch_record(client, pid, strategy)
-            if fetched is None:
-                # The patient is gone from the server: nothing to screen, nothing to write.
-                if not dry_run:
-                    state.done(pid)
-                continue
-            known = state.patient(pid)
-            subject = screen_record(fetched.record, mappings, as_of)
-            if len(subject.criteria) == 1 and known is None:
-                counts.not_dm += 1  # never a candidate: no ResearchSubject, nothing to remember
-                if not dry_run:
-                    state.done(pid)
-                continue
-            counts.evaluated += 1
-            if writer is not None:
-                writer.subject(subject)
-            digest = result_hash(subject)
-            if writeback is not None:
-                result = writeback.write(subject, fetched.versions)
-                if dry_run:
-                    print(result.describe(), file=out)
-                if result.action is Action.FAILED:
-                    _patient_failed(state, problems, counts, pid, result.detail, dry_run)
-                    continue  # stays queued: the next run tries the write again
-                if result.action is Action.STAFF:
-                    counts.staff_managed += 1
-                elif result.action is Action.UNCHANGED:
-                    counts.unchanged += 1
-                else:
-                    counts.written += 1
-            elif known is not None and known.result_hash == digest:
-                counts.unchanged += 1
-            if not dry_run:
-                state.record_result(
-                    pid, digest, subject.status.value, next_recheck(fetched.record, mappings, as_of)
-                )
-                state.done(pid)
+            self.patient(pid)
         except AuthError:
             raise  # every later patient would fail the same way
         except ServerError as exc:
             if exc.status is None:
                 raise  # the server is unreachable after retries: stop, the queue keeps the rest
-            _patient_failed(state, problems, counts, pid, str(exc), dry_run)
+            self.failed(pid, str(exc))
         except Exception as exc:  # one failing patient never stops the run; it stays queued
-            detail = str(exc) if isinstance(exc, AdapterError) else f"internal error ({type(exc).__name__})"
             log.debug("patient %s failed: %s", pid, logs.where(exc))
-            _patient_failed(state, problems, counts, pid, detail, dry_run)
-    if writer is not None:
-        writer.close(problems)
-    return problems
+            self.failed(
+                pid, str(exc) if isinstance(exc, AdapterError) else f"internal error ({type(exc).__name__})"
+            )
 
+    def patient(self, pid: str) -> None:
+        if self.strategy is None:
+            self.strategy = choose_strategy(self.client.capabilities())
+        fetched = fetch_record(self.client, pid, self.strategy)
+        if fetched is None:
+            self.done(pid)  # gone from the server: nothing to screen, nothing to write
+            return
+        known = self.state.patient(pid)
+        subject = screen_record(fetched.record, self.mappings, self.as_of)
+        if len(subject.criteria) == 1 and known is None:
+            self.counts.not_dm += 1  # never a candidate: no ResearchSubject, nothing to remember
+            self.done(pid)
+            return
+        self.counts.evaluated += 1
+        if self.writer is not None:
+            self.writer.subject(subject)
+        digest = result_hash(subject)
+        if self.writeback is not None:
+            result = self.writeback.write(subject, fetched.versions)
+            if self.dry_run:
+                print(result.describe(), file=self.out)
+            if result.action is Action.FAILED:
+                self.failed(pid, result.detail)
+                return  # stays queued: the next run tries the write again
+            if result.action is Action.STAFF:
+                self.counts.staff_managed += 1
+            elif result.action is Action.UNCHANGED:
+                self.counts.unchanged += 1
+                if pid in self.recovered and self.writeback.ensure_provenance(subject, fetched.versions):
+                    log.info("patient %s: wrote the Provenance an interrupted run left out", pid)
+            else:
+                self.counts.written += 1
+        elif known is not None and known.result_hash == digest:
+            self.counts.unchanged += 1
+        if not self.dry_run:
+            recheck = next_recheck(fetched.record, self.mappings, self.as_of)
+            self.state.record_result(pid, digest, subject.status.value, recheck)
+        self.done(pid)
 
-def _patient_failed(
-    state: State, problems: list[InputProblem], counts: Counts, pid: str, detail: str, dry_run: bool
-) -> None:
-    counts.errors += 1
-    problems.append(InputProblem(f"Patient/{pid}", detail))
-    if not dry_run:
-        state.record_error(pid, detail)
-    log.warning("patient %s: %s", pid, detail)
+    def done(self, pid: str) -> None:
+        if not self.dry_run:
+            self.state.done(pid)
+
+    def failed(self, pid: str, detail: str) -> None:
+        self.counts.errors += 1
+        self.problems.append(InputProblem(f"Patient/{pid}", detail))
+        if not self.dry_run:
+            self.state.record_error(pid, detail)
+        log.warning("patient %s: %s", pid, detail)
 
 
 def _result_writer(

@@ -50,6 +50,7 @@ class PatientState:
 
 class State:
     def __init__(self, path: Path) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode = WAL")
@@ -63,7 +64,10 @@ class State:
         if version > SCHEMA_VERSION:
             from fhir_adapter.errors import ConfigError
 
-            raise ConfigError(f"state file schema v{version} is newer than this adapter (v{SCHEMA_VERSION})")
+            raise ConfigError(
+                f"{self.path}: state file schema v{version} is newer than this adapter (v{SCHEMA_VERSION}); "
+                "upgrade fhir-adapter or point state.path elsewhere"
+            )
         for n in range(version, SCHEMA_VERSION):
             self.db.execute("BEGIN")
             # executescript would COMMIT implicitly; statement by statement keeps the migration atomic.

@@ -202,12 +202,12 @@ def _render_report(result: Path, html: Path, csv: Path | None) -> None:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from fhir_adapter.sync import run
+    from fhir_adapter.sync import manifest, run
     from fhir_adapter.sync.config import load_site_config
 
     config = load_site_config(args.config)
     if args.status:
-        print(run.status(config))
+        print(manifest.status(config))
         return ExitCode.OK
     code = run.sync(config, dry_run=args.dry_run, full=args.full, as_of=args.as_of)
     html = args.report or config.report_html

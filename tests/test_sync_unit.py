@@ -36,8 +36,10 @@ from fhir_adapter.cli import main
 from fhir_adapter.errors import ConfigError, ExitCode, LockedError
 from fhir_adapter.model import PatientRecord
 from fhir_adapter.pipeline import screen_record
+from fhir_adapter.sync import manifest as sync_manifest
 from fhir_adapter.sync import run as sync_run
 from fhir_adapter.sync import state as state_module
+from fhir_adapter.sync import worker as sync_worker
 from fhir_adapter.sync.changes import _patient_of_deleted
 from fhir_adapter.sync.config import load_site_config
 from fhir_adapter.sync.lock import RunLock
@@ -438,7 +440,7 @@ def rec(*resources: Res) -> PatientRecord:
 
 def status_on(resources: tuple[Res, ...], day: dt.date) -> tuple[str, str]:
     subject = screen_record(rec(*resources), default_mappings(), day)
-    return subject.status.value, sync_run.result_hash(subject)
+    return subject.status.value, sync_worker.result_hash(subject)
 
 
 def first_change(resources: tuple[Res, ...], as_of: dt.date, horizon: int = 400) -> dt.date | None:
@@ -595,7 +597,7 @@ def test_a_hapi_deletion_entry_is_traced_to_its_patient() -> None:
 
 
 def manifest(**counts: Any) -> dict[str, Any]:
-    base = sync_run.Counts(queued=3, evaluated=2, written=1, unchanged=1, staff_managed=0, errors=1)
+    base = sync_manifest.Counts(queued=3, evaluated=2, written=1, unchanged=1, staff_managed=0, errors=1)
     base.reasons.update({"changed": 2, "window": 1})
     body = base.to_json() | counts
     return {
@@ -631,18 +633,18 @@ def test_counts_json_has_every_count_the_issue_asks_for() -> None:
 
 
 def test_render_manifest() -> None:
-    assert sync_run.render_manifest(manifest()) == (
+    assert sync_manifest.render_manifest(manifest()) == (
         "sync run 7 partial: as of 2026-06-15; queued 3 (changed: 2, window: 1), evaluated 2, written 1, "
         "unchanged 1, staff-managed 0, errors 1; "
         "watermark 2026-06-14T02:00:01.250000+00:00 -> 2026-06-15T02:00:00.500000+00:00"
     )
     quiet = manifest(queued=0, evaluated=0, written=0, unchanged=0, errors=0, queuedBecause={})
-    assert "queued 0 (nothing changed), evaluated 0" in sync_run.render_manifest(quiet)
+    assert "queued 0 (nothing changed), evaluated 0" in sync_manifest.render_manifest(quiet)
 
 
 def test_write_manifest_is_one_json_file_per_run(tmp_path: Path) -> None:
     folder = tmp_path / "runs"
-    sync_run._write_manifest(folder, 7, manifest())
+    sync_manifest.write_manifest(folder, 7, manifest())
     (written,) = folder.iterdir()
     assert written.name.startswith("run-") and written.name.endswith("-000007.json")
     assert json.loads(written.read_text(encoding="utf-8")) == manifest()
@@ -650,7 +652,7 @@ def test_write_manifest_is_one_json_file_per_run(tmp_path: Path) -> None:
 
 def test_status_lists_the_last_runs_newest_first(tmp_path: Path) -> None:
     config = load_site_config(write(tmp_path, MINIMAL))
-    assert sync_run.status(config) == f"no runs yet ({config.state_path} does not exist)"
+    assert sync_manifest.status(config) == f"no runs yet ({config.state_path} does not exist)"
 
     state = State(config.state_path)
     first = state.start_run()
@@ -660,7 +662,7 @@ def test_status_lists_the_last_runs_newest_first(tmp_path: Path) -> None:
     state.enqueue(["p1", "p2"], "queued")
     state.close()
 
-    lines = sync_run.status(config).splitlines()
+    lines = sync_manifest.status(config).splitlines()
 
     assert lines[0] == "watermark: 2026-06-15T02:00:00.500000+00:00; queued patients: 2"
     assert lines[1].startswith(f"  #{second} ") and lines[1].endswith(

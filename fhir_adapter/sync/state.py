@@ -37,6 +37,9 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# Keys of the ``meta`` table.
+WATERMARK = "watermark"
+LAST_FULL = "last_full_reconciliation"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,89 @@
+"""What a run leaves for the operator: its counts, the JSON manifest, and ``--status``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fhir_adapter.sync.config import SiteConfig
+from fhir_adapter.sync.state import WATERMARK, State
+
+
+@dataclass
+class Counts:
+    candidates: int = 0
+    queued: int = 0
+    evaluated: int = 0
+    unchanged: int = 0
+    written: int = 0
+    staff_managed: int = 0
+    not_dm: int = 0
+    errors: int = 0
+    deleted_resources: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "candidates": self.candidates,
+            "queued": self.queued,
+            "evaluated": self.evaluated,
+            "unchanged": self.unchanged,
+            "written": self.written,
+            "skippedStaffManaged": self.staff_managed,
+            "notDermatomyositis": self.not_dm,
+            "errors": self.errors,
+            "deletedResourcesSeen": self.deleted_resources,
+            "queuedBecause": dict(self.reasons),
+        }
+
+
+def write_manifest(folder: Path, run_id: int, manifest: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = folder / f"run-{stamp}-{run_id:06d}.json"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2)
+    os.replace(tmp, target)
+
+
+def render_manifest(manifest: dict[str, Any]) -> str:
+    c = manifest["counts"]
+    return (
+        f"sync run {manifest['run']} {manifest['outcome']}: as of {manifest['asOf']}; "
+        f"queued {c['queued']} ({', '.join(f'{k}: {v}' for k, v in c['queuedBecause'].items()) or 'nothing changed'}), "
+        f"evaluated {c['evaluated']}, written {c['written']}, unchanged {c['unchanged']}, "
+        f"staff-managed {c['skippedStaffManaged']}, errors {c['errors']}; "
+        f"watermark {manifest['watermarkBefore']} -> {manifest['watermarkAfter']}"
+    )
+
+
+def status(config: SiteConfig, limit: int = 10) -> str:
+    if not config.state_path.exists():
+        return f"no runs yet ({config.state_path} does not exist)"
+    state = State(config.state_path)
+    try:
+        runs = state.runs(limit)
+        pending = len(state.pending())
+        watermark = state.get(WATERMARK)
+    finally:
+        state.close()
+    lines = [f"watermark: {watermark}; queued patients: {pending}"]
+    for run in runs:
+        m = run["manifest"]
+        if m:
+            lines.append(
+                f"  #{run['id']} {run['started']} -> {run['finished']} {run['outcome']}: "
+                + render_manifest(m)
+            )
+        else:
+            lines.append(
+                f"  #{run['id']} {run['started']} {run['outcome']} (no manifest: the run did not finish)"
+            )
+    return "\n".join(lines)

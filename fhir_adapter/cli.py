@@ -68,7 +68,11 @@ def _server_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fhir-adapter", description="Prescreen FHIR patients for NCT05495321."
+        prog="fhir-adapter",
+        description="Prescreen FHIR patients for NCT05495321.",
+        epilog="exit codes: 0 ok; 3 finished, but some inputs or writes failed (see errors); 2 usage or "
+        "configuration error; 4 fatal (server unreachable, authentication failed); 5 sync lock held; "
+        "70 internal error",
     )
     parser.add_argument("--version", action="version", version=f"fhir-adapter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

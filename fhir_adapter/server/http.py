@@ -10,27 +10,44 @@ Not thread-safe: use one client per thread (``requests.Session`` and the counter
 
 from __future__ import annotations
 
-import email.utils
 import importlib.metadata
 import json
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import requests
 import requests.auth
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
-from fhir_adapter.errors import AuthError, ConfigError, PreconditionFailed, ServerError
+from fhir_adapter.errors import ConfigError, ServerError
 from fhir_adapter.model import Resource
+from fhir_adapter.server.http_errors import http_error, issue_codes, json_or_none
+from fhir_adapter.server.retry import (
+    POST_RETRY_STATUSES,
+    RETRY_STATUSES,
+    TRANSPORT_ERRORS,
+    backoff,
+    describe_transport_error,
+    failed_before_sending,
+    http_date,
+    retry_after_seconds,
+)
+from fhir_adapter.server.urls import (
+    LOOPBACK,
+    check_id,
+    check_type,
+    no_query,
+    no_query_path,
+    normalise_base,
+    origin_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,25 +57,8 @@ ParamValue = str | int | float
 Params = Mapping[str, ParamValue | Sequence[ParamValue]] | Sequence[tuple[str, ParamValue]]
 """Search parameters; a sequence of pairs (or a list value) repeats a name, e.g. two ``date`` bounds."""
 
-_RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
-# POST (create, transaction) is not idempotent: after a 500/502/504 the server or a backend behind
-# the gateway may already have committed it, and a blind resend would create a duplicate
-# ResearchSubject. 429 and 503 mean the request was turned away before processing, so they are safe.
-_POST_RETRY_STATUSES: Final = frozenset({429, 503})
 # A deleted resource answers 410 Gone; for a reader that is the same as absent.
 _ABSENT: Final = frozenset({404, 410})
-
-_TRANSPORT_ERRORS: Final = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
-
-_TYPE_RE: Final = re.compile(r"[A-Z][A-Za-z]{1,63}")
-_ID_RE: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_MAX_ISSUES: Final = 5
-_MAX_ISSUE_TEXT: Final = 300
-_LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _package_version() -> str:
@@ -129,7 +129,7 @@ class FhirClient:
 
         ``sleep``, ``monotonic`` and ``rng`` exist so tests can drive retries without waiting.
         """
-        self.base_url = _normalise_base(base_url)
+        self.base_url = normalise_base(base_url)
         if max_retries < 0 or backoff_base < 0 or backoff_max < 0 or retry_budget_seconds < 0:
             raise ValueError("max_retries, backoff_base, backoff_max and retry_budget_seconds must be >= 0")
         if verify is False:
@@ -141,7 +141,7 @@ class FhirClient:
         elif isinstance(verify, str) and not os.path.exists(verify):
             raise ConfigError(f"verify: CA bundle {verify} does not exist")
         host = urlsplit(self.base_url).hostname or ""
-        if self.base_url.startswith("http:") and host not in _LOOPBACK:
+        if self.base_url.startswith("http:") and host not in LOOPBACK:
             logger.warning("FHIR base %s is plain http: patient data would travel unencrypted", self.base_url)
 
         self._auth = auth
@@ -157,7 +157,7 @@ class FhirClient:
         self._sleep = sleep
         self._monotonic = monotonic
         self._rng = rng if rng is not None else random.Random()
-        self._origin = _origin(self.base_url)
+        self._origin = origin_of(self.base_url)
         self._capabilities: Resource | None = None
         self._request_count = 0
         self._retry_count = 0
@@ -218,13 +218,13 @@ class FhirClient:
 
     def read(self, resource_type: str, resource_id: str) -> FhirResponse | None:
         """``GET Type/id``; None when the resource does not exist (404) or was deleted (410)."""
-        path = f"{_check_type(resource_type)}/{_check_id(resource_id)}"
+        path = f"{check_type(resource_type)}/{check_id(resource_id)}"
         resp = self._request("GET", self._resolve(path), allow=_ABSENT)
         return None if resp.status_code in _ABSENT else self._fhir_response(resp, "GET", path)
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> FhirResponse | None:
         """``GET Type/id/_history/vid``; None when that version does not exist or was a deletion."""
-        path = f"{_check_type(resource_type)}/{_check_id(resource_id)}/_history/{_check_id(version_id)}"
+        path = f"{check_type(resource_type)}/{check_id(resource_id)}/_history/{check_id(version_id)}"
         resp = self._request("GET", self._resolve(path), allow=_ABSENT)
         return None if resp.status_code in _ABSENT else self._fhir_response(resp, "GET", path)
 
@@ -234,7 +234,7 @@ class FhirClient:
         resp = self._request("GET", url, params=params)
         body = self._json(resp, "GET", url)
         if body is None:
-            raise ServerError(f"empty response to GET {self._display(url)}", resp.status_code, _no_query(url))
+            raise ServerError(f"empty response to GET {self._display(url)}", resp.status_code, no_query(url))
         return body
 
     def search_pages(self, type_or_path: str, params: Params | None = None) -> Iterator[Resource]:
@@ -259,7 +259,7 @@ class FhirClient:
                 search = entry.get("search")
                 if isinstance(search, dict) and search.get("mode") == "outcome":
                     logger.warning(
-                        "search %s: server outcome %s", _no_query_path(type_or_path), _codes(resource)
+                        "search %s: server outcome %s", no_query_path(type_or_path), issue_codes(resource)
                     )
                     continue
                 yield resource
@@ -271,35 +271,35 @@ class FhirClient:
 
         Whole entries because a deletion has no ``resource``, only ``request``/``response``.
         """
-        path = f"{_check_type(resource_type)}/{_check_id(resource_id)}/_history"
+        path = f"{check_type(resource_type)}/{check_id(resource_id)}/_history"
         for bundle in self._pages(self._resolve(path), params):
             yield from _entries(bundle)
 
     def history_type(self, resource_type: str, params: Params | None = None) -> Iterator[Resource]:
         """Yield the entries of ``Type/_history`` (every version of every resource of a type, deletions
         included), following ``next`` links; the sync job reads changes with ``_since``."""
-        path = f"{_check_type(resource_type)}/_history"
+        path = f"{check_type(resource_type)}/_history"
         for bundle in self._pages(self._resolve(path), params):
             yield from _entries(bundle)
 
     def create(self, resource: Resource, if_none_exist: str | None = None) -> FhirResponse:
         """``POST Type``; ``if_none_exist`` (a query without ``?``) makes it a conditional create."""
-        path = _check_type(_str_field(resource, "resourceType"))
+        path = check_type(_str_field(resource, "resourceType"))
         headers = {"If-None-Exist": if_none_exist.lstrip("?")} if if_none_exist else None
         resp = self._request("POST", self._resolve(path), body=resource, headers=headers)
         return self._fhir_response(resp, "POST", path)
 
     def update(self, resource: Resource, if_match: str | None = None) -> FhirResponse:
         """``PUT Type/id``; ``if_match`` (an ETag such as ``W/"3"``) makes it a version-aware update."""
-        rtype = _check_type(_str_field(resource, "resourceType"))
-        path = f"{rtype}/{_check_id(_str_field(resource, 'id'))}"
+        rtype = check_type(_str_field(resource, "resourceType"))
+        path = f"{rtype}/{check_id(_str_field(resource, 'id'))}"
         headers = {"If-Match": if_match} if if_match else None
         resp = self._request("PUT", self._resolve(path), body=resource, headers=headers)
         return self._fhir_response(resp, "PUT", path)
 
     def conditional_update(self, resource: Resource, query: str | Params) -> FhirResponse:
         """``PUT Type?query``: the server updates the single match, or creates when none matches."""
-        path = _check_type(_str_field(resource, "resourceType"))
+        path = check_type(_str_field(resource, "resourceType"))
         if isinstance(query, str):
             url, params = f"{self._resolve(path)}?{query.lstrip('?')}", None
         else:
@@ -310,7 +310,7 @@ class FhirClient:
     def delete(self, resource_type: str, resource_id: str) -> FhirResponse:
         """``DELETE Type/id``. A 404/410 is returned, not raised: the resource is gone either way,
         and a retried delete whose first response was lost legitimately sees it."""
-        path = f"{_check_type(resource_type)}/{_check_id(resource_id)}"
+        path = f"{check_type(resource_type)}/{check_id(resource_id)}"
         resp = self._request("DELETE", self._resolve(path), allow=_ABSENT)
         return self._fhir_response(resp, "DELETE", path)
 
@@ -340,7 +340,7 @@ class FhirClient:
                 raise ServerError(
                     f"HTTP {resp.status_code} on GET {self._display(next_url)}: expected a Bundle",
                     resp.status_code,
-                    _no_query(next_url),
+                    no_query(next_url),
                 )
             yield bundle
             link = _next_link(bundle)
@@ -350,7 +350,7 @@ class FhirClient:
             if next_url in seen:
                 raise ServerError(
                     f"paging loop: next link {self._display(next_url)} repeats an earlier page",
-                    url=_no_query(next_url),
+                    url=no_query(next_url),
                 )
             seen.add(next_url)
             params = None  # the next link already carries the full query
@@ -379,7 +379,7 @@ class FhirClient:
             if names:
                 logger.debug("%s %s query parameters: %s", method, display, ", ".join(names))
 
-        retry_statuses = _POST_RETRY_STATUSES if method == "POST" else _RETRY_STATUSES
+        retry_statuses = POST_RETRY_STATUSES if method == "POST" else RETRY_STATUSES
         started = self._monotonic()
         retries = 0
         reauthenticated = False
@@ -402,20 +402,20 @@ class FhirClient:
             except requests.exceptions.SSLError:
                 raise ServerError(
                     f"TLS error on {method} {display}: check the server certificate and the verify setting",
-                    url=_no_query(url),
+                    url=no_query(url),
                 ) from None
-            except _TRANSPORT_ERRORS as exc:
-                reason = _describe(exc)
-                if method == "POST" and not _failed_before_sending(exc):
+            except TRANSPORT_ERRORS as exc:
+                reason = describe_transport_error(exc)
+                if method == "POST" and not failed_before_sending(exc):
                     raise ServerError(
                         f"{reason} on POST {display}; not retried because the server may have processed it",
-                        url=_no_query(url),
+                        url=no_query(url),
                     ) from None
                 delay = self._backoff(retries)
                 if not self._may_retry(retries, started, delay):
                     raise ServerError(
                         f"{reason} on {method} {display}; gave up after {retries + 1} attempt(s)",
-                        url=_no_query(url),
+                        url=no_query(url),
                     ) from None
                 logger.warning(
                     "%s %s failed (%s); retry %d/%d in %.1fs",
@@ -441,7 +441,7 @@ class FhirClient:
                 self._retry_count += 1
                 continue
             if status in retry_statuses:
-                retry_after = self._retry_after(resp)
+                retry_after = retry_after_seconds(resp, self._backoff_max)
                 delay = self._backoff(retries) if retry_after is None else retry_after
                 if self._may_retry(retries, started, delay):
                     logger.warning(
@@ -456,7 +456,7 @@ class FhirClient:
                     self._wait(delay)
                     retries += 1
                     continue
-            raise self._error(resp, method, url, attempts=retries + 1)
+            raise http_error(resp, method, display, url, attempts=retries + 1)
 
     def _may_retry(self, retries: int, started: float, delay: float) -> bool:
         # The budget bounds the whole call, so a delay that would end past it is not worth taking.
@@ -467,49 +467,14 @@ class FhirClient:
         self._sleep(delay)
 
     def _backoff(self, retries: int) -> float:
-        # Full jitter (uniform in [0, cap]) spreads many clients hitting one recovering server.
-        cap = min(self._backoff_max, self._backoff_base * 2.0 ** min(retries, 32))
-        return self._rng.uniform(0.0, cap)
-
-    def _retry_after(self, resp: requests.Response) -> float | None:
-        value = resp.headers.get("Retry-After")
-        if value is None:
-            return None
-        value = value.strip()
-        if value.isdigit():
-            seconds = float(value)
-        else:
-            when = _http_date(value)
-            if when is None:
-                return None
-            # Measure against the server's own Date so clock skew between us and it does not matter.
-            now = _http_date(resp.headers.get("Date")) or datetime.now(UTC)
-            seconds = (when - now).total_seconds()
-        return min(max(seconds, 0.0), self._backoff_max)
+        return backoff(retries, self._backoff_base, self._backoff_max, self._rng)
 
     def _note_response(self, resp: requests.Response, method: str, display: str, sent_at: float) -> None:
-        server_date = _http_date(resp.headers.get("Date"))
+        server_date = http_date(resp.headers.get("Date"))
         if server_date is not None:
             self._last_server_date = server_date
         elapsed_ms = (self._monotonic() - sent_at) * 1000
         logger.info("%s %s -> %d (%.0f ms)", method, display, resp.status_code, elapsed_ms)
-
-    def _error(self, resp: requests.Response, method: str, url: str, *, attempts: int) -> ServerError:
-        status = resp.status_code
-        message = f"HTTP {status} on {method} {self._display(url)}"
-        outcome = _outcome_text(_json_or_none(resp))
-        if outcome:
-            message += f": {outcome}"
-        elif resp.reason:
-            message += f" ({resp.reason})"
-        if attempts > 1:
-            message += f" [after {attempts} attempts]"
-        error_type: type[ServerError] = ServerError
-        if status in (401, 403):
-            error_type = AuthError
-        elif status in (409, 412):
-            error_type = PreconditionFailed
-        return error_type(message, status=status, url=_no_query(url))
 
     def _json(self, resp: requests.Response, method: str, url: str) -> Resource | None:
         if not resp.content:
@@ -522,7 +487,7 @@ class FhirClient:
             raise ServerError(
                 f"HTTP {resp.status_code} on {method} {self._display(url)}: the body is not a JSON object",
                 resp.status_code,
-                _no_query(url),
+                no_query(url),
             )
         return body
 
@@ -532,15 +497,15 @@ class FhirClient:
             body = self._json(resp, method, self._resolve(path))
         else:
             # An allowed 404/410 may carry an OperationOutcome, an HTML page or nothing at all.
-            parsed = _json_or_none(resp)
+            parsed = json_or_none(resp)
             body = parsed if isinstance(parsed, dict) else None
         return FhirResponse(
             status=resp.status_code,
             body=body,
             etag=headers.get("ETag"),
             location=headers.get("Location") or headers.get("Content-Location"),
-            last_modified=_http_date(headers.get("Last-Modified")),
-            date=_http_date(headers.get("Date")),
+            last_modified=http_date(headers.get("Last-Modified")),
+            date=http_date(headers.get("Date")),
         )
 
     def _resolve(self, path_or_url: str) -> str:
@@ -557,14 +522,14 @@ class FhirClient:
         # The Authorization header goes wherever we send the request; a link to another host
         # (often a proxy's internal name) must not receive the token.
         try:
-            origin = _origin(url)
+            origin = origin_of(url)
         except ValueError:
-            raise ServerError("malformed URL from server link", url=_no_query(url)) from None
+            raise ServerError("malformed URL from server link", url=no_query(url)) from None
         if origin != self._origin:
             raise ServerError(
                 f"refusing to follow {origin[0]}://{origin[1]}:{origin[2]}, which is not the origin of the "
                 f"FHIR base {self.base_url}; fix the server's public base address setting",
-                url=_no_query(url),
+                url=no_query(url),
             )
         return url
 
@@ -581,32 +546,6 @@ class FhirClient:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _normalise_base(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"FHIR base URL must be an absolute http(s) URL, got {base_url!r}")
-    if parts.username or parts.password:
-        raise ConfigError("FHIR base URL must not contain credentials; configure auth instead")
-    if parts.query or parts.fragment:
-        raise ConfigError("FHIR base URL must not have a query or fragment")
-    return base_url.rstrip("/") + "/"
-
-
-def _origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
-
-
-def _no_query(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-
-
-def _no_query_path(path: str) -> str:
-    return path.split("?", 1)[0]
-
-
 def _param_names(url: str, params: Params | None) -> list[str]:
     names = [name for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)]
     if isinstance(params, Mapping):
@@ -614,81 +553,6 @@ def _param_names(url: str, params: Params | None) -> list[str]:
     elif params is not None:
         names.extend(name for name, _ in params)
     return sorted(set(names))
-
-
-def _http_date(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    # HTTP-dates are always GMT; a naive result only means the zone was written as "-0000".
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _failed_before_sending(exc: requests.exceptions.RequestException) -> bool:
-    """True when the connection was never established, so the server cannot have seen the request."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    if isinstance(exc, requests.exceptions.ConnectionError) and exc.args:
-        cause = exc.args[0]
-        # urllib3 reports DNS failures and refused connections as NewConnectionError, a
-        # ConnectTimeoutError subclass; a dropped keep-alive mid-request is a ProtocolError instead.
-        return isinstance(cause, MaxRetryError) and isinstance(cause.reason, ConnectTimeoutError)
-    return False
-
-
-def _describe(exc: Exception) -> str:
-    """The exception's class (and urllib3 cause), never its text: that embeds the URL with its query."""
-    name = type(exc).__name__
-    cause = exc.args[0] if exc.args else None
-    if isinstance(cause, MaxRetryError) and cause.reason is not None:
-        return f"{name} ({type(cause.reason).__name__})"
-    return name
-
-
-def _json_or_none(resp: requests.Response) -> Any:
-    try:
-        return resp.json() if resp.content else None
-    except ValueError:
-        return None
-
-
-def _outcome_text(body: Any) -> str:
-    """``severity/code: diagnostics (details.text)`` for each issue, joined with ``; ``."""
-    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
-        return ""
-    issues = [i for i in body.get("issue") or [] if isinstance(i, dict)]
-    parts = []
-    for issue in issues[:_MAX_ISSUES]:
-        details = issue.get("details")
-        texts = [issue.get("diagnostics"), details.get("text") if isinstance(details, dict) else None]
-        clean = list(dict.fromkeys(_clip(t) for t in texts if isinstance(t, str) and t.strip()))
-        label = f"{issue.get('severity') or '?'}/{issue.get('code') or '?'}"
-        if len(clean) == 2:
-            parts.append(f"{label}: {clean[0]} ({clean[1]})")
-        elif clean:
-            parts.append(f"{label}: {clean[0]}")
-        else:
-            parts.append(label)
-    if len(issues) > _MAX_ISSUES:
-        parts.append(f"and {len(issues) - _MAX_ISSUES} more issue(s)")
-    return "; ".join(parts)
-
-
-def _clip(text: str) -> str:
-    # Servers put stack traces and multi-line dumps in diagnostics; keep one readable line.
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _MAX_ISSUE_TEXT else flat[: _MAX_ISSUE_TEXT - 1] + "…"
-
-
-def _codes(outcome: Resource) -> str:
-    issues = outcome.get("issue") or []
-    return (
-        ", ".join(f"{i.get('severity', '?')}/{i.get('code', '?')}" for i in issues if isinstance(i, dict))
-        or "(no issues)"
-    )
 
 
 def _entries(bundle: Resource) -> Iterator[Resource]:
@@ -711,16 +575,3 @@ def _str_field(resource: Resource, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"resource has no {name}")
     return value
-
-
-def _check_type(resource_type: str) -> str:
-    if not _TYPE_RE.fullmatch(resource_type):
-        raise ValueError(f"not a FHIR resource type: {resource_type!r}")
-    return resource_type
-
-
-def _check_id(resource_id: str) -> str:
-    # Ids go into the URL path; the FHIR id grammar also rules out "/" and ".." tricks.
-    if not _ID_RE.fullmatch(resource_id) or resource_id in (".", ".."):
-        raise ValueError("not a valid FHIR id")
-    return resource_id

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,32 +47,6 @@ Verdicts = dict[str, tuple[str, tuple[tuple[str, str, tuple[tuple[str, str], ...
 
 
 # -- fixtures ----------------------------------------------------------------------------------------
-
-
-def _required() -> bool:
-    return os.environ.get("FHIR_REQUIRE_SANDBOX") == "1"
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(f"{url.rstrip('/')}/metadata", timeout=10).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-@pytest.fixture(scope="module")
-def sandbox_url() -> str:
-    url = os.environ.get("FHIR_SANDBOX_URL")
-    if not url:
-        if _required():
-            pytest.fail("FHIR_REQUIRE_SANDBOX=1 but FHIR_SANDBOX_URL is not set")
-        pytest.skip("FHIR_SANDBOX_URL is not set (start one with sandbox/hapi/sandbox.sh start)")
-    if not _answers(url):
-        message = f"the FHIR sandbox at {url} does not answer GET metadata"
-        if _required():
-            pytest.fail(message)
-        pytest.skip(message)
-    return url.rstrip("/")
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +79,10 @@ def written(seeded: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def r5_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def r5_url(tmp_path_factory: pytest.TempPathFactory, fhir_answers: Callable[[str], bool]) -> Iterator[str]:
     given = os.environ.get("FHIR_SANDBOX_R5_URL")
     if given:
-        if not _answers(given):
+        if not fhir_answers(given):
             pytest.fail(f"FHIR_SANDBOX_R5_URL={given} does not answer GET metadata")
         yield given.rstrip("/")
         return
@@ -132,7 +106,7 @@ def r5_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     try:
         deadline = time.monotonic() + float(os.environ.get("HAPI_START_TIMEOUT", "240"))
-        while not _answers(url):
+        while not fhir_answers(url):
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the R5 sandbox on port {port} did not start (log: {log.name})")
             time.sleep(2)

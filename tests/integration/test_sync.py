@@ -55,32 +55,6 @@ Res = dict[str, Any]
 # -- fixtures ----------------------------------------------------------------------------------------
 
 
-def _required() -> bool:
-    return os.environ.get("FHIR_REQUIRE_SANDBOX") == "1"
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(f"{url.rstrip('/')}/metadata", timeout=10).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-@pytest.fixture(scope="module")
-def sandbox_url() -> str:
-    url = os.environ.get("FHIR_SANDBOX_URL")
-    if not url:
-        if _required():
-            pytest.fail("FHIR_REQUIRE_SANDBOX=1 but FHIR_SANDBOX_URL is not set")
-        pytest.skip("FHIR_SANDBOX_URL is not set (start one with sandbox/hapi/sandbox.sh start)")
-    if not _answers(url):
-        message = f"the FHIR sandbox at {url} does not answer GET metadata"
-        if _required():
-            pytest.fail(message)
-        pytest.skip(message)
-    return url.rstrip("/")
-
-
 @dataclass
 class Site:
     """One test's site: its site.toml, state, manifests and the patients it loaded."""

@@ -202,6 +202,7 @@ def _build_medications(raw: Mapping[str, Any], path: Path) -> MedicationRules:
         glucocorticoids=tuple(gcs),
         taken_statuses=frozenset(raw["statuses"]["taken"]),
         administered_statuses=frozenset(raw["statuses"]["administered"]),
+        never_statuses=frozenset(raw["statuses"]["never"]),
         frequency_codes={
             k.upper(): _fraction(v, f"{path}: frequency_codes.{k}") for k, v in raw["frequency_codes"].items()
         },

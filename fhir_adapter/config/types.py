@@ -71,6 +71,7 @@ class MedicationRules:
     glucocorticoids: tuple[Glucocorticoid, ...]
     taken_statuses: frozenset[str]
     administered_statuses: frozenset[str]
+    never_statuses: frozenset[str]
     # Exact fractions (numerator, denominator): administrations per day, periods per day.
     frequency_codes: Mapping[str, tuple[Decimal, Decimal]]
     periods_per_day: Mapping[str, tuple[Decimal, Decimal]]

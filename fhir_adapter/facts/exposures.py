@@ -28,7 +28,6 @@ from fhir_adapter.facts.fhirjson import (
 from fhir_adapter.model import Resource
 
 MED_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
-_NEVER_TAKEN = frozenset({"entered-in-error", "cancelled", "draft", "not-taken", "not-done", "intended"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +194,7 @@ def of_record(ctx: Context) -> list[Exposure]:
         for resource in ctx.record.of_type(rtype):
             ref = reference_label(resource)
             status = status_of(resource)
-            if status in _NEVER_TAKEN:
+            if status in rules.never_statuses:
                 continue
             if rtype == "MedicationRequest" and ref in administered_requests:
                 continue

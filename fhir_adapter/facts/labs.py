@@ -99,7 +99,8 @@ def uln_ratio(ctx: Context, spec: FactSpec) -> Fact:
     ref = f"Observation/{obs.get('id', '?')}"
     unit = str(spec.get("unit"))
     sex = ctx.sex()
-    high = reference_high(obs, sex, ctx.mappings.units, unit, concept)
+    sexes = {"female": ctx.concept("sex-female"), "male": ctx.concept("sex-male")}
+    high = reference_high(obs, sex, ctx.mappings.units, unit, concept, sexes)
     value = _in_unit(ctx, spec, r, concept)
     if high is not None and high[0] > 0:
         uln, uln_unit = high

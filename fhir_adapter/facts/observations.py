@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from fhir_adapter.config.types import UnitTable
-from fhir_adapter.facts import units
+from fhir_adapter.config.types import Concept, UnitTable
+from fhir_adapter.facts import codes, units
 from fhir_adapter.facts.fhirjson import (
     codings,
     effective_date,
@@ -106,7 +107,7 @@ def reading(obs: Resource) -> Reading | str:
 
 
 def reference_high(
-    obs: Resource, sex: str | None, table: UnitTable, unit: str, concept: str
+    obs: Resource, sex: str | None, table: UnitTable, unit: str, concept: str, sexes: Mapping[str, Concept]
 ) -> tuple[Decimal, str] | None:
     """ULN from the result's own referenceRange (the one for the patient's sex when split), in ``unit``.
 
@@ -119,8 +120,7 @@ def reference_high(
     for rr in ranges:
         if not isinstance(rr, dict):
             continue
-        applies = codings_list(rr.get("appliesTo")) + [("", "", t) for t in _texts(rr.get("appliesTo"))]
-        if applies and not _applies_to_sex(applies, sex):
+        if not _applies_to_sex(rr.get("appliesTo"), sex, sexes):
             continue
         high = rr.get("high")
         if isinstance(high, dict):
@@ -135,40 +135,20 @@ def reference_high(
         text = rr.get("text")
         if isinstance(text, str):
             m = re.search(r"(?:^|[-~–<≤]|to)\s*(\d+(?:\.\d+)?)\s*$", text.strip().split(" ")[0])
-            if m and not applies:
+            if m and not rr.get("appliesTo"):
                 parsed = _to_decimal(m.group(1))
                 if parsed is not None:
                     return parsed, "?"
     return None
 
 
-_SEX_CODES = {
-    "248152002": "female",
-    "248153007": "male",
-    "female": "female",
-    "male": "male",
-    "f": "female",
-    "m": "male",
-}
-
-
-def _texts(value: Any) -> list[str]:
-    if not isinstance(value, list):
-        return []
-    return [cc["text"] for cc in value if isinstance(cc, dict) and isinstance(cc.get("text"), str)]
-
-
-def _applies_to_sex(applies: list[tuple[str, str, str]], sex: str | None) -> bool:
-    """Whether a range's appliesTo fits the patient; ranges for an age group or other population also
-    pass, and without a known sex a sex-specific range cannot be chosen."""
-    sexes = {
-        _SEX_CODES.get(code.lower()) or _SEX_CODES.get(display.strip().lower())
-        for _, code, display in applies
-    }
-    sexes.discard(None)
-    if not sexes:
+def _applies_to_sex(applies: Any, sex: str | None, sexes: Mapping[str, Concept]) -> bool:
+    """Whether a range's appliesTo fits the patient. Ranges for an age group or another population pass;
+    a sex-specific range is chosen only for a patient of that sex (``sexes``: "female"/"male" concepts)."""
+    if not isinstance(applies, list):
         return True
-    return sex in sexes
+    found = {name for cc in applies for name, concept in sexes.items() if codes.matches(concept, cc)}
+    return not found or sex in found
 
 
 def codings_list(value: Any) -> list[tuple[str, str, str]]:

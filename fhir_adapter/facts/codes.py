@@ -33,15 +33,17 @@ def matches(concept: Concept, cc: Any) -> bool:
 
 
 def text_matches(concept: Concept, candidates: list[str]) -> bool:
-    for text in candidates:
-        low = text.lower()
-        if low.strip() in concept.text_exact:
-            return True
-        if any(x in low for x in concept.text_exclude):
-            continue
-        if any(t in low for t in concept.text):
-            return True
-    return False
+    return lowered_text_matches(concept, [t.lower() for t in candidates])
+
+
+def lowered_text_matches(concept: Concept, lowered: list[str]) -> bool:
+    """The concept's text rule over already lower-cased texts: a whole-text token ("iv") matches; else a
+    pattern must occur and no exclusion ("a1c", "volume") anywhere in the resource's texts."""
+    if any(low.strip() in concept.text_exact for low in lowered):
+        return True
+    if any(x in low for low in lowered for x in concept.text_exclude):
+        return False
+    return any(t in low for low in lowered for t in concept.text)
 
 
 class CodeIndex:
@@ -82,11 +84,7 @@ class CodeIndex:
             for i, systems in enumerate(self._systems):
                 if i in hits or not concept.systems.isdisjoint(systems):
                     continue
-                lowered = self._lower_texts(i)
-                if any(low.strip() in concept.text_exact for low in lowered) or (
-                    any(t in low for low in lowered for t in concept.text)
-                    and not any(x in low for low in lowered for x in concept.text_exclude)
-                ):
+                if lowered_text_matches(concept, self._lower_texts(i)):
                     hits.add(i)
         result = tuple(self._resources[i] for i in sorted(hits))
         self._cache[concept.name] = result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fhir_adapter.config.types import Concept, FactSpec, Mappings
 from fhir_adapter.facts.codes import CodeIndex
@@ -32,6 +33,8 @@ class Context:
     derive: Callable[[Context, FactSpec], Fact]
     _facts: dict[str, Fact] = field(default_factory=dict)
     _indexes: dict[str, CodeIndex] = field(default_factory=dict)
+    # Derived once per patient and shared by several facts (the medication exposures).
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def matching(self, resource_type: str, concept: str) -> tuple[Resource, ...]:
         """This patient's resources of a type whose ``code`` is in the concept (computed once)."""

@@ -180,7 +180,7 @@ def _mg_per_day(
 
 
 def of_record(ctx: Context) -> list[Exposure]:
-    cached = ctx.__dict__.get("_exposures")
+    cached = ctx.cache.get("exposures")
     if cached is not None:
         return list(cached)
     administered_requests = {
@@ -221,7 +221,7 @@ def of_record(ctx: Context) -> list[Exposure]:
                         taken=status in taken_set,
                     )
                 )
-    ctx.__dict__["_exposures"] = tuple(out)
+    ctx.cache["exposures"] = tuple(out)
     return out
 
 

@@ -108,8 +108,9 @@ def _by_drug(ctx: Context, spec: FactSpec) -> dict[str, list[Exposure]]:
 
 def medication_started(ctx: Context, spec: FactSpec) -> Fact:
     start, end = _window(ctx, spec)
+    groups = _by_drug(ctx, spec)
     undated = []
-    for exps in _by_drug(ctx, spec).values():
+    for exps in groups.values():
         dated = [e for e in exps if e.start is not None and e.start <= end]
         undated += [e.ref for e in exps if e.start is None]
         if not dated:
@@ -120,7 +121,6 @@ def medication_started(ctx: Context, spec: FactSpec) -> Fact:
             return Fact(spec.name, True, evidence=(Evidence(first.ref, detail),), reason=detail)
     if undated:
         return Fact(spec.name, None, reason=f"{spec.label}: no start date on {', '.join(undated)}")
-    groups = _by_drug(ctx, spec)
     if groups:
         firsts = [
             min(e.start for e in exps if e.start) for exps in groups.values() if any(e.start for e in exps)

@@ -17,8 +17,6 @@ from fhir_adapter.facts.fhirjson import (
     effective_instant,
     instant,
     is_ignored,
-    parse_date,
-    reference_label,
 )
 from fhir_adapter.model import Resource
 
@@ -149,20 +147,3 @@ def _applies_to_sex(applies: Any, sex: str | None, sexes: Mapping[str, Concept])
         return True
     found = {name for cc in applies for name, concept in sexes.items() if codes.matches(concept, cc)}
     return not found or sex in found
-
-
-def codings_list(value: Any) -> list[tuple[str, str, str]]:
-    if not isinstance(value, list):
-        return []
-    out: list[tuple[str, str, str]] = []
-    for cc in value:
-        out.extend(codings(cc))
-    return out
-
-
-def describe(obs: Resource, date: dt.date) -> str:
-    return f"{reference_label(obs)} on {date.isoformat()}"
-
-
-def issued_date(obs: Resource) -> dt.date | None:
-    return parse_date(obs.get("issued"))

@@ -130,26 +130,20 @@ _MISSING = re.compile(r"^no (?P<what>.+?) (?P<when>in the last .+)$")
 def _collapse(reasons: list[str]) -> list[str]:
     """ "no CK in the last 90 days; no LDH in the last 90 days" -> "no CK or LDH in the last 90 days":
     the worklist says in one line what to order."""
-    out: list[str] = []
-    groups: dict[str, list[str]] = {}
+    # Keyed by the reason itself, or by the window for "no X in the last ..."; dicts keep first-seen order.
+    missing: dict[str, list[str]] = {}
+    order: dict[str, None] = {}
     for reason in reasons:
         m = _MISSING.match(reason)
-        if m is None:
-            out.append(reason)
-            continue
-        if m.group("when") not in groups:
-            groups[m.group("when")] = []
-            out.append(m.group("when"))  # placeholder, replaced below
-        groups[m.group("when")].append(m.group("what"))
-    result = []
-    for item in out:
-        if item in groups:
-            names = groups[item]
-            joined = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-            result.append(f"no {joined} {item}")
-        else:
-            result.append(item)
-    return result
+        key = reason if m is None else m.group("when")
+        order.setdefault(key, None)
+        if m is not None:
+            missing.setdefault(key, []).append(m.group("what"))
+    return [f"no {_or_list(missing[key])} {key}" if key in missing else key for key in order]
+
+
+def _or_list(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _join(outcomes: Sequence[Outcome]) -> tuple[str, tuple[Evidence, ...]]:

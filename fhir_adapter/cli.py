@@ -183,7 +183,7 @@ def _screen(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
-    from fhir_adapter.server.load import load_paths
+    from fhir_adapter.load import load_paths
     from fhir_adapter.server.screen import client_from_args
 
     if args.chunk_size < 1:

@@ -23,24 +23,24 @@ from typing import TextIO
 import requests
 import requests.auth
 
-from fhir_adapter.config.types import Mappings
-from fhir_adapter.errors import AuthError, ServerError, UsageError
-from fhir_adapter.model import InputProblem, SubjectResult
-from fhir_adapter.output import summary
-from fhir_adapter.output.result_file import ResultWriter
-from fhir_adapter.pipeline import is_dm_condition, no_diagnosis, screen_record
-from fhir_adapter.server.auth import (
+from fhir_adapter.client.auth import (
     DEFAULT_SCOPE,
     BearerTokenAuth,
     SmartBackendAuth,
     basic_auth,
     discover_token_url,
 )
-from fhir_adapter.server.candidates import Candidates, find_candidates, given_patients, group_members
-from fhir_adapter.server.fetch import Fetched, Strategy, choose_strategy, fetch_record
-from fhir_adapter.server.http import FhirClient
-from fhir_adapter.server.secrets import resolve_secret
-from fhir_adapter.server.writeback import Action, WriteBack, release_of
+from fhir_adapter.client.http import FhirClient
+from fhir_adapter.client.secrets import resolve_secret
+from fhir_adapter.config.types import Mappings
+from fhir_adapter.errors import AuthError, ServerError, UsageError
+from fhir_adapter.model import InputProblem, SubjectResult
+from fhir_adapter.output import summary
+from fhir_adapter.output.result_file import ResultWriter
+from fhir_adapter.pipeline import is_dm_condition, no_diagnosis, screen_record
+from fhir_adapter.source.candidates import Candidates, find_candidates, given_patients, group_members
+from fhir_adapter.source.records import Fetched, Strategy, choose_strategy, fetch_record
+from fhir_adapter.writeback.subjects import Action, WriteBack, release_of
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import ServerError
 from fhir_adapter.facts.fhirjson import ref_id
-from fhir_adapter.server.http import FhirClient
 from fhir_adapter.source.patient_index import USED_TYPES, patient_of
 
 log = logging.getLogger(__name__)

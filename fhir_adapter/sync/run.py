@@ -15,21 +15,21 @@ import sys
 from typing import TextIO
 
 from fhir_adapter import __version__
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.config.loader import load_mappings
 from fhir_adapter.config.types import Mappings
 from fhir_adapter.errors import AdapterError, ConfigError, ExitCode, UsageError
 from fhir_adapter.model import InputProblem
 from fhir_adapter.output.result_file import ResultWriter
-from fhir_adapter.server.candidates import find_candidates
-from fhir_adapter.server.http import FhirClient
 from fhir_adapter.server.screen import client_from_args
-from fhir_adapter.server.writeback import WriteBack, release_of
+from fhir_adapter.source.candidates import find_candidates
 from fhir_adapter.sync.changes import changed_patients, server_now
 from fhir_adapter.sync.config import SiteConfig
 from fhir_adapter.sync.lock import RunLock
 from fhir_adapter.sync.manifest import Counts, render_manifest, write_manifest
 from fhir_adapter.sync.state import LAST_FULL, WATERMARK, State
 from fhir_adapter.sync.worker import Worker
+from fhir_adapter.writeback.subjects import WriteBack, release_of
 
 log = logging.getLogger(__name__)
 

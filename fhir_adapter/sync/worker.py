@@ -10,17 +10,17 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from fhir_adapter import logs
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.config.types import Mappings
 from fhir_adapter.errors import AdapterError, AuthError, ServerError
 from fhir_adapter.model import InputProblem, SubjectResult
 from fhir_adapter.output.result_file import ResultWriter
 from fhir_adapter.pipeline import screen_record
-from fhir_adapter.server.fetch import Strategy, choose_strategy, fetch_record
-from fhir_adapter.server.http import FhirClient
-from fhir_adapter.server.writeback import Action, WriteBack, subject_reason
+from fhir_adapter.source.records import Strategy, choose_strategy, fetch_record
 from fhir_adapter.sync.manifest import Counts
 from fhir_adapter.sync.recheck import next_recheck
 from fhir_adapter.sync.state import State
+from fhir_adapter.writeback.subjects import Action, WriteBack, subject_reason
 
 log = logging.getLogger(__name__)
 

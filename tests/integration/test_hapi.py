@@ -30,10 +30,10 @@ import pytest
 import requests
 
 from fhir_adapter.cli import build_parser, main
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.config.loader import load_mappings
-from fhir_adapter.server.http import FhirClient
 from fhir_adapter.server.screen import screen_server
-from fhir_adapter.server.writeback import STATE_SYSTEM, SUBJECT_ID_SYSTEM, TAG_CODE, TAG_SYSTEM
+from fhir_adapter.writeback.subjects import STATE_SYSTEM, SUBJECT_ID_SYSTEM, TAG_CODE, TAG_SYSTEM
 
 pytestmark = pytest.mark.integration
 

@@ -36,11 +36,11 @@ import requests
 
 from fhir_adapter import __version__
 from fhir_adapter.cli import main
-from fhir_adapter.server.http import FhirClient
-from fhir_adapter.server.writeback import SUBJECT_ID_SYSTEM, XVER_PROGRESS
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.sync.changes import server_now
 from fhir_adapter.sync.lock import RunLock
 from fhir_adapter.sync.state import State
+from fhir_adapter.writeback.subjects import SUBJECT_ID_SYSTEM, XVER_PROGRESS
 
 pytestmark = pytest.mark.integration
 

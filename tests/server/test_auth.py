@@ -19,15 +19,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
-from fhir_adapter.errors import AuthError, ConfigError
-from fhir_adapter.server.auth import (
+from fhir_adapter.client.auth import (
     CLIENT_ASSERTION_TYPE,
     BearerTokenAuth,
     SmartBackendAuth,
     basic_auth,
     discover_token_url,
 )
-from fhir_adapter.server.http import FhirClient
+from fhir_adapter.client.http import FhirClient
+from fhir_adapter.errors import AuthError, ConfigError
 
 BASE = "https://fhir.example.org/r4"
 TOKEN_URL = "https://auth.example.org/oauth2/token"

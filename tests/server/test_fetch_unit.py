@@ -13,17 +13,17 @@ import pytest
 import responses
 from responses import matchers
 
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.config.loader import load_mappings
 from fhir_adapter.config.types import Mappings
-from fhir_adapter.server.candidates import (
+from fhir_adapter.source.candidates import (
     find_candidates,
     given_patients,
     group_members,
     search_tokens,
 )
-from fhir_adapter.server.fetch import build_record, choose_strategy, fetch_record
-from fhir_adapter.server.http import FhirClient
 from fhir_adapter.source.patient_index import PatientIndex
+from fhir_adapter.source.records import build_record, choose_strategy, fetch_record
 
 BASE = "https://fhir.example.org/r4"
 Res = dict[str, Any]

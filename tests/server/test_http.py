@@ -14,9 +14,9 @@ import requests
 import responses
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
+from fhir_adapter.client.auth import BearerTokenAuth
+from fhir_adapter.client.http import USER_AGENT, FhirClient
 from fhir_adapter.errors import AuthError, ConfigError, PreconditionFailed, ServerError
-from fhir_adapter.server.auth import BearerTokenAuth
-from fhir_adapter.server.http import USER_AGENT, FhirClient
 
 BASE = "https://fhir.example.org/r4"
 MRN = "MRN-0042-SECRET"

@@ -12,8 +12,8 @@ import pytest
 import responses
 
 from fhir_adapter.cli import main
-from fhir_adapter.server.http import FhirClient
-from fhir_adapter.server.load import load_paths
+from fhir_adapter.client.http import FhirClient
+from fhir_adapter.load import load_paths
 
 BASE = "https://fhir.example.org/r4"
 Res = dict[str, Any]

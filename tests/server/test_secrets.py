@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fhir_adapter.client.secrets import resolve_secret
 from fhir_adapter.errors import ConfigError
-from fhir_adapter.server.secrets import resolve_secret
 
 
 def test_env_reference_returns_the_variable_without_trailing_newline(monkeypatch: pytest.MonkeyPatch) -> None:

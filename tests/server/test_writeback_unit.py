@@ -14,12 +14,12 @@ import responses
 from responses import matchers
 
 from fhir_adapter import __version__
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.config.loader import load_mappings
 from fhir_adapter.config.types import Mappings
 from fhir_adapter.errors import WriteBackError
 from fhir_adapter.model import CriterionResult, Evidence, Status, SubjectResult, Verdict
-from fhir_adapter.server.http import FhirClient
-from fhir_adapter.server.writeback import (
+from fhir_adapter.writeback.subjects import (
     NCT_SYSTEM,
     PROFILE_URL,
     STATE_SYSTEM,

@@ -2,7 +2,7 @@
 
 Each class is a ``requests.auth.AuthBase`` so ``FhirClient`` stays ignorant of the scheme. Only
 ``SmartBackendAuth`` can renew its credentials; it exposes ``invalidate()``, which ``FhirClient``
-calls on a 401 before resending once (see ``fhir_adapter.server.http.InvalidatableAuth``).
+calls on a 401 before resending once (see ``fhir_adapter.client.http.InvalidatableAuth``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import requests.auth
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from fhir_adapter.client.secrets import resolve_secret
 from fhir_adapter.errors import AuthError, ConfigError
-from fhir_adapter.server.secrets import resolve_secret
 
 logger = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.config.types import Concept, Mappings
 from fhir_adapter.errors import AuthError, ServerError, UsageError
 from fhir_adapter.facts.fhirjson import ref_id
 from fhir_adapter.pipeline import diagnosis_concepts, is_dm_condition
-from fhir_adapter.server.http import FhirClient
 from fhir_adapter.source.patient_index import patient_of
 
 log = logging.getLogger(__name__)

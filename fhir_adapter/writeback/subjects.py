@@ -1,7 +1,7 @@
 """Record each screening result on the server as a ResearchSubject, with a Provenance per write.
 
 What each resource holds (R4 or R5 shapes) and how the adapter tells its own versions from staff
-edits: :mod:`fhir_adapter.server.subject_resources`. This module talks to the server.
+edits: :mod:`fhir_adapter.writeback.resources`. This module talks to the server.
 
 Concurrency: updates send ``If-Match`` with the version just read, and a 409/412 re-reads and decides
 again (bounded); creates are conditional (``If-None-Exist`` on the identifier), so two runs at once
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+from fhir_adapter.client.http import FhirClient, FhirResponse
 from fhir_adapter.config.types import Trial
 from fhir_adapter.errors import AuthError, PreconditionFailed, ServerError, WriteBackError
 from fhir_adapter.model import Resource, SubjectResult
-from fhir_adapter.server.http import FhirClient, FhirResponse
-from fhir_adapter.server.subject_resources import (
+from fhir_adapter.writeback.resources import (
     DEVICE_ID_SYSTEM,
     NCT_SYSTEM,
     NCT_SYSTEMS_ACCEPTED,

@@ -1,7 +1,7 @@
 """URL hygiene for the FHIR client: the base URL, origins, ids in paths, and URLs fit for logs.
 
 Query strings carry patient identifiers, so what goes into logs and exception messages is the URL
-without its query (:func:`no_query`); see the PHI rule in :mod:`fhir_adapter.server.http`.
+without its query (:func:`no_query`); see the PHI rule in :mod:`fhir_adapter.client.http`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 status as the error type (401/403 ``AuthError``, 409/412 ``PreconditionFailed``, else ``ServerError``).
 
 Messages hold the method, the path without its query, the status and OperationOutcome text only
-(the PHI rule of :mod:`fhir_adapter.server.http`).
+(the PHI rule of :mod:`fhir_adapter.client.http`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any, Final
 
 import requests
 
+from fhir_adapter.client.urls import no_query
 from fhir_adapter.errors import AuthError, PreconditionFailed, ServerError
 from fhir_adapter.model import Resource
-from fhir_adapter.server.urls import no_query
 
 _MAX_ISSUES: Final = 5
 _MAX_ISSUE_TEXT: Final = 300

@@ -17,10 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import ServerError
 from fhir_adapter.facts.fhirjson import ref_id
 from fhir_adapter.model import PatientRecord, Resource
-from fhir_adapter.server.http import FhirClient
 from fhir_adapter.source.patient_index import USED_TYPES, patient_of
 
 log = logging.getLogger(__name__)

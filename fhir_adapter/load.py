@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import AuthError, ServerError
 from fhir_adapter.model import InputProblem, Resource
-from fhir_adapter.server.http import FhirClient
 from fhir_adapter.source.patient_index import patient_of
 from fhir_adapter.source.reader import Item, read_all
 

@@ -26,10 +26,8 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 import requests
 import requests.auth
 
-from fhir_adapter.errors import ConfigError, ServerError
-from fhir_adapter.model import Resource
-from fhir_adapter.server.http_errors import http_error, issue_codes, json_or_none
-from fhir_adapter.server.retry import (
+from fhir_adapter.client.http_errors import http_error, issue_codes, json_or_none
+from fhir_adapter.client.retry import (
     POST_RETRY_STATUSES,
     RETRY_STATUSES,
     TRANSPORT_ERRORS,
@@ -39,7 +37,7 @@ from fhir_adapter.server.retry import (
     http_date,
     retry_after_seconds,
 )
-from fhir_adapter.server.urls import (
+from fhir_adapter.client.urls import (
     LOOPBACK,
     check_id,
     check_type,
@@ -48,6 +46,8 @@ from fhir_adapter.server.urls import (
     normalise_base,
     origin_of,
 )
+from fhir_adapter.errors import ConfigError, ServerError
+from fhir_adapter.model import Resource
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The FHIR REST client: transport, authentication, retries, limits, URL checks."""

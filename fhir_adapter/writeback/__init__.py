@@ -1,0 +1,1 @@
+"""Write screening results back to a FHIR server: ResearchStudy, ResearchSubject, Provenance."""

@@ -1,10 +1,6 @@
-"""fhir-adapter: prescreen FHIR patients for clinical trials (first trial: NCT05495321)."""
+"""fhir-adapter: prescreen FHIR patients for clinical trials whose criteria are data (mappings/)."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("fhir-adapter")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0"
+# The one place the version is written: pyproject.toml reads it (``dynamic = ["version"]``).
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

@@ -10,7 +10,6 @@ Not thread-safe: use one client per thread (``requests.Session`` and the counter
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from fhir_adapter.client.urls import (
     normalise_base,
     origin_of,
 )
+from fhir_adapter import __version__
 from fhir_adapter.errors import ConfigError, ServerError
 from fhir_adapter.model import Resource
 
@@ -61,14 +61,7 @@ Params = Mapping[str, ParamValue | Sequence[ParamValue]] | Sequence[tuple[str, P
 _ABSENT: Final = frozenset({404, 410})
 
 
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("fhir-adapter")
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
-
-
-USER_AGENT: Final = f"fhir-adapter/{_package_version()}"
+USER_AGENT: Final = f"fhir-adapter/{__version__}"
 
 
 @runtime_checkable

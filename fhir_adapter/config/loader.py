@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
@@ -18,6 +17,7 @@ from typing import Any
 
 import jsonschema
 
+from fhir_adapter import data_files
 from fhir_adapter.config import rules
 from fhir_adapter.config.types import (
     HIERARCHICAL_SYSTEMS,
@@ -31,7 +31,6 @@ from fhir_adapter.config.types import (
 )
 from fhir_adapter.errors import ConfigError
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRIAL = "NCT05495321"
 
 # Facts each kind needs to reference by concept name: checked so a typo fails at load, not mid-run.
@@ -50,13 +49,11 @@ _CONCEPT_KEYS = (
 
 
 def default_mappings_dir() -> Path:
-    env = os.environ.get("FHIR_ADAPTER_MAPPINGS")
-    return Path(env) if env else _REPO_ROOT / "mappings"
+    return data_files.mappings_dir()
 
 
 def profiles_dir() -> Path:
-    env = os.environ.get("FHIR_ADAPTER_PROFILES")
-    return Path(env) if env else _REPO_ROOT / "profiles"
+    return data_files.profiles_dir()
 
 
 @cache

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 import requests
 import requests.auth
 
+from fhir_adapter import __version__
 from fhir_adapter.client.http_errors import http_error, issue_codes, json_or_none
 from fhir_adapter.client.retry import (
     POST_RETRY_STATUSES,
@@ -45,7 +46,6 @@ from fhir_adapter.client.urls import (
     normalise_base,
     origin_of,
 )
-from fhir_adapter import __version__
 from fhir_adapter.errors import ConfigError, ServerError
 from fhir_adapter.model import Resource
 

@@ -128,7 +128,8 @@ def test_vv_logs_hold_no_phi_even_when_facts_fail_and_inputs_are_bad(
     def leaky(ctx: Any, spec: Any) -> Any:
         raise ValueError(f"cannot read {NAMES[0]} {MRNS[0]} born {BIRTH_DATES[0]}")
 
-    monkeypatch.setitem(derive.KINDS, "inpatient-stay", leaky)
+    kind = derive.KINDS["inpatient-stay"]
+    monkeypatch.setitem(derive.KINDS, "inpatient-stay", derive.Kind(leaky, kind.reads))
     folder = _phi_patients(tmp_path / "in")
     text, code = all_log_text(tmp_path, folder)
     assert code == 3  # the broken NDJSON line

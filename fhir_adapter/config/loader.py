@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from pathlib import Path
@@ -31,21 +31,23 @@ from fhir_adapter.config.types import (
 )
 from fhir_adapter.errors import ConfigError
 
-DEFAULT_TRIAL = "NCT05495321"
 
-# Facts each kind needs to reference by concept name: checked so a typo fails at load, not mid-run.
-_CONCEPT_KEYS = (
-    "concept",
-    "measured_concept",
-    "creatinine_concept",
-    "heart_failure_concept",
-    "nyha_observation_concept",
-    "class_3_4_concept",
-    "class_1_2_concept",
-    "encounter_concept",
-    "reason_concept",
-    "route",
-)
+# Parameter names that refer to other definitions: checked at load, so a typo fails there, not mid-run.
+def _is_concept_key(key: str) -> bool:
+    return key == "concept" or key.endswith("_concept")
+
+
+def _is_concepts_key(key: str) -> bool:
+    return key == "concepts" or key.endswith("_concepts")
+
+
+def _is_fact_key(key: str) -> bool:
+    return key.endswith("_fact")
+
+
+def fact_dependencies(spec: FactSpec) -> list[str]:
+    """The facts a fact's parameters name (``weight_fact``, ``sex_fact`` ...): computed before it."""
+    return [str(v) for k, v in spec.params.items() if _is_fact_key(k) and isinstance(v, str)]
 
 
 def default_mappings_dir() -> Path:
@@ -207,6 +209,10 @@ def _build_medications(raw: Mapping[str, Any], path: Path) -> MedicationRules:
             k: _fraction(v, f"{path}: periods_per_day.{k}") for k, v in raw["periods_per_day"].items()
         },
         count_units=frozenset(u.lower() for u in raw["dose_units"].get("count", [])),
+        weight_fact=raw["exposures"]["weight_fact"],
+        intravenous_route_concept=raw["exposures"]["intravenous_route_concept"],
+        non_systemic_route_concept=raw["exposures"]["non_systemic_route_concept"],
+        non_systemic_form_concept=raw["exposures"]["non_systemic_form_concept"],
     )
 
 
@@ -214,59 +220,125 @@ def _check_facts(
     facts: Mapping[str, FactSpec], concepts: Mapping[str, Concept], path_of: Mapping[str, Path]
 ) -> None:
     for fact in facts.values():
-        path = path_of[fact.name]
-        for key in _CONCEPT_KEYS:
-            name = fact.get(key)
-            if name is not None and name not in concepts:
-                raise ConfigError(f"{path}: facts.{fact.name}.{key}: unknown concept {name!r}")
-        for name in fact.get("concepts", []) or []:
-            if name not in concepts:
-                raise ConfigError(f"{path}: facts.{fact.name}.concepts: unknown concept {name!r}")
-        weight = fact.get("weight_fact")
-        if weight is not None and weight not in facts:
-            raise ConfigError(f"{path}: facts.{fact.name}.weight_fact: unknown fact {weight!r}")
+        where = f"{path_of[fact.name]}: facts.{fact.name}"
+        for key, value in fact.params.items():
+            names = value if _is_concepts_key(key) else [value] if _is_concept_key(key) else []
+            for name in names:
+                if name not in concepts:
+                    raise ConfigError(f"{where}.{key}: unknown concept {name!r}")
+            if _is_fact_key(key) and value not in facts:
+                raise ConfigError(f"{where}.{key}: unknown fact {value!r}")
         for key in ("uln", "umol_per_mg_dl", "female_factor"):
             value = fact.get(key)
             if isinstance(value, dict):
                 for sex, v in value.items():
-                    _decimal(v, f"{path}: facts.{fact.name}.{key}.{sex}")
+                    _decimal(v, f"{where}.{key}.{sex}")
             elif value is not None:
-                _decimal(value, f"{path}: facts.{fact.name}.{key}")
+                _decimal(value, f"{where}.{key}")
+    _check_no_cycle(facts, path_of)
+
+
+def _check_no_cycle(facts: Mapping[str, FactSpec], path_of: Mapping[str, Path]) -> None:
+    done: set[str] = set()
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if name in trail:
+            cycle = " -> ".join((*trail[trail.index(name) :], name))
+            raise ConfigError(f"{path_of[name]}: facts.{name}: facts depend on each other: {cycle}")
+        if name in done:
+            return
+        for dependency in fact_dependencies(facts[name]):
+            visit(dependency, (*trail, name))
+        done.add(name)
+
+    for name in facts:
+        visit(name, ())
+
+
+def _check_medications(
+    rules_: MedicationRules, concepts: Mapping[str, Concept], facts: Mapping[str, FactSpec], path: Path
+) -> None:
+    if rules_.weight_fact not in facts:
+        raise ConfigError(f"{path}: exposures.weight_fact: unknown fact {rules_.weight_fact!r}")
+    for key in ("intravenous_route_concept", "non_systemic_route_concept", "non_systemic_form_concept"):
+        name = getattr(rules_, key)
+        if name not in concepts:
+            raise ConfigError(f"{path}: exposures.{key}: unknown concept {name!r}")
+
+
+def default_trial(mappings_dir: Path | None = None) -> str:
+    """The trial ``screen`` uses without ``--trial``: ``default`` in mappings/trials.toml."""
+    path = (mappings_dir or default_mappings_dir()) / "trials.toml"
+    doc = _read_toml(path)
+    _validate(doc, "trials_file", path)
+    return str(doc["default"])
+
+
+def criteria_path(trial: str, mappings_dir: Path | None = None) -> Path:
+    """``mappings/criteria/<ID>.toml`` for a trial id; a path ending in ``.toml`` is taken as it is, so a
+    site can keep its own trials outside the installed package."""
+    if trial.endswith(".toml"):
+        return Path(trial)
+    if not trial or "/" in trial or "\\" in trial or trial.startswith("."):
+        raise ConfigError(f"--trial: {trial!r} is neither a trial id nor a .toml file")
+    path = (mappings_dir or default_mappings_dir()) / "criteria" / f"{trial}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.toml"))
+        raise ConfigError(f"{path}: no criteria file for trial {trial!r} (known: {', '.join(known)})")
+    return path
 
 
 def load_mappings(
     mappings_dir: Path | None = None,
     overlays: Iterable[Path] = (),
-    trial: str = DEFAULT_TRIAL,
+    trial: str | None = None,
 ) -> Mappings:
-    """Read, validate and merge mappings/ and the site overlays (applied in order)."""
+    """One trial's rules: mappings/ plus the site overlays; the default trial when none is named."""
+    return load_trials([trial] if trial else [], overlays, mappings_dir)[0]
+
+
+def load_trials(
+    trials: Sequence[str] = (),
+    overlays: Iterable[Path] = (),
+    mappings_dir: Path | None = None,
+) -> list[Mappings]:
+    """Read, validate and merge mappings/, the trials' criteria files and the site overlays (in order).
+
+    Every trial shares the concepts, facts, units and medication rules; a criteria file may define new
+    concepts and facts of its own (never redefine one), and overlays then extend them all. One
+    ``Mappings`` per trial, in the order given (duplicates dropped).
+    """
     base = mappings_dir or default_mappings_dir()
+    wanted = list(dict.fromkeys(trials)) or [default_trial(base)]
     files: list[Path] = []
 
-    def read(name: str, definition: str) -> tuple[dict[str, Any], Path]:
-        path = base / name
+    def read(path: Path, definition: str) -> dict[str, Any]:
         doc = _read_toml(path)
         _validate(doc, definition, path)
-        files.append(path)
-        return doc, path
+        return doc
 
-    concepts_doc, concepts_path = read("concepts.toml", "concepts_file")
-    units_doc, units_path = read("units.toml", "units_file")
-    facts_doc, facts_path = read("facts.toml", "facts_file")
-    meds_doc, meds_path = read("medications.toml", "medications_file")
-    criteria_doc, criteria_path = read(f"criteria/{trial}.toml", "criteria_file")
+    concepts_path, units_path = base / "concepts.toml", base / "units.toml"
+    facts_path, meds_path = base / "facts.toml", base / "medications.toml"
+    concepts_doc = read(concepts_path, "concepts_file")
+    units_doc = read(units_path, "units_file")
+    facts_doc = read(facts_path, "facts_file")
+    meds_doc = read(meds_path, "medications_file")
+    files += [concepts_path, units_path, facts_path, meds_path]
+    trial_docs = [(path, read(path, "criteria_file")) for path in (criteria_path(t, base) for t in wanted)]
 
     raw_concepts: dict[str, dict[str, Any]] = {k: dict(v) for k, v in concepts_doc["concepts"].items()}
     path_of = dict.fromkeys(raw_concepts, str(concepts_path))
     raw_facts: dict[str, dict[str, Any]] = {k: dict(v) for k, v in facts_doc["facts"].items()}
     # The file that last set each fact, so an error in an overlay names the overlay.
     fact_paths = dict.fromkeys(raw_facts, facts_path)
+    for path, doc in trial_docs:
+        _define_new(raw_concepts, doc.get("concepts", {}), path, "concepts", path_of)
+        _define_new(raw_facts, doc.get("facts", {}), path, "facts", fact_paths)
     aliases = dict(units_doc.get("aliases", {}))
     conversions = list(units_doc.get("conversions", []))
 
     for overlay in overlays:
-        doc = _read_toml(overlay)
-        _validate(doc, "overlay_file", overlay)
+        doc = read(overlay, "overlay_file")
         files.append(overlay)
         _merge_concepts(raw_concepts, doc.get("concepts", {}), overlay, path_of)
         for name, body in doc.get("facts", {}).items():
@@ -282,23 +354,59 @@ def load_mappings(
         aliases.update(units.get("aliases", {}))
         conversions.extend(units.get("conversions", []))
 
+    defaults: Mapping[str, Mapping[str, Any]] = facts_doc.get("defaults", {})
     concepts = _build_concepts(raw_concepts, path_of)
     facts = {
-        name: FactSpec(name=name, kind=body["kind"], label=body.get("label", name), params=body)
+        name: FactSpec(
+            name=name,
+            kind=body["kind"],
+            label=body.get("label", name),
+            params={**defaults.get(body["kind"], {}), **body},
+        )
         for name, body in raw_facts.items()
     }
     _check_facts(facts, concepts, fact_paths)
-    trial_obj = rules.build_trial(criteria_doc, criteria_path, facts)
+    medications = _build_medications(meds_doc, meds_path)
+    _check_medications(medications, concepts, facts, meds_path)
+    units_table = _build_units({"aliases": aliases, "conversions": conversions}, str(units_path))
 
-    digest = hashlib.sha256()
+    shared = hashlib.sha256()
     for path in files:
+        shared.update(path.read_bytes())
+    out: list[Mappings] = []
+    for path, doc in trial_docs:
+        trial_obj = rules.build_trial(doc, path, facts)
+        if any(m.trial.study == trial_obj.study for m in out):
+            raise ConfigError(f"{path}: study: {trial_obj.study} is given twice")
+        digest = shared.copy()
         digest.update(path.read_bytes())
-    return Mappings(
-        concepts=concepts,
-        units=_build_units({"aliases": aliases, "conversions": conversions}, str(units_path)),
-        facts=facts,
-        medications=_build_medications(meds_doc, meds_path),
-        trial=trial_obj,
-        files=tuple(str(p) for p in files),
-        fingerprint=f"{trial_obj.version}+{digest.hexdigest()[:12]}",
-    )
+        out.append(
+            Mappings(
+                concepts=concepts,
+                units=units_table,
+                facts=facts,
+                medications=medications,
+                trial=trial_obj,
+                files=tuple(str(p) for p in (*files, path)),
+                fingerprint=f"{trial_obj.version}+{digest.hexdigest()[:12]}",
+            )
+        )
+    return out
+
+
+def _define_new(
+    existing: dict[str, dict[str, Any]],
+    new: Mapping[str, Any],
+    path: Path,
+    table: str,
+    path_of: dict[str, Any],
+) -> None:
+    """A criteria file's own concepts or facts: new names only, so a trial cannot change another's."""
+    for name, body in new.items():
+        if name in existing:
+            raise ConfigError(
+                f"{path}: {table}.{name}: already defined in {path_of[name]}; a criteria file defines new "
+                f"{table} only (extend existing ones in a site overlay)"
+            )
+        existing[name] = dict(body)
+        path_of[name] = path if table == "facts" else str(path)

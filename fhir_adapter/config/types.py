@@ -76,6 +76,11 @@ class MedicationRules:
     frequency_codes: Mapping[str, tuple[Decimal, Decimal]]
     periods_per_day: Mapping[str, tuple[Decimal, Decimal]]
     count_units: frozenset[str]
+    # [exposures]: the fact giving the body weight (doses in mg/kg) and the route/product concepts.
+    weight_fact: str = ""
+    intravenous_route_concept: str = ""
+    non_systemic_route_concept: str = ""
+    non_systemic_form_concept: str = ""
 
 
 # --- Rule tree ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Closed-world facts: diagnoses, heart failure class, allergies and inpatient stays.
+"""Closed-world facts: diagnoses, conditions graded by a class, allergies and inpatient stays.
 
 No record means "does not have it", so a ``False`` fact names what was searched.
 """
@@ -103,7 +103,7 @@ def _allergy_active(allergy: Resource) -> bool:
 
 def medication_allergy_count(ctx: Context, spec: FactSpec) -> Fact:
     distinct: dict[str, Resource] = {}
-    none_known = ctx.concept("no-known-allergy")
+    none_known = ctx.concept(str(spec.get("none_concept")))
     for allergy in ctx.record.of_type("AllergyIntolerance"):
         categories = [c.strip().lower() for c in allergy.get("category") or [] if isinstance(c, str)]
         if "medication" not in categories or not _allergy_active(allergy):
@@ -127,61 +127,63 @@ def medication_allergy_count(ctx: Context, spec: FactSpec) -> Fact:
     )
 
 
-def _nyha_class(ctx: Context, spec: FactSpec, cc_or_obs: Resource) -> int | None:
-    """3 for class III/IV, 1 for class I/II, None when the record does not say."""
-    high, low = (
-        ctx.concept(str(spec.get("class_3_4_concept"))),
-        ctx.concept(str(spec.get("class_1_2_concept"))),
-    )
+def _class_of(ctx: Context, spec: FactSpec, cc_or_obs: Resource) -> bool | None:
+    """True for a high class (NYHA III/IV), False for a low one, None when the record does not say."""
+    high = ctx.concept(str(spec.get("high_class_concept")))
+    low = ctx.concept(str(spec.get("low_class_concept")))
     value = cc_or_obs.get("valueCodeableConcept")
     candidates: list[str] = []
     if value is not None:
         if codes.code_matches(high, value):
-            return 3
+            return True
         if codes.code_matches(low, value):
-            return 1
+            return False
         candidates = texts(value)
     for key in ("valueInteger", "valueString"):
         raw = cc_or_obs.get(key)
         if isinstance(raw, int) and not isinstance(raw, bool):
-            return 3 if raw >= 3 else 1 if raw >= 1 else None
+            return raw >= int(spec.get("high_class_from")) if raw >= 1 else None
         if isinstance(raw, str):
             candidates.append(raw)
-    # III/IV before I/II: "class i" is a substring of "class iii".
+    # High before low: "class i" is a substring of "class iii".
     padded = [f"{t} " for t in candidates]
     if codes.text_matches(high, padded):
-        return 3
+        return True
     if codes.text_matches(low, padded):
-        return 1
+        return False
     return None
 
 
-def heart_failure_class(ctx: Context, spec: FactSpec) -> Fact:
-    high = ctx.concept(str(spec.get("class_3_4_concept")))
+def condition_class(ctx: Context, spec: FactSpec) -> Fact:
+    """A condition graded by a class (heart failure by NYHA): true for a current class-specific Condition
+    or a high class in the latest classifying Observation; the condition without a class is unknown."""
+    condition_label, class_label = str(spec.get("condition_label")), str(spec.get("class_label"))
+    high_label, low_label = str(spec.get("high_label")), str(spec.get("low_label"))
+    high = ctx.concept(str(spec.get("high_class_concept")))
     for cond in ctx.record.of_type("Condition"):
         if usable(cond, ctx.as_of) and is_current(cond) and codes.code_matches(high, cond.get("code")):
-            detail = f"{_describe(cond)}: NYHA class III/IV"
+            detail = f"{_describe(cond)}: {class_label} {high_label}"
             return Fact(spec.name, True, evidence=(Evidence(reference_label(cond), detail),), reason=detail)
-    nyha_concept = str(spec.get("nyha_observation_concept"))
-    nyha = in_window(ctx.matching("Observation", nyha_concept), ctx.as_of, ctx.window_start(spec))
-    hf = matching_conditions(ctx, ctx.concept(str(spec.get("heart_failure_concept"))), "current")
-    hf_evidence = tuple(Evidence(reference_label(c), _describe(c)) for c in hf)
-    for dated in nyha:
-        klass = _nyha_class(ctx, spec, dated.resource)
-        if klass is None:
+    observations = in_window(
+        ctx.matching("Observation", str(spec.get("class_observation_concept"))),
+        ctx.as_of,
+        ctx.window_start(spec),
+    )
+    graded = matching_conditions(ctx, ctx.concept(str(spec.get("condition_concept"))), "current")
+    graded_evidence = tuple(Evidence(reference_label(c), _describe(c)) for c in graded)
+    for dated in observations:
+        is_high = _class_of(ctx, spec, dated.resource)
+        if is_high is None:
             continue
         ev = Evidence(
             reference_label(dated.resource),
-            f"NYHA class {'III/IV' if klass == 3 else 'I/II'} on {dated.date}",
+            f"{class_label} {high_label if is_high else low_label} on {dated.date}",
         )
-        return Fact(spec.name, klass == 3, evidence=(ev, *hf_evidence), reason=ev.detail)
-    if hf:
-        return Fact(
-            spec.name,
-            None,
-            reason=f"heart failure ({', '.join(e.reference for e in hf_evidence)}) without NYHA class",
-        )
-    return _none_found(ctx, spec, "heart failure or NYHA class III/IV")
+        return Fact(spec.name, is_high, evidence=(ev, *graded_evidence), reason=ev.detail)
+    if graded:
+        refs = ", ".join(e.reference for e in graded_evidence)
+        return Fact(spec.name, None, reason=f"{condition_label} ({refs}) without {class_label}")
+    return _none_found(ctx, spec, f"{condition_label} or {class_label} {high_label}")
 
 
 def _coding_concept(value: Any) -> Any:
@@ -206,15 +208,15 @@ def inpatient_stay(ctx: Context, spec: FactSpec) -> Fact:
         begin, end = period_bounds(enc.get("period"))
         if begin is None or begin > ctx.as_of or (start is not None and (end or ctx.as_of) < start):
             continue
-        why = _infection_reason(ctx, enc, reason, conditions)
+        why = _reason_matching(ctx, enc, reason, conditions)
         if why:
             detail = f"inpatient stay {begin}..{end or 'ongoing'} for {why}"
             return Fact(spec.name, True, evidence=(Evidence(reference_label(enc), detail),), reason=detail)
-    detail = f"no inpatient stay for infection since {start}"
+    detail = f"no {spec.label} since {start}"
     return Fact(spec.name, False, evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
 
 
-def _infection_reason(
+def _reason_matching(
     ctx: Context, enc: Resource, reason: Concept, conditions: dict[str, Resource]
 ) -> str | None:
     for cc in enc.get("reasonCode") or []:

@@ -63,6 +63,7 @@ class Context:
             return self.as_of - dt.timedelta(days=int(spec.get("window_days")))
         return None
 
-    def sex(self) -> str | None:
-        value = self.fact("sex").value
+    def sex(self, spec: FactSpec) -> str | None:
+        """The patient's sex as the fact named by ``spec``'s ``sex_fact`` gives it."""
+        value = self.fact(str(spec.get("sex_fact"))).value
         return value if isinstance(value, str) else None

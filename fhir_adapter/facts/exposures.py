@@ -151,7 +151,7 @@ def _mg_per_day(
     ctx: Context, resource: Resource, dosages: list[Resource], medication: Resource | None, names: list[str]
 ) -> Decimal | str:
     rules, table = ctx.mappings.medications, ctx.mappings.units
-    weight_fact = ctx.fact("body-weight")
+    weight_fact = ctx.fact(rules.weight_fact)
     weight = weight_fact.value if isinstance(weight_fact.value, Decimal) else None
     if resource.get("resourceType") == "MedicationAdministration":
         dose = dosage.dose_quantity(dosages[0]) if dosages else None
@@ -245,10 +245,12 @@ def glucocorticoid_of(ctx: Context, exp: Exposure) -> Glucocorticoid | None:
 
 
 def is_iv(ctx: Context, exp: Exposure) -> bool:
-    return exp.route is not None and codes.matches(ctx.concept("route-intravenous"), exp.route)
+    route = ctx.concept(ctx.mappings.medications.intravenous_route_concept)
+    return exp.route is not None and codes.matches(route, exp.route)
 
 
 def is_systemic(ctx: Context, exp: Exposure) -> bool:
-    if exp.route is not None and codes.matches(ctx.concept("route-non-systemic"), exp.route):
+    rules = ctx.mappings.medications
+    if exp.route is not None and codes.matches(ctx.concept(rules.non_systemic_route_concept), exp.route):
         return False
-    return not codes.text_matches(ctx.concept("dose-form-non-systemic"), list(exp.names))
+    return not codes.text_matches(ctx.concept(rules.non_systemic_form_concept), list(exp.names))

@@ -98,8 +98,11 @@ def uln_ratio(ctx: Context, spec: FactSpec) -> Fact:
     obs, date, r = got
     ref = f"Observation/{obs.get('id', '?')}"
     unit = str(spec.get("unit"))
-    sex = ctx.sex()
-    sexes = {"female": ctx.concept("sex-female"), "male": ctx.concept("sex-male")}
+    sex = ctx.sex(spec)
+    sexes = {
+        "female": ctx.concept(str(spec.get("female_concept"))),
+        "male": ctx.concept(str(spec.get("male_concept"))),
+    }
     high = reference_high(obs, sex, ctx.mappings.units, unit, concept, sexes)
     value = _in_unit(ctx, spec, r, concept)
     if high is not None and high[0] > 0:
@@ -143,8 +146,9 @@ def uln_ratio(ctx: Context, spec: FactSpec) -> Fact:
     )
 
 
-def _polarity(ctx: Context, obs: Resource) -> bool | None:
-    pos, neg = ctx.concept("result-positive"), ctx.concept("result-negative")
+def _polarity(ctx: Context, spec: FactSpec, obs: Resource) -> bool | None:
+    pos = ctx.concept(str(spec.get("positive_concept")))
+    neg = ctx.concept(str(spec.get("negative_concept")))
     value = obs.get("valueCodeableConcept")
     if value is not None:
         if codes.code_matches(neg, value):
@@ -177,7 +181,7 @@ def qualitative(ctx: Context, spec: FactSpec) -> Fact:
         return Fact(spec.name, None, reason=f"no {spec.label} result {_window_text(spec)}")
     obs, date = valued[0].resource, valued[0].date.isoformat()
     ref = f"Observation/{obs.get('id', '?')}"
-    polarity = _polarity(ctx, obs)
+    polarity = _polarity(ctx, spec, obs)
     shown = _shown_value(obs)
     if polarity is None:
         return Fact(
@@ -211,7 +215,8 @@ def creatinine_clearance(ctx: Context, spec: FactSpec) -> Fact:
         return measured
     creat_spec = FactSpec(spec.name, "measurement", "serum creatinine", {**spec.params, "unit": "umol/L"})
     creat = measurement_for(ctx, creat_spec, str(spec.get("creatinine_concept")))
-    age, sex, weight = ctx.fact("age"), ctx.fact("sex"), ctx.fact(str(spec.get("weight_fact")))
+    age, sex = ctx.fact(str(spec.get("age_fact"))), ctx.fact(str(spec.get("sex_fact")))
+    weight = ctx.fact(str(spec.get("weight_fact")))
     missing = [f.reason for f in (creat, age, sex, weight) if f.value is None]
     if missing or not isinstance(creat.value, Decimal) or not isinstance(age.value, Decimal):
         return Fact(

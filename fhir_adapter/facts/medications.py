@@ -1,4 +1,4 @@
-"""Medication facts: prednisone-equivalent mg/kg/d, immunosuppressant starts and dose changes, IV drugs."""
+"""Medication facts: prednisone-equivalent mg/kg/d, starts and dose changes of a drug class, IV drugs."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def medication_started(ctx: Context, spec: FactSpec) -> Fact:
             min(e.start for e in exps if e.start) for exps in groups.values() if any(e.start for e in exps)
         ]
         detail = (
-            f"every immunosuppressant started before {start} (first: {min(firsts)})"
+            f"every {spec.get('drug_label')} started before {start} (first: {min(firsts)})"
             if firsts
             else "none dated"
         )
@@ -135,7 +135,7 @@ def medication_started(ctx: Context, spec: FactSpec) -> Fact:
             for k, exps in groups.items()
         )
         return Fact(spec.name, False, evidence=refs, reason=detail)
-    detail = "no immunosuppressant order, statement or administration"
+    detail = f"no {spec.get('drug_label')} order, statement or administration"
     return Fact(spec.name, False, evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
 
 
@@ -169,7 +169,7 @@ def medication_dose_changed(ctx: Context, spec: FactSpec) -> Fact:
             checked.append(Evidence(after.ref, f"{drug} unchanged at {fmt(after.mg_per_day)} mg/d"))
     if undecided:
         return Fact(spec.name, None, reason="dose not comparable: " + "; ".join(undecided))
-    detail = f"no immunosuppressant dose change {start}..{end}"
+    detail = f"no {spec.get('drug_label')} dose change {start}..{end}"
     return Fact(
         spec.name, False, evidence=tuple(checked) or (Evidence(ctx.patient_ref, detail),), reason=detail
     )
@@ -178,7 +178,7 @@ def medication_dose_changed(ctx: Context, spec: FactSpec) -> Fact:
 def medication_given(ctx: Context, spec: FactSpec) -> Fact:
     start, end = _window(ctx, spec)
     concept = ctx.concept(str(spec.get("concept")))
-    route = ctx.concept(str(spec.get("route")))
+    route = ctx.concept(str(spec.get("route_concept")))
     for exp in exposures.of_record(ctx):
         if not exp.taken or exp.start is None or exp.start > end or (exp.end is not None and exp.end < start):
             continue

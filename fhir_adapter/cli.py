@@ -1,4 +1,6 @@
-"""Command line: parse arguments, call the pipeline, map errors to exit codes. No logic lives here.
+"""Command line: parse arguments into typed settings, call the command, map errors to exit codes.
+
+No logic lives here, and nothing below it sees ``argparse``.
 
 Exit codes (README, "Exit codes"): 0 every input read; 3 finished but some inputs could not be read or
 written; 2 usage or configuration error; 4 fatal (server unreachable, authentication failed);
@@ -11,18 +13,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from fhir_adapter import __version__, logs
-from fhir_adapter.config.loader import load_mappings
 from fhir_adapter.errors import AdapterError, ExitCode, UsageError
-from fhir_adapter.output import summary
-from fhir_adapter.output.result_file import ResultWriter
-from fhir_adapter.pipeline import screen_files
+from fhir_adapter.settings import (
+    AuthSettings,
+    OutputSettings,
+    RuleSettings,
+    ScreenSettings,
+    ServerSettings,
+)
 
 log = logging.getLogger("fhir_adapter")
 
@@ -69,7 +73,7 @@ def _server_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhir-adapter",
-        description="Prescreen FHIR patients for NCT05495321.",
+        description="Prescreen FHIR patients for clinical trials whose criteria are data (mappings/).",
         epilog="exit codes: 0 ok; 3 finished, but some inputs or writes failed (see errors); 2 usage or "
         "configuration error; 4 fatal (server unreachable, authentication failed); 5 sync lock held; "
         "70 internal error",
@@ -81,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "paths", nargs="*", type=Path, metavar="PATH", help="files or folders (JSON, Bundles, NDJSON, .gz)"
     )
+    s.add_argument(
+        "--trial",
+        action="append",
+        default=[],
+        metavar="ID|FILE.toml",
+        help="trial to screen for: an id in mappings/criteria/, or a criteria file; repeatable "
+        "(default: mappings/trials.toml's default)",
+    )
     s.add_argument("--as-of", type=_date, default=None, help="evaluation date (default: today)")
     s.add_argument(
         "--mappings",
@@ -91,7 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="site overlay; repeatable, applied in order",
     )
     s.add_argument("--mappings-dir", type=Path, default=None, help=argparse.SUPPRESS)
-    s.add_argument("--out", type=Path, default=None, help="result JSON (default: stdout)")
+    s.add_argument("--out", type=Path, default=None, help="result JSON of one trial (default: stdout)")
+    s.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="one DIR/<study>.json and DIR/<study>.html per trial (needed for several trials)",
+    )
     s.add_argument(
         "--report", type=Path, default=None, metavar="HTML", help="also write the coordinator report"
     )
@@ -154,55 +173,65 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _screen(args: argparse.Namespace) -> int:
-    mappings = load_mappings(args.mappings_dir, args.mappings)
-    as_of = args.as_of or dt.date.today()
-    if args.server:
-        from fhir_adapter.server.screen import screen_server
+def server_settings(args: argparse.Namespace) -> ServerSettings:
+    if not args.server:
+        raise UsageError("--server URL is required")
+    return ServerSettings(
+        url=args.server,
+        auth=AuthSettings(
+            method=args.auth,
+            token=args.token,
+            basic_user=args.basic_user,
+            basic_password=args.basic_password,
+            smart_client_id=args.smart_client_id,
+            smart_key=args.smart_key,
+            smart_alg=args.smart_alg,
+            smart_kid=args.smart_kid,
+            smart_token_url=args.smart_token_url,
+            smart_scope=args.smart_scope,
+        ),
+        ca_bundle=Path(args.ca_bundle) if args.ca_bundle else None,
+        timeout=float(args.timeout),
+    )
 
-        problems = screen_server(args, mappings, as_of)
-    else:
-        if not args.paths:
-            raise UsageError("give at least one PATH, or --server URL")
-        if args.write_back or args.patient or args.group:
-            raise UsageError("--write-back, --patient and --group need --server")
-        writer = ResultWriter(args.out, mappings.trial.study, as_of, mappings.fingerprint)
-        try:
-            problems = screen_files(args.paths, mappings, as_of, writer, _Progress())
-            writer.close(problems)
-        except BaseException:
-            writer.abort()
-            raise
-        order = [c.id for c in mappings.trial.criteria]
-        print(summary.render(writer.tally, problems, order), file=sys.stderr)
-    if args.report is not None:
-        if args.out is None:
-            raise UsageError("--report needs --out (the report is rendered from the result file)")
-        _render_report(args.out, args.report, None)
-    return ExitCode.PARTIAL if problems else ExitCode.OK
+
+def screen_settings(args: argparse.Namespace) -> ScreenSettings:
+    return ScreenSettings(
+        rules=RuleSettings(
+            trials=tuple(args.trial), overlays=tuple(args.mappings), mappings_dir=args.mappings_dir
+        ),
+        as_of=args.as_of or dt.date.today(),
+        output=OutputSettings(out=args.out, out_dir=args.out_dir, report=args.report),
+        paths=tuple(args.paths),
+        server=server_settings(args) if args.server else None,
+        patients=tuple(args.patient),
+        group=args.group,
+        write_back=args.write_back,
+    )
+
+
+def _screen(args: argparse.Namespace) -> int:
+    from fhir_adapter.screen import run_screen
+
+    return run_screen(screen_settings(args), progress=_Progress())
 
 
 def _load(args: argparse.Namespace) -> int:
+    from fhir_adapter.client.factory import open_client
     from fhir_adapter.load import load_paths
-    from fhir_adapter.server.screen import client_from_args
 
     if args.chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1")
-    with client_from_args(args) as client:
+    with open_client(server_settings(args)) as client:
         report = load_paths(client, args.paths, args.chunk_size)
     print(report.render(), file=sys.stderr)
     return ExitCode.PARTIAL if report.problems else ExitCode.OK
 
 
 def _render_report(result: Path, html: Path, csv: Path | None) -> None:
-    from fhir_adapter.report import write_report
+    from fhir_adapter.screen import render_report
 
-    try:
-        data = json.loads(result.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{result}: cannot read the result JSON ({exc})") from exc
-    write_report(data, html, csv)
-    print(f"report written to {html}" + (f" and {csv}" if csv else ""), file=sys.stderr)
+    render_report(result, html, csv)
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -213,13 +242,7 @@ def _sync(args: argparse.Namespace) -> int:
     if args.status:
         print(manifest.status(config))
         return ExitCode.OK
-    code = run.sync(config, dry_run=args.dry_run, full=args.full, as_of=args.as_of)
-    html = args.report or config.report_html
-    if html is not None and not args.dry_run:
-        if config.result_path is None:
-            raise UsageError(f"{args.config}: report.result: a report needs the run's result file")
-        _render_report(config.result_path, html, None)
-    return code
+    return run.sync(config, dry_run=args.dry_run, full=args.full, as_of=args.as_of, report=args.report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,18 @@ class ServerError(AdapterError):
         self.url = url
 
 
+class ServerUnreachable(ServerError):
+    """No HTTP answer: connection refused, reset, timed out or TLS failed, after the retries allowed.
+
+    At the start of a run this dooms every patient; mid-run it is one patient's failure (the pipeline
+    stops only after several patients in a row fail).
+    """
+
+
+class OutcomeUnknown(ServerUnreachable):
+    """A write was sent and no answer came back: the server may or may not have stored it."""
+
+
 class AuthError(ServerError):
     """Authentication against the FHIR server or its token endpoint failed."""
 
@@ -68,6 +80,12 @@ class WriteBackError(AdapterError):
     """A ResearchSubject/Provenance write was rejected."""
 
     exit_code = ExitCode.PARTIAL
+
+
+class SystemicFailure(AdapterError):
+    """So many patients failed in a row that the server, not the patients, is the problem: stop."""
+
+    exit_code = ExitCode.FATAL
 
 
 class LockedError(AdapterError):

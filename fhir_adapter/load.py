@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Final
 
 from fhir_adapter.client.http import FhirClient
-from fhir_adapter.errors import AuthError, ServerError
+from fhir_adapter.errors import AuthError, ServerError, ServerUnreachable
+from fhir_adapter.facts.fhirjson import patient_of
 from fhir_adapter.model import InputProblem, Resource
-from fhir_adapter.source.patient_index import patient_of
 from fhir_adapter.source.reader import Item, read_all
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _send(client: FhirClient, chunk: list[Resource], report: LoadReport) -> str 
     except AuthError:
         raise
     except ServerError as exc:
-        if exc.status is None:
+        if isinstance(exc, ServerUnreachable):
             raise
         return str(exc)
     report.transactions += 1

@@ -89,6 +89,9 @@ class SubjectResult:
     criteria: tuple[CriterionResult, ...]
     # When the record's data changes its verdict by date alone (a lab leaves its window).
     recheck_on: dt.date | None = None
+    # The trial's gate criterion (the diagnosis) is met: every criterion was evaluated, and this patient
+    # is a candidate of the study (one who gets a ResearchSubject).
+    gate_met: bool = True
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -128,6 +131,13 @@ class PatientRecord:
     resources: Mapping[str, tuple[Resource, ...]] = field(default_factory=dict)
     # Medication resources by every key a medicationReference may use ("Medication/x", "urn:uuid:..").
     medications: Mapping[str, Resource] = field(default_factory=dict)
+    # Resources of a type the source saw for this patient but does not hold here (a patient no trial's
+    # gate can admit is carried without its resources): "none among N Conditions" stays true.
+    counts: Mapping[str, int] = field(default_factory=dict)
 
     def of_type(self, resource_type: str) -> tuple[Resource, ...]:
         return self.resources.get(resource_type, ())
+
+    def count(self, resource_type: str) -> int:
+        """How many resources of the type the source has for the patient (held or only counted)."""
+        return self.counts.get(resource_type, len(self.of_type(resource_type)))

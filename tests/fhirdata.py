@@ -21,7 +21,7 @@ from typing import Any
 from fhir_adapter.config.loader import load_mappings
 from fhir_adapter.config.types import Mappings
 from fhir_adapter.model import CriterionResult, PatientRecord, SubjectResult
-from fhir_adapter.pipeline import screen_record
+from fhir_adapter.screening import screen_record
 
 Res = dict[str, Any]
 

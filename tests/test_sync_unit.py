@@ -35,7 +35,7 @@ from fhirdata import (
 from fhir_adapter.cli import main
 from fhir_adapter.errors import ConfigError, ExitCode, LockedError
 from fhir_adapter.model import PatientRecord
-from fhir_adapter.pipeline import screen_record
+from fhir_adapter.screening import screen_record
 from fhir_adapter.sync import manifest as sync_manifest
 from fhir_adapter.sync import run as sync_run
 from fhir_adapter.sync import state as state_module
@@ -44,7 +44,7 @@ from fhir_adapter.sync.changes import _patient_of_deleted
 from fhir_adapter.sync.config import load_site_config
 from fhir_adapter.sync.lock import RunLock
 from fhir_adapter.sync.recheck import next_recheck
-from fhir_adapter.sync.state import SCHEMA_VERSION, State
+from fhir_adapter.sync.state import SCHEMA_VERSION, State, StoredResult
 
 REPO = Path(__file__).resolve().parents[1]
 D = dt.date.fromisoformat
@@ -78,19 +78,20 @@ def test_the_example_site_config_is_valid_and_resolves_paths(tmp_path: Path) -> 
     shutil.copy(REPO / "docs" / "site.example.toml", tmp_path / "site.toml")
     config = load_site_config(tmp_path / "site.toml")
     assert config.server_url == "https://fhir.hospital.example.org/R4"
-    assert config.auth["type"] == "smart" and config.auth["private_key"].startswith("file:")
+    auth = config.server.auth
+    assert auth.method == "smart" and auth.smart_key is not None and auth.smart_key.startswith("file:")
     assert config.as_of is None  # "today": decided on the day of each run
-    assert config.overlays == (tmp_path / "site-overlay.toml",)  # relative to the config file
+    assert config.rules.overlays == (tmp_path / "site-overlay.toml",)  # relative to the config file
     assert config.state_path == Path("/var/lib/fhir-adapter/state.sqlite")
     assert config.manifests == Path("/var/lib/fhir-adapter/runs")
     assert config.lock_path == Path("/var/lib/fhir-adapter/state.lock")  # default: next to the state
-    assert (config.max_patients, config.write_back, config.timeout) == (0, True, 60.0)
+    assert (config.max_patients, config.write_back, config.server.timeout) == (0, True, 60.0)
 
 
 def test_minimal_config_defaults(tmp_path: Path) -> None:
     config = load_site_config(write(tmp_path, MINIMAL))
-    assert config.auth == {"type": "none"}
-    assert config.study == "NCT05495321"
+    assert config.server.auth.method == "none"
+    assert config.rules.trials == ()  # the default trial of mappings/trials.toml
     assert config.state_path == tmp_path / "state" / "state.sqlite"
     assert config.manifests == tmp_path / "state" / "runs"
     assert config.lock_path == tmp_path / "state" / "state.lock"
@@ -114,9 +115,9 @@ def test_a_literal_secret_is_refused_naming_file_and_key(tmp_path: Path, auth: s
 
 def test_secret_references_are_accepted(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + '\n[server.auth]\ntype = "bearer"\ntoken = "env:FHIR_TOKEN"\n')
-    assert load_site_config(path).auth["token"] == "env:FHIR_TOKEN"
+    assert load_site_config(path).server.auth.token == "env:FHIR_TOKEN"
     path = write(tmp_path, MINIMAL + '\n[server.auth]\ntype = "bearer"\ntoken = "file:/run/secrets/t"\n')
-    assert load_site_config(path).auth["token"] == "file:/run/secrets/t"
+    assert load_site_config(path).server.auth.token == "file:/run/secrets/t"
 
 
 @pytest.mark.parametrize(
@@ -262,6 +263,10 @@ def user_version(path: Path) -> int:
         db.close()
 
 
+def stored(pid: str, digest: str, status: str, gate_met: bool = True) -> StoredResult:
+    return StoredResult("S1", pid, digest, status, gate_met, {"patient": f"Patient/{pid}", "status": status})
+
+
 def test_a_v0_state_file_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     sqlite3.connect(path).close()  # an empty SQLite file: user_version 0
@@ -269,11 +274,11 @@ def test_a_v0_state_file_is_migrated_to_the_current_schema(tmp_path: Path) -> No
 
     state = State(path)
     state.put("watermark", "2026-06-15T00:00:00+00:00")
-    state.record_result("p1", "abc", "candidate", D("2026-06-16"))
+    state.record_results("p1", [stored("p1", "abc", "candidate")], D("2026-06-16"))
     state.close()
 
-    assert user_version(path) == SCHEMA_VERSION >= 1
-    assert {"meta", "patient", "pending", "run"} <= tables(path)
+    assert user_version(path) == SCHEMA_VERSION >= 2
+    assert {"meta", "patient", "pending", "run", "result"} <= tables(path)
     reopened = State(path)  # already current: opening again migrates nothing and keeps the data
     try:
         assert reopened.get("watermark") == "2026-06-15T00:00:00+00:00"
@@ -363,13 +368,18 @@ def test_the_work_queue_and_runs_survive_reopening(tmp_path: Path) -> None:
             "interrupted",
             None,
         )
-        state.record_result("a", "h1", "candidate", D("2026-07-01"))
-        state.record_result("z", "h2", "ineligible", None)
+        state.record_results("a", [stored("a", "h1", "candidate")], D("2026-07-01"))
+        state.record_results("z", [stored("z", "h2", "ineligible", gate_met=False)], None)
         assert state.due_for_recheck(D("2026-06-30")) == []
         assert state.due_for_recheck(D("2026-07-01")) == ["a"]
         state.record_error("a", "HTTP 500")
         known = state.patient("a")
-        assert known is not None and (known.result_hash, known.last_error) == ("h1", "HTTP 500")
+        assert known is not None and (known.hashes, known.last_error) == ({"S1": "h1"}, "HTTP 500")
+        # The current state of the study's candidates (gate met) is what the sync's report shows.
+        assert [r.patient for r in state.results("S1")] == ["a"]
+        assert [r.patient for r in state.results("S1", candidates_only=False)] == ["a", "z"]
+        state.forget("a")
+        assert state.patient("a") is None and [r.patient for r in state.results("S1")] == []
     finally:
         state.close()
 

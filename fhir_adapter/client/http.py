@@ -46,7 +46,7 @@ from fhir_adapter.client.urls import (
     normalise_base,
     origin_of,
 )
-from fhir_adapter.errors import ConfigError, ServerError
+from fhir_adapter.errors import ConfigError, OutcomeUnknown, ServerError, ServerUnreachable
 from fhir_adapter.model import Resource
 
 logger = logging.getLogger(__name__)
@@ -393,20 +393,20 @@ class FhirClient:
                     allow_redirects=method == "GET",
                 )
             except requests.exceptions.SSLError:
-                raise ServerError(
+                raise ServerUnreachable(
                     f"TLS error on {method} {display}: check the server certificate and the verify setting",
                     url=no_query(url),
                 ) from None
             except TRANSPORT_ERRORS as exc:
                 reason = describe_transport_error(exc)
                 if method == "POST" and not failed_before_sending(exc):
-                    raise ServerError(
+                    raise OutcomeUnknown(
                         f"{reason} on POST {display}; not retried because the server may have processed it",
                         url=no_query(url),
                     ) from None
                 delay = self._backoff(retries)
                 if not self._may_retry(retries, started, delay):
-                    raise ServerError(
+                    raise ServerUnreachable(
                         f"{reason} on {method} {display}; gave up after {retries + 1} attempt(s)",
                         url=no_query(url),
                     ) from None

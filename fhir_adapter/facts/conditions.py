@@ -69,7 +69,7 @@ def matching_conditions(ctx: Context, concept: Concept, scope: str) -> list[Reso
 
 
 def _none_found(ctx: Context, spec: FactSpec, what: str) -> Fact:
-    n = len(ctx.record.of_type("Condition"))
+    n = ctx.record.count("Condition")
     detail = f"no {what} among {n} Condition resource(s)"
     return Fact(spec.name, False, evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
 

@@ -138,3 +138,24 @@ def ref_id(reference: Any) -> str | None:
 def reference_label(resource: Resource) -> str:
     """``Type/id`` used in evidence."""
     return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '?')}"
+
+
+_SUBJECT_KEYS = ("subject", "patient")
+
+
+def patient_of(resource: Resource) -> str | None:
+    """Logical id of the patient a resource is about (``subject`` or ``patient``; a Patient's own id)."""
+    if resource.get("resourceType") == "Patient":
+        rid = resource.get("id")
+        return rid if isinstance(rid, str) and rid else None
+    for key in _SUBJECT_KEYS:
+        subject = resource.get(key)
+        if isinstance(subject, dict):
+            # Fast path for the bulk-export form "Patient/<id>" (most of an export's resources).
+            plain = subject.get("reference")
+            if isinstance(plain, str) and plain.startswith("Patient/") and plain.count("/") == 1:
+                return plain[len("Patient/") :] or None
+        ref = ref_id(subject)
+        if ref and ref.startswith("Patient/"):
+            return ref[len("Patient/") :]
+    return None

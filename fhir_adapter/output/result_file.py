@@ -25,11 +25,12 @@ class Tally:
     criteria: dict[str, Counter[str]] = field(default_factory=dict)
     patients: int = 0
 
-    def add(self, subject: SubjectResult) -> None:
+    def add(self, subject: dict[str, Any]) -> None:
+        """Count one subject's result JSON (spec section 1)."""
         self.patients += 1
-        self.statuses[subject.status.value] += 1
-        for c in subject.criteria:
-            self.criteria.setdefault(c.id, Counter())[c.verdict.value] += 1
+        self.statuses[str(subject.get("status"))] += 1
+        for c in subject.get("criteria") or []:
+            self.criteria.setdefault(str(c.get("id")), Counter())[str(c.get("verdict"))] += 1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,7 +47,18 @@ class ResultWriter:
     never leaves a half-written result where a scheduled job would read it.
     """
 
-    def __init__(self, path: Path | None, study: str, as_of: dt.date, rules_version: str) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        study: str,
+        as_of: dt.date,
+        rules_version: str,
+        *,
+        source: str | None = None,
+        title: str | None = None,
+        generated: dt.datetime | None = None,
+    ) -> None:
+        """``source`` says where the data came from ("files: ...", "server: URL") for the report."""
         self.path = path
         self.tally = Tally()
         self._first = True
@@ -57,19 +69,29 @@ class ResultWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, self._tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
             self._fh = os.fdopen(fd, "wb")
-        head = {
-            "study": study,
+        when = generated or dt.datetime.now(dt.UTC)
+        head: dict[str, Any] = {"study": study}
+        if title:
+            head["title"] = title
+        head |= {
             "asOf": as_of.isoformat(),
             "rulesVersion": rules_version,
             "generator": f"fhir-adapter {__version__}",
+            "generated": when.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         }
+        if source:
+            head["source"] = source
         self._fh.write(orjson.dumps(head)[:-1] + b',\n"subjects": [')
 
     def subject(self, subject: SubjectResult, extra: dict[str, Any] | None = None) -> None:
-        self.tally.add(subject)
         body = subject.to_json()
         if extra:
             body.update(extra)
+        self.subject_json(body)
+
+    def subject_json(self, body: dict[str, Any]) -> None:
+        """A subject's result as JSON already (sync writes the stored state of every candidate)."""
+        self.tally.add(body)
         self._fh.write((b"\n" if self._first else b",\n") + orjson.dumps(body))
         self._first = False
 

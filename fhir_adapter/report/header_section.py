@@ -13,13 +13,16 @@ def header_section(result: Result, order: Order) -> str:
     counts = status_counts(result)
     study = text(result.get("study")) or "(study not given)"
     n_criteria = len(criterion_order(result, order))
-    meta = [
-        ("Study", study),
+    meta = [("Study", study)]
+    if text(result.get("title")):
+        meta.append(("Title", text(result.get("title"))))
+    meta += [
         ("As of", text(result.get("asOf")) or "(not given)"),
         ("Rules version", text(result.get("rulesVersion")) or "(not given)"),
     ]
-    if text(result.get("generator")):
-        meta.append(("Generator", text(result.get("generator"))))
+    for key, label in (("source", "Source"), ("generated", "Generated"), ("generator", "Generator")):
+        if text(result.get(key)):
+            meta.append((label, text(result.get(key))))
     meta += [
         ("Patients screened", str(len(subs))),
         ("Criteria", str(n_criteria)),

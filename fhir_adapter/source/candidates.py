@@ -1,4 +1,4 @@
-"""Which patients to screen on a server: a Condition search for the DM value set, a Group, or given ids.
+"""Which patients to screen on a server: a search for what a trial's gate reads, a Group, or given ids.
 
 A FHIR token search matches codes exactly, while the value set in ``mappings/`` also has prefixes
 (ICD-10 ``M33.1*``) and text patterns. What the search can and cannot see:
@@ -14,7 +14,8 @@ A FHIR token search matches codes exactly, while the value set in ``mappings/`` 
 
 Local codes are therefore best added to the site overlay as exact codes, or the patients listed with
 ``--patient``/``--group``. Every Condition a search returns is checked again with the same matcher
-as the file path, so the extra width of the search (stems, ``:text``) never adds a non-DM patient.
+as the file path, so the extra width of the search (stems, ``:text``) never adds a patient the gate
+cannot admit.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from fhir_adapter.client.http import FhirClient
-from fhir_adapter.config.types import Concept, Mappings
-from fhir_adapter.errors import AuthError, ServerError, UsageError
-from fhir_adapter.facts.fhirjson import ref_id
-from fhir_adapter.pipeline import diagnosis_concepts, is_dm_condition
-from fhir_adapter.source.patient_index import patient_of
+from fhir_adapter.config.types import Concept
+from fhir_adapter.errors import AuthError, ServerError, ServerUnreachable, UsageError
+from fhir_adapter.facts.fhirjson import patient_of, ref_id
+from fhir_adapter.screening import Gate
 
 log = logging.getLogger(__name__)
 
@@ -65,42 +65,45 @@ def search_tokens(concept: Concept) -> list[str]:
     return sorted(t.replace(",", "\\,") for t in tokens)
 
 
-def find_candidates(client: FhirClient, mappings: Mappings) -> Candidates:
-    """Patients with a Condition in the DM value set, found by token and ``:text`` searches."""
+def find_candidates(client: FhirClient, gate: Gate) -> Candidates:
+    """Patients with a resource that can pass a trial's gate, found by token and ``:text`` searches
+    of each type the gate reads (a Condition search for a diagnosis gate)."""
+    if gate.everyone:
+        raise UsageError(
+            "every patient can pass this trial's gate, so the server cannot be searched for candidates: "
+            "give --patient or --group (or use a Bulk Data export)"
+        )
     before = client.request_count
-    matcher = is_dm_condition(mappings)
-    concepts = [mappings.concepts[name] for name in diagnosis_concepts(mappings)]
-    tokens = sorted({t for c in concepts for t in search_tokens(c)})
-    texts = sorted({t for c in concepts for t in c.text})
     found: set[str] = set()
     warnings: list[str] = []
 
-    def take(conditions: Iterator[dict[str, object]]) -> None:
-        for condition in conditions:
-            if condition.get("resourceType") != "Condition":
-                continue
-            pid = patient_of(condition)
-            if pid is not None and matcher(condition):
+    def take(resources: Iterator[dict[str, object]]) -> None:
+        for resource in resources:
+            pid = patient_of(resource)
+            if pid is not None and gate.admits(resource):
                 found.add(pid)
 
-    for start in range(0, len(tokens), CODES_PER_SEARCH):
-        chunk = ",".join(tokens[start : start + CODES_PER_SEARCH])
-        take(client.search("Condition", _params("code", chunk)))
-    for text in texts:
-        try:
-            take(client.search("Condition", _params("code:text", text)))
-        except AuthError:
-            raise
-        except ServerError as exc:
-            if exc.status is None or exc.status >= 500:
+    for rtype, concepts in gate.selectors:
+        tokens = sorted({t for c in concepts for t in search_tokens(c)})
+        texts = sorted({t for c in concepts for t in c.text})
+        for start in range(0, len(tokens), CODES_PER_SEARCH):
+            chunk = ",".join(tokens[start : start + CODES_PER_SEARCH])
+            take(client.search(rtype, _params("code", chunk)))
+        for text in texts:
+            try:
+                take(client.search(rtype, _params("code:text", text)))
+            except AuthError:
                 raise
-            # Only this part of the search is lost; say so instead of failing the whole run.
-            warnings.append(
-                f"the server rejected Condition?code:text= ({exc}); patients whose DM Condition "
-                "has only a local code are not found: add the code to the site overlay"
-            )
-            break
-    log.info("candidate search: %d patient(s) with a DM Condition", len(found))
+            except ServerError as exc:
+                if isinstance(exc, ServerUnreachable) or (exc.status or 0) >= 500:
+                    raise
+                # Only this part of the search is lost; say so instead of failing the whole run.
+                warnings.append(
+                    f"the server rejected {rtype}?code:text= ({exc}); patients whose {rtype} has only a "
+                    "local code are not found: add the code to the site overlay"
+                )
+                break
+    log.info("candidate search: %d patient(s) with a resource that can pass the gate", len(found))
     return Candidates(tuple(sorted(found)), client.request_count - before, tuple(warnings))
 
 

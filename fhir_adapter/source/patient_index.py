@@ -1,9 +1,11 @@
 """Group a file export by patient without holding it in memory.
 
-Pass 1 reads only Conditions and finds the candidates (patients with a dermatomyositis diagnosis).
-Pass 2 streams everything once and spools the candidates' resources into a temporary SQLite file; other
-patients leave only their id behind. Memory therefore does not grow with the size of the export, nor with
-the number of patients without DM.
+Pass 1 reads only the resources a trial's gate looks at (the lines that mention their type) and finds the
+candidates: patients with a resource that can pass a gate. Pass 2 streams everything once and spools the
+candidates' resources into a temporary SQLite file; other patients leave only their id and a count of
+the gate's resource types behind. Memory therefore does not grow with the size of the export, nor with
+the number of patients no trial can admit. A gate that every patient may pass (``Gate.everyone``)
+skips pass 1 and spools every patient.
 """
 
 from __future__ import annotations
@@ -11,55 +13,40 @@ from __future__ import annotations
 import logging
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
 
-from fhir_adapter.facts.fhirjson import ref_id
+from fhir_adapter.facts.fhirjson import patient_of, ref_id
 from fhir_adapter.model import InputProblem, PatientRecord, Resource
+from fhir_adapter.screening import Gate
 from fhir_adapter.source.reader import Item, read_all
 
 log = logging.getLogger(__name__)
 
-# Resource types the criteria read; anything else is skipped after parsing.
-USED_TYPES = frozenset(
-    {
-        "Patient",
-        "Observation",
-        "Condition",
-        "MedicationRequest",
-        "MedicationStatement",
-        "MedicationAdministration",
-        "AllergyIntolerance",
-        "Encounter",
-    }
-)
-_SUBJECT_KEYS = ("subject", "patient")
+_MED_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
+# Counts of the gate's types are flushed to disk in batches, so pass 1 holds no per-patient table.
+_FLUSH_EVERY = 50_000
 
 
-def patient_of(resource: Resource) -> str | None:
-    """Logical id of the patient a resource is about."""
-    if resource.get("resourceType") == "Patient":
-        rid = resource.get("id")
-        return rid if isinstance(rid, str) and rid else None
-    for key in _SUBJECT_KEYS:
-        subject = resource.get(key)
-        if isinstance(subject, dict):
-            # Fast path for the bulk-export form "Patient/<id>" (most of an export's resources).
-            plain = subject.get("reference")
-            if isinstance(plain, str) and plain.startswith("Patient/") and plain.count("/") == 1:
-                return plain[len("Patient/") :] or None
-        ref = ref_id(subject)
-        if ref and ref.startswith("Patient/"):
-            return ref[len("Patient/") :]
-    return None
+def line_filter(types: Iterable[str]) -> tuple[bytes, ...]:
+    """Byte strings one of which a line must contain to be parsed in pass 1.
+
+    The type name as JSON writes it (``"Condition"``), or any ``\\u`` escape: a line that spells the type
+    with escapes (``"\\u0043ondition"``) is parsed too, so the shortcut never changes what is screened.
+    """
+    return (*(f'"{t}"'.encode() for t in sorted(types)), b"\\u")
 
 
 class PatientIndex:
     """A temporary on-disk index of candidates' resources. Use as a context manager."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path | None = None, gate: Gate | None = None, types: frozenset[str] | None = None
+    ) -> None:
+        """``types``: the resource types worth keeping (what the trials read); None keeps all."""
         self._tmp = tempfile.TemporaryDirectory(prefix="fhir-adapter-", dir=workdir)
         self.db = sqlite3.connect(Path(self._tmp.name) / "index.sqlite")
         self.db.executescript(
@@ -67,11 +54,13 @@ class PatientIndex:
             PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
             CREATE TABLE res (pid TEXT, rtype TEXT, body BLOB);
             CREATE TABLE med (key TEXT PRIMARY KEY, body BLOB);
-            CREATE TABLE patient (pid TEXT PRIMARY KEY, has_resource INTEGER);
+            CREATE TABLE patient (pid TEXT PRIMARY KEY);
             CREATE TABLE candidate (pid TEXT PRIMARY KEY);
-            CREATE TABLE conditions (pid TEXT PRIMARY KEY, n INTEGER);
+            CREATE TABLE counts (pid TEXT, rtype TEXT, n INTEGER, PRIMARY KEY (pid, rtype));
             """
         )
+        self.gate = gate if gate is not None else Gate(everyone=True)
+        self.types = types
         self.problems: list[InputProblem] = []
         self.resources_read = 0
 
@@ -82,26 +71,12 @@ class PatientIndex:
         self.db.close()
         self._tmp.cleanup()
 
-    def build(self, paths: Iterable[Path], is_candidate: Callable[[Resource], bool]) -> None:
+    def build(self, paths: Iterable[Path]) -> None:
         paths = list(paths)
-        # Pass 1: only lines that mention a Condition are parsed at all.
-        cand: set[str] = set()
-        counts: dict[str, int] = {}
-        for item in read_all(paths, line_filter=b'"Condition"'):
-            if isinstance(item, Item) and item.resource.get("resourceType") == "Condition":
-                pid = patient_of(item.resource)
-                if pid and is_candidate(item.resource):
-                    cand.add(pid)
-                if pid:
-                    counts[pid] = counts.get(pid, 0) + 1
-                    if len(counts) > 50_000:
-                        self._flush_counts(counts)
-        self._flush_counts(counts)
-        self.db.executemany("INSERT OR IGNORE INTO candidate VALUES (?)", ((p,) for p in cand))
-        del cand
-        # Pass 2: everything, once.
+        if not self.gate.everyone:
+            self._find_candidates(paths)
         batch: list[tuple[str, str, bytes]] = []
-        candidates = self._candidate_set()
+        candidates = None if self.gate.everyone else self._candidate_set()
         for item in read_all(paths):
             if isinstance(item, InputProblem):
                 self.problems.append(item)
@@ -112,21 +87,45 @@ class PatientIndex:
                 self.db.executemany("INSERT INTO res VALUES (?, ?, ?)", batch)
                 batch.clear()
         self.db.executemany("INSERT INTO res VALUES (?, ?, ?)", batch)
+        if candidates is None:
+            self.db.execute("INSERT OR IGNORE INTO candidate SELECT pid FROM patient")
+            self.db.execute("INSERT OR IGNORE INTO candidate SELECT DISTINCT pid FROM res")
         self.db.execute("CREATE INDEX res_pid ON res (pid)")
         self.db.commit()
 
-    def _flush_counts(self, counts: dict[str, int]) -> None:
+    def _find_candidates(self, paths: list[Path]) -> None:
+        """Pass 1: only lines that mention one of the gate's types are parsed at all."""
+        types = self.gate.types
+        found: set[str] = set()
+        counts: Counter[tuple[str, str]] = Counter()
+        for item in read_all(paths, line_filter=line_filter(types)):
+            if not isinstance(item, Item) or item.resource.get("resourceType") not in types:
+                continue  # problems are reported by pass 2, which reads every line
+            pid = patient_of(item.resource)
+            if pid is None:
+                continue
+            counts[(pid, item.resource["resourceType"])] += 1
+            if self.gate.admits(item.resource):
+                found.add(pid)
+            if len(counts) > _FLUSH_EVERY:
+                self._flush_counts(counts)
+        self._flush_counts(counts)
+        self.db.executemany("INSERT OR IGNORE INTO candidate VALUES (?)", ((p,) for p in found))
+
+    def _flush_counts(self, counts: Counter[tuple[str, str]]) -> None:
         self.db.executemany(
-            "INSERT INTO conditions VALUES (?, ?) ON CONFLICT(pid) DO UPDATE SET n = n + excluded.n",
-            counts.items(),
+            "INSERT INTO counts VALUES (?, ?, ?) ON CONFLICT(pid, rtype) DO UPDATE SET n = n + excluded.n",
+            ((pid, rtype, n) for (pid, rtype), n in counts.items()),
         )
         counts.clear()
 
     def _candidate_set(self) -> frozenset[str]:
-        # Candidates are the DM patients: a few percent of an export, so holding their ids is fine.
+        # Candidates are the patients a gate may admit: a few percent of an export, so their ids fit.
         return frozenset(r[0] for r in self.db.execute("SELECT pid FROM candidate"))
 
-    def _take(self, item: Item, candidates: frozenset[str], batch: list[tuple[str, str, bytes]]) -> None:
+    def _take(
+        self, item: Item, candidates: frozenset[str] | None, batch: list[tuple[str, str, bytes]]
+    ) -> None:
         resource = item.resource
         rtype = resource["resourceType"]
         if rtype == "Medication":
@@ -136,7 +135,7 @@ class PatientIndex:
                     "INSERT OR REPLACE INTO med VALUES (?, ?)", (f"Medication/{rid}", orjson.dumps(resource))
                 )
             return
-        if rtype not in USED_TYPES:
+        if self.types is not None and rtype not in self.types and rtype != "Patient":
             return
         pid = patient_of(resource)
         if pid is None:
@@ -149,19 +148,38 @@ class PatientIndex:
                 )
             return
         if rtype == "Patient":
-            self.db.execute("INSERT OR REPLACE INTO patient VALUES (?, 1)", (pid,))
-        if pid in candidates:
+            self.db.execute("INSERT OR IGNORE INTO patient VALUES (?)", (pid,))
+        if candidates is None or pid in candidates:
             batch.append((pid, rtype, orjson.dumps(resource)))
 
-    def non_candidates(self) -> Iterator[tuple[str, int]]:
-        """(patient id, number of Conditions) of every patient in the input without a DM diagnosis."""
-        yield from self.db.execute(
-            "SELECT p.pid, COALESCE(c.n, 0) FROM patient p LEFT JOIN conditions c ON c.pid = p.pid "
-            "WHERE p.pid NOT IN (SELECT pid FROM candidate) ORDER BY p.pid"
+    def patients(self) -> Iterator[tuple[str, bool]]:
+        """(patient id, is a candidate) of every patient in the input, sorted by id.
+
+        A candidate referenced by resources but without a Patient resource is listed too.
+        """
+        yield from (
+            (pid, bool(is_candidate))
+            for pid, is_candidate in self.db.execute(
+                "SELECT pid, MAX(c) FROM (SELECT pid, 0 AS c FROM patient UNION ALL "
+                "SELECT pid, 1 FROM candidate) GROUP BY pid ORDER BY pid"
+            )
         )
 
-    def candidate_ids(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT pid FROM candidate ORDER BY pid")]
+    def count(self) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM (SELECT pid FROM patient UNION SELECT pid FROM candidate)"
+        ).fetchone()
+        return int(row[0])
+
+    def has_patient(self, pid: str) -> bool:
+        return self.db.execute("SELECT 1 FROM patient WHERE pid = ?", (pid,)).fetchone() is not None
+
+    def stub(self, pid: str) -> PatientRecord:
+        """A patient no gate can admit: no resources, only how many of the gate's types it has."""
+        counts = dict(self.db.execute("SELECT rtype, n FROM counts WHERE pid = ?", (pid,)).fetchall())
+        for rtype in self.gate.types:
+            counts.setdefault(rtype, 0)
+        return PatientRecord(patient_id=pid, patient=None, counts=counts)
 
     def record(self, pid: str) -> PatientRecord:
         grouped: dict[str, list[Resource]] = {}
@@ -186,10 +204,11 @@ class PatientIndex:
 
     def _medications(self, grouped: dict[str, list[Resource]]) -> dict[str, Resource]:
         keys = set()
-        for rtype in ("MedicationRequest", "MedicationStatement", "MedicationAdministration"):
+        for rtype in _MED_TYPES:
             for r in grouped.get(rtype, []):
+                r5 = r.get("medication")
                 ref = ref_id(r.get("medicationReference")) or ref_id(
-                    (r.get("medication") or {}).get("reference")
+                    r5.get("reference") if isinstance(r5, dict) else None
                 )
                 if ref and ref.startswith("Medication/"):
                     keys.add(ref)

@@ -23,6 +23,7 @@ from fhir_adapter.source.references import localise_bundle
 
 log = logging.getLogger(__name__)
 
+LineFilter = tuple[bytes, ...] | None
 FHIR_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 
 
@@ -70,8 +71,9 @@ def _is_ndjson(path: Path, first_line: bytes) -> bool:
     return False
 
 
-def read_file(path: Path, line_filter: bytes | None = None) -> Iterator[Item | InputProblem]:
-    """Resources of one file. ``line_filter``: NDJSON lines without this byte string are skipped unparsed."""
+def read_file(path: Path, line_filter: LineFilter = None) -> Iterator[Item | InputProblem]:
+    """Resources of one file. ``line_filter``: NDJSON lines containing none of these byte strings are
+    skipped unparsed."""
     name = str(path)
     try:
         with _open(path) as fh:
@@ -100,13 +102,11 @@ def read_file(path: Path, line_filter: bytes | None = None) -> Iterator[Item | I
     yield from _document(name, doc)
 
 
-def _ndjson(
-    name: str, first: bytes, fh: IO[bytes], line_filter: bytes | None
-) -> Iterator[Item | InputProblem]:
+def _ndjson(name: str, first: bytes, fh: IO[bytes], line_filter: LineFilter) -> Iterator[Item | InputProblem]:
     lineno = 0
     for line in _chain(first, fh):
         lineno += 1
-        if not line.strip() or (line_filter is not None and line_filter not in line):
+        if not line.strip() or (line_filter is not None and not any(f in line for f in line_filter)):
             continue
         try:
             doc = orjson.loads(line)
@@ -151,7 +151,7 @@ def _bundle(name: str, bundle: Resource, line: int | None) -> Iterator[Item | In
                 yield Item(resource, name, line)
 
 
-def read_all(paths: Iterable[Path], line_filter: bytes | None = None) -> Iterator[Item | InputProblem]:
+def read_all(paths: Iterable[Path], line_filter: LineFilter = None) -> Iterator[Item | InputProblem]:
     for entry in input_files(paths):
         if isinstance(entry, InputProblem):
             yield entry

@@ -19,9 +19,8 @@ from typing import Final, Literal
 
 from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import ServerError
-from fhir_adapter.facts.fhirjson import ref_id
+from fhir_adapter.facts.fhirjson import patient_of, ref_id
 from fhir_adapter.model import PatientRecord, Resource
-from fhir_adapter.source.patient_index import USED_TYPES, patient_of
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,6 @@ Strategy = Literal["everything", "typed"]
 
 PAGE_SIZE: Final = 500
 _MEDICATION_TYPES: Final = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
-_SEARCHED_TYPES: Final = tuple(sorted(USED_TYPES - {"Patient"}))
 _EVERYTHING_NAMES: Final = frozenset({"everything", "patient-everything"})
 _ABSENT: Final = frozenset({404, 410})
 _IDS_PER_SEARCH: Final = 50
@@ -64,8 +62,11 @@ def choose_strategy(capabilities: Resource) -> Strategy:
     return "typed"
 
 
-def fetch_record(client: FhirClient, patient_id: str, strategy: Strategy) -> Fetched | None:
-    """The record of ``Patient/patient_id``; None when the server has no such patient."""
+def fetch_record(
+    client: FhirClient, patient_id: str, strategy: Strategy, types: frozenset[str]
+) -> Fetched | None:
+    """The record of ``Patient/patient_id`` (the resource ``types`` the trials read); None when the
+    server has no such patient."""
     before = client.request_count
     resources: list[Resource]
     if strategy == "everything":
@@ -78,21 +79,21 @@ def fetch_record(client: FhirClient, patient_id: str, strategy: Strategy) -> Fet
         if response is None or response.body is None:
             return None
         resources = [response.body]
-        for rtype in _SEARCHED_TYPES:
+        for rtype in sorted(types - {"Patient", "Medication"}):
             params: list[tuple[str, str | int]] = [("patient", patient_id), ("_count", PAGE_SIZE)]
             if rtype in _MEDICATION_TYPES:
                 params.append(("_include", f"{rtype}:medication"))
             resources.extend(client.search(rtype, params))
-    record, versions, missing = build_record(patient_id, resources)
+    record, versions, missing = build_record(patient_id, resources, types)
     if missing:
         # $everything and _include should have brought these; fetch what a server left out.
         extra = list(_medications_by_id(client, missing))
-        record, versions, _ = build_record(patient_id, [*resources, *extra])
+        record, versions, _ = build_record(patient_id, [*resources, *extra], types)
     return Fetched(record, client.request_count - before, versions)
 
 
 def build_record(
-    patient_id: str, resources: Iterable[Resource]
+    patient_id: str, resources: Iterable[Resource], types: frozenset[str]
 ) -> tuple[PatientRecord, dict[str, str], list[str]]:
     """Group a server's resources as ``PatientIndex.record`` groups a file's.
 
@@ -119,7 +120,7 @@ def build_record(
         # $everything also returns what the record points at (Practitioners, other patients' linked
         # records, ResearchSubjects); the file path keeps only the types the criteria read, about
         # this patient.
-        if rtype not in USED_TYPES or patient_of(resource) != patient_id:
+        if (rtype not in types and rtype != "Patient") or patient_of(resource) != patient_id:
             continue
         _note_version(versions, resource)
         if rtype == "Patient":

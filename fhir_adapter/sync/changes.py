@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import ServerError
-from fhir_adapter.facts.fhirjson import ref_id
-from fhir_adapter.source.patient_index import USED_TYPES, patient_of
+from fhir_adapter.facts.fhirjson import patient_of, ref_id
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 500
@@ -42,7 +41,7 @@ def server_now(client: FhirClient) -> dt.datetime:
     return client.last_server_date
 
 
-def changed_patients(client: FhirClient, since: dt.datetime) -> Changes:
+def changed_patients(client: FhirClient, since: dt.datetime, types: frozenset[str]) -> Changes:
     """Patients with a created, updated or deleted resource of a type the criteria read, since ``since``.
 
     Type-level ``_history?_since=`` lists deletions too (a version with no body); the patient of a deleted
@@ -50,7 +49,7 @@ def changed_patients(client: FhirClient, since: dt.datetime) -> Changes:
     """
     changes = Changes()
     stamp = since.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    for rtype in sorted(USED_TYPES):
+    for rtype in sorted(types | {"Patient"}):
         for entry in client.history_type(rtype, {"_since": stamp, "_count": PAGE_SIZE}):
             changes.entries += 1
             resource = entry.get("resource")

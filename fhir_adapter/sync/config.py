@@ -13,18 +13,27 @@ import jsonschema
 
 from fhir_adapter.config.loader import profiles_dir
 from fhir_adapter.errors import ConfigError
+from fhir_adapter.pipeline import DEFAULT_MAX_CONSECUTIVE_FAILURES
+from fhir_adapter.settings import AuthSettings, RuleSettings, ServerSettings
+
+# How the operator spells each setting in site.toml, for error messages.
+SITE_NAMES = {
+    "url": "server.url",
+    "token": "server.auth.token",
+    "basic_user": "server.auth.username",
+    "basic_password": "server.auth.password",
+    "smart_client_id": "server.auth.client_id",
+    "smart_key": "server.auth.private_key",
+    "smart_token_url": "server.auth.token_url",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
     path: Path
-    server_url: str
-    auth: dict[str, Any]
-    ca_bundle: Path | None
-    timeout: float
-    study: str
+    server: ServerSettings
+    rules: RuleSettings
     as_of: dt.date | None  # None: today, on the day of the run
-    overlays: tuple[Path, ...]
     state_path: Path
     manifests: Path
     lock_path: Path
@@ -33,7 +42,13 @@ class SiteConfig:
     full_every_days: int = 0
     report_html: Path | None = None
     result_path: Path | None = None
+    report_dir: Path | None = None  # several studies: <study>.json and <study>.html here
+    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def server_url(self) -> str:
+        return self.server.url
 
 
 def load_site_config(path: Path) -> SiteConfig:
@@ -70,22 +85,50 @@ def load_site_config(path: Path) -> SiteConfig:
         raise ConfigError(f"{path}: study.as_of: {as_of_raw!r} is not a calendar date") from None
     state_path = resolve(state["path"])
     assert state_path is not None
+    ids = study.get("id", [])
+    trials = tuple(ids if isinstance(ids, list) else [ids])
+    # A criteria file given by path is relative to site.toml, like every other path here.
+    trials = tuple(str(resolve(t)) if t.endswith(".toml") else t for t in trials)
+    report = raw.get("report", {})
+    if len(trials) > 1 and (report.get("result") or report.get("html")):
+        raise ConfigError(f"{path}: report: several studies write several reports: use report.dir")
+    auth = server.get("auth", {"type": "none"})
     return SiteConfig(
         path=path,
-        server_url=server["url"],
-        auth=server.get("auth", {"type": "none"}),
-        ca_bundle=resolve(server.get("ca_bundle")),
-        timeout=float(server.get("timeout_seconds", 60)),
-        study=study.get("id", "NCT05495321"),
+        server=ServerSettings(
+            url=server["url"],
+            auth=AuthSettings(
+                method=auth.get("type", "none"),
+                token=auth.get("token", "env:FHIR_TOKEN"),
+                basic_user=auth.get("username"),
+                basic_password=auth.get("password", "env:FHIR_PASSWORD"),
+                smart_client_id=auth.get("client_id"),
+                smart_key=auth.get("private_key"),
+                smart_alg=auth.get("algorithm", "RS384"),
+                smart_kid=auth.get("kid"),
+                smart_token_url=auth.get("token_url"),
+                smart_scope=auth.get("scope"),
+            ),
+            ca_bundle=resolve(server.get("ca_bundle")),
+            timeout=float(server.get("timeout_seconds", 60)),
+            names=SITE_NAMES,
+        ),
+        rules=RuleSettings(
+            trials=trials,
+            overlays=tuple(p for p in (resolve(o) for o in raw.get("mappings", {}).get("overlays", [])) if p),
+        ),
         as_of=as_of,
-        overlays=tuple(p for p in (resolve(o) for o in raw.get("mappings", {}).get("overlays", [])) if p),
         state_path=state_path,
         manifests=resolve(state.get("manifests")) or state_path.parent / "runs",
         lock_path=resolve(state.get("lock")) or state_path.with_suffix(".lock"),
         max_patients=int(limits.get("max_patients_per_run", 0)),
         full_every_days=int(limits.get("full_reconciliation_days", 0)),
         write_back=bool(limits.get("write_back", True)),
-        report_html=resolve(raw.get("report", {}).get("html")),
-        result_path=resolve(raw.get("report", {}).get("result")),
+        report_html=resolve(report.get("html")),
+        result_path=resolve(report.get("result")),
+        report_dir=resolve(report.get("dir")),
+        max_consecutive_failures=int(
+            limits.get("max_consecutive_failures", DEFAULT_MAX_CONSECUTIVE_FAILURES)
+        ),
         raw=raw,
     )

@@ -23,7 +23,7 @@ class Counts:
     unchanged: int = 0
     written: int = 0
     staff_managed: int = 0
-    not_dm: int = 0
+    not_candidate: int = 0
     errors: int = 0
     deleted_resources: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
@@ -36,7 +36,7 @@ class Counts:
             "unchanged": self.unchanged,
             "written": self.written,
             "skippedStaffManaged": self.staff_managed,
-            "notDermatomyositis": self.not_dm,
+            "notCandidate": self.not_candidate,
             "errors": self.errors,
             "deletedResourcesSeen": self.deleted_resources,
             "queuedBecause": dict(self.reasons),

@@ -8,28 +8,33 @@ write harmless.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from fhir_adapter import __version__
+from fhir_adapter.client.factory import open_client
 from fhir_adapter.client.http import FhirClient
-from fhir_adapter.config.loader import load_mappings
-from fhir_adapter.config.types import Mappings
+from fhir_adapter.config.loader import load_trials
 from fhir_adapter.errors import AdapterError, ConfigError, ExitCode, UsageError
 from fhir_adapter.model import InputProblem
 from fhir_adapter.output.result_file import ResultWriter
-from fhir_adapter.server.screen import client_from_args
+from fhir_adapter.pipeline import run as run_pipeline
+from fhir_adapter.screen import render_report
+from fhir_adapter.screening import Screener
 from fhir_adapter.source.candidates import find_candidates
+from fhir_adapter.source.server import ServerSource
 from fhir_adapter.sync.changes import changed_patients, server_now
 from fhir_adapter.sync.config import SiteConfig
 from fhir_adapter.sync.lock import RunLock
 from fhir_adapter.sync.manifest import Counts, render_manifest, write_manifest
 from fhir_adapter.sync.state import LAST_FULL, WATERMARK, State
-from fhir_adapter.sync.worker import Worker
-from fhir_adapter.writeback.subjects import WriteBack, release_of
+from fhir_adapter.sync.worker import SyncSink
+from fhir_adapter.writeback.resources import release_of
+from fhir_adapter.writeback.sink import WriteBackSink
+from fhir_adapter.writeback.subjects import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -43,42 +48,14 @@ def _full_due(config: SiteConfig, state: State, as_of: dt.date) -> bool:
 
 
 def client_for(config: SiteConfig) -> FhirClient:
-    auth = config.auth
-    args = argparse.Namespace(
-        server=config.server_url,
-        auth=auth.get("type", "none"),
-        token=auth.get("token", "env:FHIR_TOKEN"),
-        basic_user=auth.get("username"),
-        basic_password=auth.get("password", "env:FHIR_PASSWORD"),
-        smart_client_id=auth.get("client_id"),
-        smart_key=auth.get("private_key"),
-        smart_alg=auth.get("algorithm", "RS384"),
-        smart_kid=auth.get("kid"),
-        smart_token_url=auth.get("token_url"),
-        smart_scope=auth.get("scope"),
-        ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
-        timeout=config.timeout,
-    )
     try:
-        return client_from_args(args)
-    except (ConfigError, UsageError) as exc:
-        # The client speaks in command-line flags; the operator edits site.toml keys.
+        return open_client(config.server)
+    except ConfigError as exc:
+        # The settings speak in site.toml keys; the operator also needs the file.
         message = str(exc)
-        for flag, key in _FLAG_KEYS.items():
-            message = message.replace(flag, f"server.auth.{key}")
-        if "server.auth." not in message:
+        if "server." not in message:
             message = f"server.auth: {message}"
         raise ConfigError(f"{config.path}: {message}") from exc
-
-
-_FLAG_KEYS = {
-    "--token": "token",
-    "--basic-user": "username",
-    "--basic-password": "password",
-    "--smart-client-id": "client_id",
-    "--smart-key": "private_key",
-    "--smart-token-url": "token_url",
-}
 
 
 def sync(
@@ -88,14 +65,21 @@ def sync(
     full: bool = False,
     as_of: dt.date | None = None,
     out: TextIO | None = None,
+    report: Path | None = None,
 ) -> int:
+    """One run; ``report`` overrides report.html (one study only)."""
     out = out or sys.stdout  # stderr carries only log lines (JSON when not on a terminal)
-    mappings = load_mappings(overlays=config.overlays)
     day = as_of or config.as_of or dt.date.today()
+    rules = config.rules
+    screener = Screener(load_trials(rules.trials, rules.overlays, rules.mappings_dir), day)
+    if report is not None and len(screener.trials) > 1:
+        raise UsageError("--report names one page; with several studies, set report.dir in site.toml")
+    if report is not None and config.result_path is None and config.report_dir is None:
+        raise UsageError(f"{config.path}: report.result: a report needs the run's result file")
     with RunLock(config.lock_path):
         state = State(config.state_path)
         try:
-            return _run(config, state, mappings, day, dry_run=dry_run, full=full, out=out)
+            return _run(config, state, screener, dry_run=dry_run, full=full, out=out, report=report)
         finally:
             state.close()
 
@@ -103,13 +87,14 @@ def sync(
 def _run(
     config: SiteConfig,
     state: State,
-    mappings: Mappings,
-    as_of: dt.date,
+    screener: Screener,
     *,
     dry_run: bool,
     full: bool,
     out: TextIO,
+    report: Path | None = None,
 ) -> int:
+    as_of = screener.as_of
     started = dt.datetime.now(dt.UTC)
     run_id = 0 if dry_run else state.start_run()
     counts = Counts()
@@ -124,14 +109,14 @@ def _run(
             recovered = set(queue)  # left by a run that did not finish
             full = full or _full_due(config, state, as_of)
             if before is None or full:
-                found = find_candidates(client, mappings)
+                found = find_candidates(client, screener.gate)
                 counts.candidates = len(found.patient_ids)
                 for pid in found.patient_ids:
                     queue.setdefault(pid, "full" if before is not None else "first run")
                 for pid in state.known_patients():
                     queue.setdefault(pid, "full")
             else:
-                changes = changed_patients(client, dt.datetime.fromisoformat(before))
+                changes = changed_patients(client, dt.datetime.fromisoformat(before), screener.needed_types)
                 counts.deleted_resources = changes.deleted
                 for pid in sorted(changes.patients):
                     queue.setdefault(pid, "changed")
@@ -146,9 +131,7 @@ def _run(
                 state.enqueue(list(queue), "queued")
                 after = now.isoformat()
                 state.put(WATERMARK, after)
-            problems = _process(
-                client, config, state, mappings, as_of, queue, counts, dry_run, out, recovered
-            )
+            problems = _process(client, config, state, screener, queue, counts, dry_run, out, recovered)
         outcome = "partial" if counts.errors else "ok"
     except AdapterError as exc:
         problems.append(InputProblem(config.server_url, str(exc)))
@@ -160,10 +143,11 @@ def _run(
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "outcome": outcome if not dry_run else f"dry-run ({outcome})",
             "asOf": as_of.isoformat(),
+            "studies": list(screener.studies),
             "watermarkBefore": before,
             "watermarkAfter": after,
             "counts": counts.to_json(),
-            "rulesVersion": mappings.fingerprint,
+            "rulesVersion": {m.trial.study: m.fingerprint for m in screener.trials},
             "adapterVersion": __version__,
             "server": config.server_url,
             "errors": [p.to_json() for p in problems[:50]],
@@ -171,6 +155,7 @@ def _run(
         if not dry_run:
             state.finish_run(run_id, outcome, manifest)
             write_manifest(config.manifests, run_id, manifest)
+            _write_latest(config, state, screener, report)
         print(render_manifest(manifest), file=out)
     return ExitCode.PARTIAL if counts.errors else ExitCode.OK
 
@@ -179,8 +164,7 @@ def _process(
     client: FhirClient,
     config: SiteConfig,
     state: State,
-    mappings: Mappings,
-    as_of: dt.date,
+    screener: Screener,
     queue: dict[str, str],
     counts: Counts,
     dry_run: bool,
@@ -190,29 +174,53 @@ def _process(
     writeback = None
     if config.write_back:
         release = release_of(client.fhir_version())
-        writeback = WriteBack(client, mappings.trial, mappings.fingerprint, release, dry_run=dry_run)
+        writeback = WriteBackSink(
+            [WriteBack(client, m.trial, m.fingerprint, release, dry_run=dry_run) for m in screener.trials],
+            out,
+        )
         writeback.prepare()
-    worker = Worker(client, state, mappings, as_of, counts, dry_run, out, writeback, recovered)
-    worker.writer = _result_writer(config, mappings, as_of, dry_run)
-    try:
-        limit = config.max_patients or len(queue)
-        for n, pid in enumerate(sorted(queue)):
-            if n >= limit:
-                log.info("limit of %d patients reached; %d stay queued", limit, len(queue) - n)
-                break
-            worker.guarded(pid)
-    except BaseException:
-        if worker.writer is not None:
-            worker.writer.abort()  # a fatal error: never leave half a result where the report reads it
-        raise
-    if worker.writer is not None:
-        worker.writer.close(worker.problems)
-    return worker.problems
+    chosen = sorted(queue)
+    limit = config.max_patients or len(chosen)
+    if len(chosen) > limit:
+        log.info("limit of %d patients reached; %d stay queued", limit, len(chosen) - limit)
+    source = ServerSource(client, screener, patients=chosen[:limit], missing="absent")
+    sink = SyncSink(state, screener.trials, screener.as_of, counts, dry_run, writeback, recovered)
+    run_pipeline(source, screener, [sink], max_consecutive_failures=config.max_consecutive_failures)
+    return sink.problems
 
 
-def _result_writer(
-    config: SiteConfig, mappings: Mappings, as_of: dt.date, dry_run: bool
-) -> ResultWriter | None:
-    if config.result_path is None or dry_run:
-        return None
-    return ResultWriter(config.result_path, mappings.trial.study, as_of, mappings.fingerprint)
+def latest_paths(config: SiteConfig, study: str, several: bool) -> tuple[Path | None, Path | None]:
+    """Where the current state of a study's candidates is written: (result JSON, report HTML)."""
+    if config.report_dir is not None:
+        return config.report_dir / f"{study}.json", config.report_dir / f"{study}.html"
+    if several:
+        return None, None
+    return config.result_path, config.report_html
+
+
+def _write_latest(config: SiteConfig, state: State, screener: Screener, report: Path | None) -> None:
+    """Every candidate's current result from the state file, not only this run's patients: a night with
+    no changes still leaves a complete worklist. Then its report page, where one is configured."""
+    several = len(screener.trials) > 1
+    for m in screener.trials:
+        path, html = latest_paths(config, m.trial.study, several)
+        html = report or html
+        if path is None:
+            continue
+        writer = ResultWriter(
+            path,
+            m.trial.study,
+            screener.as_of,
+            m.fingerprint,
+            source=f"sync: {config.server_url} (current state of every candidate)",
+            title=m.trial.title,
+        )
+        try:
+            for stored in state.results(m.trial.study):
+                writer.subject_json(stored.body)
+            writer.close([])
+        except BaseException:
+            writer.abort()
+            raise
+        if html is not None:
+            render_report(path, html, None)

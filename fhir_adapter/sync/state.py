@@ -35,6 +35,21 @@ MIGRATIONS: list[str] = [
         manifest TEXT
     );
     """,
+    # 1 -> 2: results per (study, patient), with the result itself, so several trials share one state
+    # file and the report shows every candidate's current state, not only the last run's patients.
+    # patient.result_hash and patient.status (one trial) are no longer read.
+    """
+    CREATE TABLE result (
+        study TEXT NOT NULL,
+        patient TEXT NOT NULL,
+        result_hash TEXT NOT NULL,
+        status TEXT NOT NULL,
+        gate_met INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        screened_at TEXT NOT NULL,
+        PRIMARY KEY (study, patient)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Keys of the ``meta`` table.
@@ -45,10 +60,19 @@ LAST_FULL = "last_full_reconciliation"
 @dataclass(frozen=True, slots=True)
 class PatientState:
     id: str
-    result_hash: str | None
-    status: str | None
     recheck_on: dt.date | None
     last_error: str | None
+    hashes: dict[str, str]  # study -> result hash of the last screening
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    study: str
+    patient: str
+    result_hash: str
+    status: str
+    gate_met: bool
+    body: dict[str, Any]  # the subject's result JSON (spec section 1)
 
 
 class State:
@@ -90,11 +114,12 @@ class State:
     # --- patients ------------------------------------------------------------------------------------
     def patient(self, pid: str) -> PatientState | None:
         row = self.db.execute(
-            "SELECT id, result_hash, status, recheck_on, last_error FROM patient WHERE id = ?", (pid,)
+            "SELECT id, recheck_on, last_error FROM patient WHERE id = ?", (pid,)
         ).fetchone()
         if not row:
             return None
-        return PatientState(row[0], row[1], row[2], dt.date.fromisoformat(row[3]) if row[3] else None, row[4])
+        hashes = dict(self.db.execute("SELECT study, result_hash FROM result WHERE patient = ?", (pid,)))
+        return PatientState(row[0], dt.date.fromisoformat(row[1]) if row[1] else None, row[2], hashes)
 
     def known_patients(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT id FROM patient ORDER BY id")]
@@ -106,14 +131,39 @@ class State:
         )
         return [r[0] for r in rows]
 
-    def record_result(self, pid: str, result_hash: str, status: str, recheck_on: dt.date | None) -> None:
+    def record_results(self, pid: str, results: list[StoredResult], recheck_on: dt.date | None) -> None:
+        """The patient's screening (every study) and next re-check day, in one transaction."""
+        now = _now()
+        self.db.execute("BEGIN")
         self.db.execute(
-            "INSERT INTO patient (id, result_hash, status, recheck_on, last_error, screened_at) "
-            "VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT(id) DO UPDATE SET result_hash = excluded.result_hash, "
-            "status = excluded.status, recheck_on = excluded.recheck_on, last_error = NULL, "
+            "INSERT INTO patient (id, recheck_on, last_error, screened_at) VALUES (?, ?, NULL, ?) "
+            "ON CONFLICT(id) DO UPDATE SET recheck_on = excluded.recheck_on, last_error = NULL, "
             "screened_at = excluded.screened_at",
-            (pid, result_hash, status, recheck_on.isoformat() if recheck_on else None, _now()),
+            (pid, recheck_on.isoformat() if recheck_on else None, now),
         )
+        self.db.executemany(
+            "INSERT OR REPLACE INTO result VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (r.study, pid, r.result_hash, r.status, int(r.gate_met), json.dumps(r.body), now)
+                for r in results
+            ],
+        )
+        self.db.execute("COMMIT")
+
+    def forget(self, pid: str) -> None:
+        """A patient gone from the server: no result to show, nothing to re-check."""
+        self.db.execute("DELETE FROM result WHERE patient = ?", (pid,))
+        self.db.execute("DELETE FROM patient WHERE id = ?", (pid,))
+
+    def results(self, study: str, candidates_only: bool = True) -> Iterator[StoredResult]:
+        """The stored results of a study, sorted by patient: by default the candidates' (gate met)."""
+        where = "study = ?" + (" AND gate_met = 1" if candidates_only else "")
+        for row in self.db.execute(
+            "SELECT study, patient, result_hash, status, gate_met, body FROM result "
+            f"WHERE {where} ORDER BY patient",
+            (study,),
+        ):
+            yield StoredResult(row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]))
 
     def record_error(self, pid: str, error: str) -> None:
         self.db.execute(

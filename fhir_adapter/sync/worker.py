@@ -1,4 +1,8 @@
-"""Screen and write back one queued patient at a time; a patient leaves the queue only when done."""
+"""The sync job's sink: write back, remember each result, and let a patient leave the queue only when done.
+
+A patient whose write-back fails, or whose record could not be fetched, stays queued (the next run tries
+again) and its last error is kept in the state file (status, issue code and type: never server text).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,18 @@ import datetime as dt
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
 
-from fhir_adapter import logs
-from fhir_adapter.client.http import FhirClient
 from fhir_adapter.config.types import Mappings
-from fhir_adapter.errors import AdapterError, AuthError, ServerError
 from fhir_adapter.model import InputProblem, SubjectResult
-from fhir_adapter.output.result_file import ResultWriter
-from fhir_adapter.pipeline import screen_record
-from fhir_adapter.source.records import Strategy, choose_strategy, fetch_record
+from fhir_adapter.source.base import Screenable
 from fhir_adapter.sync.manifest import Counts
 from fhir_adapter.sync.recheck import next_recheck
-from fhir_adapter.sync.state import State
-from fhir_adapter.writeback.subjects import Action, WriteBack, subject_reason
+from fhir_adapter.sync.state import State, StoredResult
+from fhir_adapter.writeback.resources import subject_reason
+from fhir_adapter.writeback.sink import WriteBackSink
+from fhir_adapter.writeback.subjects import Action
 
 log = logging.getLogger(__name__)
 
@@ -32,83 +33,76 @@ def result_hash(subject: SubjectResult) -> str:
 
 
 @dataclass
-class Worker:
-    """Screens and writes back one queued patient at a time; a patient leaves the queue only when done."""
-
-    client: FhirClient
+class SyncSink:
     state: State
-    mappings: Mappings
+    trials: Sequence[Mappings]
     as_of: dt.date
     counts: Counts
     dry_run: bool
-    out: TextIO
-    writeback: WriteBack | None
-    recovered: set[str]
-    writer: ResultWriter | None = None
+    writeback: WriteBackSink | None
+    recovered: set[str]  # queued by a run that did not finish: their Provenance may be missing
     problems: list[InputProblem] = field(default_factory=list)
-    strategy: Strategy | None = None
 
-    def guarded(self, pid: str) -> None:
-        try:
-            self.patient(pid)
-        except AuthError:
-            raise  # every later patient would fail the same way
-        except ServerError as exc:
-            if exc.status is None:
-                raise  # the server is unreachable after retries: stop, the queue keeps the rest
-            self.failed(pid, str(exc))
-        except Exception as exc:  # one failing patient never stops the run; it stays queued
-            log.debug("patient %s failed: %s", pid, logs.where(exc))
-            self.failed(
-                pid, str(exc) if isinstance(exc, AdapterError) else f"internal error ({type(exc).__name__})"
-            )
-
-    def patient(self, pid: str) -> None:
-        if self.strategy is None:
-            self.strategy = choose_strategy(self.client.capabilities())
-        fetched = fetch_record(self.client, pid, self.strategy)
-        if fetched is None:
-            self.done(pid)  # gone from the server: nothing to screen, nothing to write
-            return
+    def accept(self, item: Screenable, results: Sequence[SubjectResult]) -> list[InputProblem]:
+        pid = item.record.patient_id
         known = self.state.patient(pid)
-        subject = screen_record(fetched.record, self.mappings, self.as_of)
-        if len(subject.criteria) == 1 and known is None:
-            self.counts.not_dm += 1  # never a candidate: no ResearchSubject, nothing to remember
-            self.done(pid)
-            return
+        if known is None and not any(r.gate_met for r in results):
+            self.counts.not_candidate += 1  # no trial admits the patient: nothing to write or remember
+            self._done(pid)
+            return []
         self.counts.evaluated += 1
-        if self.writer is not None:
-            self.writer.subject(subject)
-        digest = result_hash(subject)
+        problems: list[InputProblem] = []
         if self.writeback is not None:
-            result = self.writeback.write(subject, fetched.versions)
-            if self.dry_run:
-                print(result.describe(), file=self.out)
-            if result.action is Action.FAILED:
-                self.failed(pid, result.detail)
-                return  # stays queued: the next run tries the write again
-            if result.action is Action.STAFF:
-                self.counts.staff_managed += 1
-            elif result.action is Action.UNCHANGED:
-                self.counts.unchanged += 1
-                if pid in self.recovered and self.writeback.ensure_provenance(subject, fetched.versions):
+            problems = self.writeback.accept(item, results)
+            for wb, outcome, subject in zip(
+                self.writeback.writebacks, self.writeback.outcomes, results, strict=True
+            ):
+                self._count(outcome.action)
+                if (
+                    outcome.action is Action.UNCHANGED
+                    and pid in self.recovered
+                    and wb.ensure_provenance(subject, item.versions)
+                ):
                     log.info("patient %s: wrote the Provenance an interrupted run left out", pid)
-            else:
-                self.counts.written += 1
-        elif known is not None and known.result_hash == digest:
-            self.counts.unchanged += 1
+            if problems:
+                for p in problems:
+                    self.failed(pid, p)
+                return problems  # stays queued: the next run tries the write again
+        else:
+            hashes = known.hashes if known else {}
+            if all(
+                hashes.get(m.trial.study) == result_hash(r) for m, r in zip(self.trials, results, strict=True)
+            ):
+                self.counts.unchanged += 1
         if not self.dry_run:
-            recheck = next_recheck(fetched.record, self.mappings, self.as_of)
-            self.state.record_result(pid, digest, subject.status.value, recheck)
-        self.done(pid)
+            stored = [
+                StoredResult(m.trial.study, pid, result_hash(r), r.status.value, r.gate_met, r.to_json())
+                for m, r in zip(self.trials, results, strict=True)
+            ]
+            self.state.record_results(pid, stored, next_recheck(item.record, self.trials[0], self.as_of))
+        self._done(pid)
+        return []
 
-    def done(self, pid: str) -> None:
+    def _count(self, action: Action) -> None:
+        if action is Action.STAFF:
+            self.counts.staff_managed += 1
+        elif action is Action.UNCHANGED:
+            self.counts.unchanged += 1
+        elif action in (Action.CREATED, Action.UPDATED):
+            self.counts.written += 1
+
+    def absent(self, patient_id: str) -> None:
+        if not self.dry_run:
+            self.state.forget(patient_id)  # gone from the server: nothing to screen, nothing to write
+        self._done(patient_id)
+
+    def failed(self, patient_id: str, problem: InputProblem) -> None:
+        self.counts.errors += 1
+        self.problems.append(problem)
+        if not self.dry_run:
+            self.state.record_error(patient_id, problem.reason)
+        log.warning("patient %s: %s", patient_id, problem.reason)
+
+    def _done(self, pid: str) -> None:
         if not self.dry_run:
             self.state.done(pid)
-
-    def failed(self, pid: str, detail: str) -> None:
-        self.counts.errors += 1
-        self.problems.append(InputProblem(f"Patient/{pid}", detail))
-        if not self.dry_run:
-            self.state.record_error(pid, detail)
-        log.warning("patient %s: %s", pid, detail)

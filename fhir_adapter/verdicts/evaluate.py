@@ -241,7 +241,7 @@ def screen(patient_ref: str, trial: Trial, facts: FactLookup) -> SubjectResult:
         if criterion.gate:
             gate = evaluate_criterion(criterion, facts)
             if gate.verdict is not MET:
-                return SubjectResult(patient_ref, status_of([gate]), (gate,))
+                return SubjectResult(patient_ref, status_of([gate]), (gate,), gate_met=False)
     for criterion in trial.criteria:
         results.append(evaluate_criterion(criterion, facts))
     return SubjectResult(patient_ref, status_of(results), tuple(results))

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from fhir_adapter.client.http import FhirClient, FhirResponse
 from fhir_adapter.config.types import Trial
-from fhir_adapter.errors import AuthError, PreconditionFailed, ServerError, WriteBackError
+from fhir_adapter.errors import AuthError, PreconditionFailed, ServerError, ServerUnreachable, WriteBackError
 from fhir_adapter.model import Resource, SubjectResult
 from fhir_adapter.writeback.resources import (
     DEVICE_ID_SYSTEM,
@@ -89,6 +89,7 @@ class Action(enum.Enum):
     UNCHANGED = "unchanged"
     STAFF = "staff-managed"
     FAILED = "failed"
+    NOT_CANDIDATE = "not-candidate"  # the gate is not met and no ResearchSubject exists: none is created
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,8 @@ class Outcome:
         """One line for the terminal: what was (or, in a dry run, would be) done for this patient."""
         if self.action is Action.UNCHANGED:
             text = "leave alone (unchanged)"
+        elif self.action is Action.NOT_CANDIDATE:
+            text = "no ResearchSubject (not a candidate of the study)"
         elif self.action is Action.STAFF:
             text = f"leave alone (staff-managed: {self.detail})"
         elif self.action is Action.FAILED:
@@ -173,7 +176,7 @@ class WriteBack:
             except AuthError:
                 raise
             except (ServerError, WriteBackError) as exc:
-                if isinstance(exc, ServerError) and exc.status is None:
+                if isinstance(exc, ServerUnreachable):
                     raise
                 outcome = Outcome(subject.patient, Action.FAILED, subject.status.value, str(exc))
         self.counts[outcome.action] += 1
@@ -297,6 +300,11 @@ class WriteBack:
                     dry_run=self.dry_run,
                 )
             if not matches:
+                if not subject.gate_met:
+                    # One rule everywhere: a ResearchSubject is created only for the study's candidates
+                    # (gate met). One that exists is still kept up to date below, so a refuted diagnosis
+                    # does not leave a stale "candidate" behind.
+                    return Outcome(subject.patient, Action.NOT_CANDIDATE, state, dry_run=self.dry_run)
                 if self.dry_run:
                     return Outcome(subject.patient, Action.CREATED, state, dry_run=True)
                 try:
@@ -371,7 +379,7 @@ class WriteBack:
         except AuthError:
             raise
         except (ServerError, WriteBackError) as exc:
-            if isinstance(exc, ServerError) and exc.status is None:
+            if isinstance(exc, ServerUnreachable):
                 raise
             return Outcome(subject.patient, action, state, detail, target, str(exc))
         return Outcome(subject.patient, action, state, detail, target)

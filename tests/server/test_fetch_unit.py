@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from responses import matchers
 from fhir_adapter.client.http import FhirClient
 from fhir_adapter.config.loader import load_mappings
 from fhir_adapter.config.types import Mappings
+from fhir_adapter.screening import Screener
 from fhir_adapter.source.candidates import (
     find_candidates,
     given_patients,
@@ -26,6 +28,9 @@ from fhir_adapter.source.patient_index import PatientIndex
 from fhir_adapter.source.records import build_record, choose_strategy, fetch_record
 
 BASE = "https://fhir.example.org/r4"
+AS_OF = dt.date(2026, 6, 15)
+# What the shipped trial's criteria read (Screener.needed_types): the types a record is fetched for.
+TYPES = Screener([load_mappings()], AS_OF).needed_types
 Res = dict[str, Any]
 SCT = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -171,7 +176,7 @@ def test_everything_fetches_the_record_in_one_request(
     practitioner = {"resourceType": "Practitioner", "id": "dr1"}
     mocked.get(f"{BASE}/Patient/p1/$everything", json=bundle([*resources, other, practitioner, med]))
 
-    fetched = fetch_record(client, "p1", "everything")
+    fetched = fetch_record(client, "p1", "everything", TYPES)
 
     assert fetched is not None
     assert fetched.requests == 1
@@ -205,7 +210,7 @@ def test_typed_fallback_searches_each_used_type_with_medication_includes(
         includes = (med,) if rtype == "MedicationRequest" else []
         mocked.get(f"{BASE}/{rtype}", json=bundle(by_type.get(rtype, []), includes=includes))
 
-    fetched = fetch_record(client, "p1", "typed")
+    fetched = fetch_record(client, "p1", "typed", TYPES)
 
     assert fetched is not None
     assert fetched.requests == 1 + len(searched)
@@ -238,8 +243,8 @@ def test_everything_and_typed_searches_build_the_same_record(
         json=bundle([r for r in resources if r["resourceType"] == "MedicationRequest"], includes=(med,)),
     )
 
-    via_everything = fetch_record(client, "p1", "everything")
-    via_typed = fetch_record(client, "p1", "typed")
+    via_everything = fetch_record(client, "p1", "everything", TYPES)
+    via_typed = fetch_record(client, "p1", "typed", TYPES)
 
     assert via_everything is not None and via_typed is not None
     assert via_everything.record == via_typed.record
@@ -257,7 +262,7 @@ def test_medication_missing_from_everything_is_fetched_by_id(
         match=[matchers.query_param_matcher({"_id": "pred5", "_count": "50"})],
     )
 
-    fetched = fetch_record(client, "p1", "everything")
+    fetched = fetch_record(client, "p1", "everything", TYPES)
 
     assert fetched is not None
     assert fetched.requests == 2
@@ -269,8 +274,8 @@ def test_unknown_patient_gives_none(mocked: responses.RequestsMock, client: Fhir
     mocked.get(f"{BASE}/Patient/nobody/$everything", status=404, json=outcome)
     mocked.get(f"{BASE}/Patient/nobody", status=404, json=outcome)
 
-    assert fetch_record(client, "nobody", "everything") is None
-    assert fetch_record(client, "nobody", "typed") is None
+    assert fetch_record(client, "nobody", "everything", TYPES) is None
+    assert fetch_record(client, "nobody", "typed", TYPES) is None
 
 
 def test_record_from_server_resources_equals_the_file_path_record(tmp_path: Path) -> None:
@@ -283,10 +288,10 @@ def test_record_from_server_resources_equals_the_file_path_record(tmp_path: Path
         )
     )
     with PatientIndex(tmp_path) as index:
-        index.build([export], lambda c: True)
+        index.build([export])
         from_files = index.record("p1")
 
-    from_server, _, missing = build_record("p1", plain)
+    from_server, _, missing = build_record("p1", plain, TYPES)
 
     assert missing == []
     assert from_server == from_files
@@ -323,7 +328,7 @@ def test_candidates_are_collected_across_three_pages_by_following_next_links(
     mocked.get(page2, json=pages[1])
     mocked.get(page3, json=pages[2])
 
-    found = find_candidates(client, mappings)
+    found = find_candidates(client, Screener([mappings], AS_OF).gate)
 
     assert found.patient_ids == ("p1", "p2", "p3", "p4")
     page_calls = [c.request.url for c in mocked.calls if "_getpages" in c.request.url]
@@ -350,7 +355,7 @@ def test_server_rejecting_text_search_costs_a_warning_not_the_run(
 
     mocked.add_callback(responses.GET, f"{BASE}/Condition", callback=answer)
 
-    found = find_candidates(client, mappings)
+    found = find_candidates(client, Screener([mappings], AS_OF).gate)
 
     assert found.patient_ids == ("p1",)
     assert len(found.warnings) == 1

@@ -16,7 +16,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from fhir_adapter.client.auth import BearerTokenAuth
 from fhir_adapter.client.http import USER_AGENT, FhirClient
-from fhir_adapter.errors import AuthError, ConfigError, PreconditionFailed, ServerError
+from fhir_adapter.errors import AuthError, ConfigError, PreconditionFailed, ServerError, ServerUnreachable
 
 BASE = "https://fhir.example.org/r4"
 MRN = "MRN-0042-SECRET"
@@ -198,7 +198,7 @@ def test_jittered_delays_stay_within_their_cap(mocked: responses.RequestsMock, c
 
 
 @pytest.mark.parametrize("timeout", [requests.exceptions.ReadTimeout, requests.exceptions.ConnectTimeout])
-def test_timeouts_are_retried_until_the_budget_runs_out_then_server_error(
+def test_timeouts_are_retried_until_the_budget_runs_out_then_server_unreachable(
     mocked: responses.RequestsMock, clock: FakeClock, timeout: type[Exception]
 ) -> None:
     url = f"{BASE}/Patient?identifier={MRN}"
@@ -213,7 +213,7 @@ def test_timeouts_are_retried_until_the_budget_runs_out_then_server_error(
     assert clock.sleeps == [1.0, 2.0, 4.0]
     assert len(mocked.calls) == 4
     error = caught.value
-    assert type(error) is ServerError
+    assert type(error) is ServerUnreachable  # the one "no HTTP answer" type every caller checks
     assert error.status is None
     assert error.url == f"{BASE}/Patient"
     assert timeout.__name__ in str(error)

@@ -72,9 +72,13 @@ def test_dry_run_screens_given_patients_and_writes_nothing(
         }
     ]
     err = capsys.readouterr().err
-    assert "Patient/dm01: would create ResearchSubject (candidate)" in err
-    assert "Requests per patient ($everything, FHIR R4): mean 1.0, max 1" in err
-    assert "Write-back (dry run, nothing written; add --write-back): would create 2" in err
+    assert "NCT05495321 Patient/dm01: would create ResearchSubject (candidate)" in err
+    # One rule everywhere: a ResearchSubject only for a patient whose gate (the diagnosis) is met.
+    assert "NCT05495321 Patient/pm05: no ResearchSubject (not a candidate of the study)" in err
+    assert "FHIR R4 server" in err
+    assert "Requests per patient ($everything): mean 1.0, max 1" in err
+    assert "Write-back NCT05495321 (dry run, nothing written; add --write-back): would create 1," in err
+    assert "not a candidate 1" in err
     assert {c.request.method for c in server.calls} == {"GET"}
 
 

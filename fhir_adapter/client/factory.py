@@ -1,0 +1,55 @@
+"""Open a ``FhirClient`` from ``ServerSettings``: auth, CA bundle and timeouts, secrets resolved here."""
+
+from __future__ import annotations
+
+import requests
+import requests.auth
+
+from fhir_adapter.client.auth import (
+    DEFAULT_SCOPE,
+    BearerTokenAuth,
+    SmartBackendAuth,
+    basic_auth,
+    discover_token_url,
+)
+from fhir_adapter.client.http import FhirClient
+from fhir_adapter.client.secrets import resolve_secret
+from fhir_adapter.errors import ConfigError
+from fhir_adapter.settings import ServerSettings
+
+
+def open_client(settings: ServerSettings) -> FhirClient:
+    verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle else True
+    timeout = (10.0, float(settings.timeout))
+    return FhirClient(settings.url, auth=_auth(settings, verify, timeout), timeout=timeout, verify=verify)
+
+
+def _auth(
+    settings: ServerSettings, verify: bool | str, timeout: tuple[float, float]
+) -> requests.auth.AuthBase | None:
+    auth, name = settings.auth, settings.name
+    if auth.method == "none":
+        return None
+    if auth.method == "bearer":
+        return BearerTokenAuth.from_secret(auth.token, setting=name("token"))
+    if auth.method == "basic":
+        if not auth.basic_user:
+            raise ConfigError(f"basic auth needs {name('basic_user')}")
+        return basic_auth(auth.basic_user, auth.basic_password, setting=name("basic_password"))
+    if not auth.smart_client_id or not auth.smart_key:
+        raise ConfigError(f"SMART auth needs {name('smart_client_id')} and {name('smart_key')}")
+    key = resolve_secret(auth.smart_key, setting=name("smart_key")).encode("utf-8")
+    token_url = auth.smart_token_url
+    if not token_url:
+        with requests.Session() as session:
+            token_url = discover_token_url(session, settings.url, timeout=timeout, verify=verify)
+    return SmartBackendAuth(
+        token_url,
+        auth.smart_client_id,
+        key,
+        algorithm=auth.smart_alg,
+        kid=auth.smart_kid,
+        scope=auth.smart_scope or DEFAULT_SCOPE,
+        timeout=timeout,
+        verify=verify,
+    )

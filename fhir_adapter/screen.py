@@ -1,0 +1,140 @@
+"""``fhir-adapter screen``: choose the source and sinks from the settings, run the pipeline, report.
+
+Files or a server, one trial or several: the input is read once, every trial is judged on each record,
+and each trial gets its own result file (``--out`` for one, ``--out-dir DIR`` → ``DIR/<study>.json`` and
+``DIR/<study>.html`` for any number) and, with ``--write-back``, its own ResearchSubjects.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from fhir_adapter.client.factory import open_client
+from fhir_adapter.config.loader import load_trials
+from fhir_adapter.config.types import Mappings
+from fhir_adapter.errors import ExitCode, UsageError
+from fhir_adapter.model import InputProblem
+from fhir_adapter.output import summary
+from fhir_adapter.output.result_sink import ResultSink, result_paths
+from fhir_adapter.pipeline import Progress, Sink, run
+from fhir_adapter.screening import Screener
+from fhir_adapter.settings import ScreenSettings
+from fhir_adapter.source.base import Source
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.source.records import Strategy
+from fhir_adapter.source.server import ServerSource
+from fhir_adapter.writeback.resources import release_of
+from fhir_adapter.writeback.sink import WriteBackSink
+from fhir_adapter.writeback.subjects import WriteBack
+
+
+def load_screener(settings: ScreenSettings) -> Screener:
+    rules = settings.rules
+    return Screener(load_trials(rules.trials, rules.overlays, rules.mappings_dir), settings.as_of)
+
+
+def run_screen(
+    settings: ScreenSettings,
+    *,
+    out: TextIO | None = None,
+    progress: Progress | None = None,
+    strategy: Strategy | None = None,
+) -> int:
+    """Screen, write the results (and reports), print the summary to ``out`` (default stderr)."""
+    out = out if out is not None else sys.stderr
+    screener = load_screener(settings)
+    paths = _check_outputs(settings, screener.trials)
+    if settings.server is not None:
+        if settings.paths:
+            raise UsageError("give PATHs or --server, not both")
+        if settings.patients and settings.group:
+            raise UsageError("give --patient or --group, not both")
+        with open_client(settings.server) as client:
+            release = release_of(client.fhir_version())
+            source = ServerSource(
+                client,
+                screener,
+                patients=settings.patients or None,
+                group=settings.group,
+                strategy=strategy,
+            )
+            writebacks = [
+                WriteBack(client, m.trial, m.fingerprint, release, dry_run=not settings.write_back)
+                for m in screener.trials
+            ]
+            writeback = WriteBackSink(writebacks, out)
+            writeback.prepare()
+            source.prepare()
+            problems = _run(source, screener, paths, [writeback], progress, out)
+            lines = [f"FHIR {release} server {client.base_url}", *source.summary(), *writeback.summary()]
+    else:
+        if not settings.paths:
+            raise UsageError("give at least one PATH, or --server URL")
+        if settings.write_back or settings.patients or settings.group:
+            raise UsageError("--write-back, --patient and --group need --server")
+        with FileSource(settings.paths, screener) as files:
+            problems = _run(files, screener, paths, [], progress, out)
+            lines = files.summary()
+    print("\n".join(lines), file=out)
+    _reports(settings, screener.trials, paths)
+    return ExitCode.PARTIAL if problems else ExitCode.OK
+
+
+def _check_outputs(settings: ScreenSettings, trials: Sequence[Mappings]) -> list[Path | None]:
+    output = settings.output
+    if output.out is not None and output.out_dir is not None:
+        raise UsageError("give --out FILE or --out-dir DIR, not both")
+    if len(trials) > 1 and output.out_dir is None:
+        raise UsageError("several trials write several results: give --out-dir DIR (one <study>.json each)")
+    if output.report is not None and output.out_dir is not None:
+        raise UsageError("--out-dir writes <study>.html beside each result; --report is for --out")
+    if output.report is not None and output.out is None:
+        raise UsageError("--report needs --out (the report is rendered from the result file)")
+    return result_paths(trials, output.out, output.out_dir)
+
+
+def _run(
+    source: Source,
+    screener: Screener,
+    paths: list[Path | None],
+    sinks: list[Sink],
+    progress: Progress | None,
+    out: TextIO,
+) -> list[InputProblem]:
+    results = ResultSink(screener.trials, paths, screener.as_of, source.description)
+    try:
+        problems = run(source, screener, [results, *sinks], progress=progress)
+        results.close(problems)
+    except BaseException:
+        results.abort()  # never leave half a result where a scheduled job would read it
+        raise
+    for m, writer in zip(screener.trials, results.writers, strict=True):
+        order = [c.id for c in m.trial.criteria]
+        heading = f"{m.trial.study}: " if len(screener.trials) > 1 else ""
+        print(heading + summary.render(writer.tally, problems, order), file=out)
+    return problems
+
+
+def _reports(settings: ScreenSettings, trials: Sequence[Mappings], paths: list[Path | None]) -> None:
+    output = settings.output
+    if output.out_dir is not None:
+        for m, path in zip(trials, paths, strict=True):
+            assert path is not None
+            render_report(path, output.out_dir / f"{m.trial.study}.html", None)
+    elif output.report is not None and output.out is not None:
+        render_report(output.out, output.report, None)
+
+
+def render_report(result: Path, html: Path, csv: Path | None, out: TextIO | None = None) -> None:
+    from fhir_adapter.report import write_report
+
+    try:
+        data = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{result}: cannot read the result JSON ({exc})") from exc
+    write_report(data, html, csv)
+    print(f"report written to {html}" + (f" and {csv}" if csv else ""), file=out or sys.stderr)

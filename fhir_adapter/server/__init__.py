@@ -1,1 +1,0 @@
-"""HTTP layer for talking to FHIR servers: client, authentication, secret references."""

@@ -1,0 +1,82 @@
+"""Typed settings below the command line: the CLI and site.toml both build these, nothing else.
+
+Secrets appear only as references (``env:NAME`` / ``file:/path``); they are resolved when a client is
+opened, never stored here. ``names`` maps a field to how the operator spells it (a CLI flag or a
+site.toml key), so an error message points at what to edit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+AuthMethod = Literal["none", "bearer", "basic", "smart"]
+
+CLI_NAMES: Mapping[str, str] = {
+    "token": "--token",
+    "basic_user": "--basic-user",
+    "basic_password": "--basic-password",
+    "smart_client_id": "--smart-client-id",
+    "smart_key": "--smart-key",
+    "smart_token_url": "--smart-token-url",
+    "url": "--server",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    method: AuthMethod = "none"
+    token: str = "env:FHIR_TOKEN"  # bearer token reference
+    basic_user: str | None = None
+    basic_password: str = "env:FHIR_PASSWORD"  # reference
+    smart_client_id: str | None = None
+    smart_key: str | None = None  # private key PEM reference
+    smart_alg: Literal["RS384", "ES384"] = "RS384"
+    smart_kid: str | None = None
+    smart_token_url: str | None = None  # default: .well-known/smart-configuration
+    smart_scope: str | None = None  # default: read all, write what write-back needs
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    url: str
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    ca_bundle: Path | None = None
+    timeout: float = 60.0  # read timeout per request, seconds
+    names: Mapping[str, str] = field(default_factory=lambda: dict(CLI_NAMES))
+
+    def name(self, key: str) -> str:
+        return self.names.get(key, key)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    """Which trials, which overlays, and (tests only) another mappings folder."""
+
+    trials: tuple[str, ...] = ()  # ids or criteria .toml paths; empty: mappings/trials.toml's default
+    overlays: tuple[Path, ...] = ()
+    mappings_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    """One trial: ``out`` (or stdout) and ``report``; several: ``out_dir`` gets <study>.json/.html."""
+
+    out: Path | None = None
+    out_dir: Path | None = None
+    report: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenSettings:
+    rules: RuleSettings
+    as_of: dt.date
+    output: OutputSettings = field(default_factory=OutputSettings)
+    paths: tuple[Path, ...] = ()
+    server: ServerSettings | None = None
+    patients: tuple[str, ...] = ()
+    group: str | None = None
+    write_back: bool = False

@@ -1,0 +1,63 @@
+"""Files as a source: single resources, Bundles, bulk NDJSON (and .gz), grouped by patient on disk.
+
+Every patient in the input is yielded in id order: the candidates with their whole record, the others
+(no resource a trial's gate can admit) as a stub that carries only counts, which the gate then
+rejects. See :mod:`fhir_adapter.source.patient_index` for the two passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from fhir_adapter.model import InputProblem
+from fhir_adapter.screening import Screener
+from fhir_adapter.source.base import Screenable, SourceItem
+from fhir_adapter.source.patient_index import PatientIndex
+
+
+class FileSource:
+    """Use as a context manager: the on-disk index lives until the source is closed."""
+
+    def __init__(self, paths: Sequence[Path], screener: Screener, workdir: Path | None = None) -> None:
+        self.paths = tuple(paths)
+        self.screener = screener
+        self._index = PatientIndex(workdir, screener.gate, screener.needed_types | {"Patient", "Medication"})
+        self._built = False
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._index.__exit__()
+
+    @property
+    def description(self) -> str:
+        return "files: " + ", ".join(str(p) for p in self.paths)
+
+    def _build(self) -> PatientIndex:
+        if not self._built:
+            self._index.build(self.paths)
+            self._built = True
+        return self._index
+
+    def expected(self) -> int | None:
+        return self._build().count()
+
+    def records(self) -> Iterator[SourceItem]:
+        index = self._build()
+        yield from index.problems
+        for pid, is_candidate in index.patients():
+            if not is_candidate:
+                yield Screenable(index.stub(pid))
+                continue
+            if not index.has_patient(pid):
+                yield InputProblem("(input)", f"Patient/{pid} is referenced but not in the input")
+            yield Screenable(index.record(pid))
+
+    def summary(self) -> list[str]:
+        index = self._build()
+        return [f"Read {index.resources_read} resource(s)."]

@@ -1,0 +1,116 @@
+"""A FHIR server as a source: its candidates (a search for what the gate reads, a Group, or given ids),
+then each candidate's record (``$everything`` or typed searches, chosen from the CapabilityStatement).
+
+Failures: the server unreachable or refusing our credentials while the run is being set up (metadata,
+the candidate search) is raised, since nothing can be screened; one patient whose record cannot be
+fetched (an error status, a timeout after the retries) is an ``InputProblem`` for that patient, and the
+pipeline stops the run only when many fail in a row.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+from fhir_adapter.client.http import FhirClient
+from fhir_adapter.errors import AuthError, ServerError
+from fhir_adapter.model import InputProblem
+from fhir_adapter.screening import Screener
+from fhir_adapter.source.base import Absent, Screenable, SourceItem
+from fhir_adapter.source.candidates import Candidates, find_candidates, given_patients, group_members
+from fhir_adapter.source.records import Strategy, choose_strategy, fetch_record
+
+log = logging.getLogger(__name__)
+
+STRATEGY_NAMES = {"everything": "$everything", "typed": "typed searches"}
+
+
+class ServerSource:
+    """``patients`` (ids, possibly none) or ``group`` choose the patients; otherwise the gate's search does.
+
+    ``missing``: what a given patient the server does not have becomes; a problem for ``screen``, an
+    ``Absent`` for ``sync`` (a deleted patient leaves its queue quietly).
+    """
+
+    def __init__(
+        self,
+        client: FhirClient,
+        screener: Screener,
+        *,
+        patients: Sequence[str] | None = None,
+        group: str | None = None,
+        strategy: Strategy | None = None,
+        missing: Literal["problem", "absent"] = "problem",
+    ) -> None:
+        self.client = client
+        self.screener = screener
+        self.patients = None if patients is None else tuple(patients)
+        self.group = group
+        self.strategy = strategy
+        self.missing = missing
+        self.candidates: Candidates | None = None
+        self.requests_per_patient: list[int] = []
+        self.warnings: list[str] = []
+
+    @property
+    def description(self) -> str:
+        return f"server: {self.client.base_url}"
+
+    def prepare(self) -> Candidates:
+        """Read the CapabilityStatement, choose the strategy and find the candidates (once)."""
+        if self.candidates is None:
+            capabilities = self.client.capabilities()
+            if self.strategy is None:
+                self.strategy = choose_strategy(capabilities)
+            log.info("fetching records with %s", STRATEGY_NAMES[self.strategy])
+            if self.patients is not None:
+                self.candidates = given_patients(list(self.patients))
+            elif self.group:
+                self.candidates = group_members(self.client, self.group)
+            else:
+                self.candidates = find_candidates(self.client, self.screener.gate)
+            self.warnings.extend(self.candidates.warnings)
+        return self.candidates
+
+    def expected(self) -> int | None:
+        return len(self.prepare().patient_ids)
+
+    def records(self) -> Iterator[SourceItem]:
+        candidates = self.prepare()
+        assert self.strategy is not None
+        where = self.client.base_url
+        for pid in candidates.patient_ids:
+            try:
+                fetched = fetch_record(self.client, pid, self.strategy, self.screener.needed_types)
+            except AuthError:
+                raise
+            except ServerError as exc:
+                yield InputProblem(
+                    where, f"Patient/{pid}: cannot fetch the record: {exc}", resource=f"Patient/{pid}"
+                )
+                continue
+            if fetched is None:
+                if self.missing == "absent":
+                    yield Absent(pid)
+                else:
+                    yield InputProblem(
+                        where, f"Patient/{pid}: no such patient on the server", resource=f"Patient/{pid}"
+                    )
+                continue
+            self.requests_per_patient.append(fetched.requests)
+            yield Screenable(fetched.record, fetched.versions, fetched.requests)
+
+    def summary(self) -> list[str]:
+        counts = self.requests_per_patient
+        how = STRATEGY_NAMES.get(self.strategy or "", "?")
+        searched = self.candidates.requests if self.candidates else 0
+        if counts:
+            line = (
+                f"Requests per patient ({how}): mean {statistics.fmean(counts):.1f}, max {max(counts)}; "
+                f"candidate search: {searched}"
+            )
+        else:
+            line = f"No patient fetched ({how}); candidate search: {searched}"
+        return [line, *self.warnings]

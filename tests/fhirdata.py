@@ -51,6 +51,8 @@ LDH = (LOINC, "2532-0")
 ALT = (LOINC, "1742-6")
 AST = (LOINC, "1920-8")
 WEIGHT = (LOINC, "29463-7")
+HEIGHT = (LOINC, "8302-2")
+BMI = (LOINC, "39156-5")
 HBSAG = (LOINC, "5196-1")
 ANTI_HCV = (LOINC, "13955-0")
 NYHA = (LOINC, "88020-3")
@@ -69,6 +71,8 @@ HEART_FAILURE = (SCT, "84114007")
 CIRRHOSIS = (SCT, "19943007")
 SLE = (SCT, "55464009")
 MALIGNANCY_ICD = (ICD10, "C50.9")
+BASAL_CELL_SKIN = (ICD10CM, "C44.91")
+DVT = (SCT, "128053003")
 PNEUMONIA = (SCT, "233604007")
 TB_ACTIVE = (SCT, "56717001")
 TB_LATENT = (SCT, "11999007")
@@ -459,6 +463,15 @@ def without(resources: list[Res], code: tuple[str, str]) -> list[Res]:
 @cache
 def default_mappings() -> Mappings:
     return load_mappings()
+
+
+SECOND_TRIAL = "NCT02728752"
+
+
+@cache
+def second_trial_mappings() -> Mappings:
+    """The second shipped trial (ProDERM), over the same mappings."""
+    return load_mappings(trial=SECOND_TRIAL)
 
 
 def record(*resources: Res, pid: str = PID) -> PatientRecord:

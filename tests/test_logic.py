@@ -188,3 +188,26 @@ def test_compare_without_float_drift_at_1_3_times_uln() -> None:
     # 260 / 200 is exactly 1.3 in Decimal; 0.1 * 3 style float drift must not push it below.
     assert compare_censored(Decimal(260) / Decimal(200), None, ">=", Decimal("1.3")) is T
     assert compare_censored(Decimal("259.99") / Decimal(200), None, ">=", Decimal("1.3")) is F
+
+
+NE, NA = Verdict.NOT_EVALUABLE, Verdict.NOT_APPLICABLE
+
+
+@pytest.mark.parametrize(("a", "b"), list(AND_TABLE))
+def test_not_evaluable_operands_behave_as_unknown(a: Verdict, b: Verdict) -> None:
+    # An OR whose other branch can never be decided ("or failed previous therapy") is met or unknown.
+    ne = {U: NE}
+    assert all_of([ne.get(a, a), ne.get(b, b)]) is AND_TABLE[(a, b)]
+    assert any_of([ne.get(a, a), ne.get(b, b)]) is OR_TABLE[(a, b)]
+
+
+def test_or_with_a_not_evaluable_branch_is_never_not_met() -> None:
+    assert any_of([F, NE]) is U
+    assert any_of([T, NE]) is T
+    assert at_least(1, [F, NE]) is U
+    assert at_least(2, [F, NE]) is F
+
+
+def test_not_applicable_counts_for_nothing() -> None:
+    assert all_of([T, NA]) is T
+    assert any_of([F, NA]) is F

@@ -11,7 +11,7 @@ from typing import Any
 
 from fhir_adapter.config.types import Concept, FactSpec
 from fhir_adapter.facts import codes
-from fhir_adapter.facts.context import Context
+from fhir_adapter.facts.context import Context, add_years
 from fhir_adapter.facts.fhirjson import (
     codings,
     concept_code,
@@ -29,10 +29,16 @@ CURRENT = frozenset({"active", "recurrence", "relapse"})
 REFUTED = frozenset({"refuted", "entered-in-error"})
 
 
+def onset_date(condition: Resource) -> dt.date | None:
+    """``onsetDateTime``, else ``onsetPeriod.start``, else ``recordedDate`` (as the second trial's spec defines onset)."""
+    start, _ = period_bounds(condition.get("onsetPeriod"))
+    return parse_date(condition.get("onsetDateTime")) or start or parse_date(condition.get("recordedDate"))
+
+
 def usable(condition: Resource, as_of: dt.date) -> bool:
     if is_ignored(condition) or concept_code(condition.get("verificationStatus")) in REFUTED:
         return False
-    recorded = parse_date(condition.get("onsetDateTime")) or parse_date(condition.get("recordedDate"))
+    recorded = onset_date(condition)
     return recorded is None or recorded <= as_of
 
 
@@ -74,11 +80,26 @@ def _none_found(ctx: Context, spec: FactSpec, what: str) -> Fact:
     return Fact(spec.name, False, evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
 
 
-def condition(ctx: Context, spec: FactSpec) -> Fact:
-    scope = str(spec.get("scope", "ever"))
-    found: list[Resource] = []
+def conditions_of(ctx: Context, spec: FactSpec, scope: str = "ever") -> list[Resource]:
+    """The usable Conditions in the fact's ``concepts`` but in none of its ``exclude_concepts``
+    (basal cell carcinoma of the skin is a malignancy the trial does not count), each once."""
+    excluded = [ctx.concept(n) for n in spec.get("exclude_concepts", [])]
+    found: dict[int, Resource] = {}
     for name in spec.get("concepts"):
-        found.extend(matching_conditions(ctx, ctx.concept(name), scope))
+        for cond in matching_conditions(ctx, ctx.concept(name), scope):
+            if not any(codes.matches(x, cond.get("code")) for x in excluded):
+                found.setdefault(id(cond), cond)
+    return list(found.values())
+
+
+def condition(ctx: Context, spec: FactSpec) -> Fact:
+    """Does the patient have one of the concepts' Conditions? ``scope``: ``ever`` (history counts),
+    ``current``, or ``current-or-onset-in-window`` (current, or with an onset inside the fact's window;
+    one that is neither current nor dated is unknown)."""
+    scope = str(spec.get("scope", "ever"))
+    if scope == "current-or-onset-in-window":
+        return _current_or_recent(ctx, spec)
+    found: list[Resource] = conditions_of(ctx, spec, scope)
     if spec.get("also_allergy_intolerance"):
         for name in spec.get("concepts"):
             concept = ctx.concept(name)
@@ -92,6 +113,76 @@ def condition(ctx: Context, spec: FactSpec) -> Fact:
     return Fact(
         spec.name, True, evidence=evidence, reason=f"{spec.label}: " + "; ".join(e.detail for e in evidence)
     )
+
+
+def _current_or_recent(ctx: Context, spec: FactSpec) -> Fact:
+    start = ctx.window_start(spec)
+    found = conditions_of(ctx, spec)
+    if not found:
+        return _none_found(ctx, spec, spec.label)
+    undated: list[Resource] = []
+    older: list[Evidence] = []
+    for cond in found:
+        onset = onset_date(cond)
+        if is_current(cond):
+            detail = f"{_describe(cond)}: current"
+        elif onset is not None and start is not None and onset >= start:
+            detail = f"{_describe(cond)}: onset {onset}, on or after {start}"
+        else:
+            if onset is None:
+                undated.append(cond)
+            else:
+                older.append(
+                    Evidence(reference_label(cond), f"{_describe(cond)}: onset {onset}, before {start}")
+                )
+            continue
+        return Fact(spec.name, True, evidence=(Evidence(reference_label(cond), detail),), reason=detail)
+    if undated:
+        refs = ", ".join(reference_label(c) for c in undated)
+        return Fact(spec.name, None, reason=f"{spec.label}: {refs} is not current and has no onset date")
+    detail = f"{spec.label}: none current, every onset before {start}"
+    return Fact(spec.name, False, evidence=tuple(older), reason=detail)
+
+
+def condition_onset_near(ctx: Context, spec: FactSpec) -> Fact:
+    """A Condition of ``concepts`` whose onset lies within ``within_years`` calendar years before or
+    after the earliest onset among the ``anchor_concepts`` Conditions (cancer within 2 years of the
+    myositis). No such Condition: false; one without an onset, or no dated anchor: unknown."""
+    found = conditions_of(ctx, spec)
+    what = str(spec.get("condition_label"))
+    anchor_label = str(spec.get("anchor_label"))
+    if not found:
+        return _none_found(ctx, spec, what)
+    anchors = [
+        (d, c)
+        for name in spec.get("anchor_concepts")
+        for c in matching_conditions(ctx, ctx.concept(name), "ever")
+        if (d := onset_date(c)) is not None
+    ]
+    if not anchors:
+        return Fact(
+            spec.name, None, reason=f"{what} recorded, but no {anchor_label} Condition has an onset date"
+        )
+    anchor_day, anchor = min(anchors, key=lambda t: (t[0], reference_label(t[1])))
+    years = int(spec.get("within_years"))
+    low, high = add_years(anchor_day, -years), add_years(anchor_day, years)
+    anchor_ev = Evidence(reference_label(anchor), f"{anchor_label} onset {anchor_day} (earliest)")
+    undated, apart = [], []
+    for cond in found:
+        onset = onset_date(cond)
+        if onset is None:
+            undated.append(reference_label(cond))
+        elif low <= onset <= high:
+            detail = f"{what} {_describe(cond)} onset {onset}, within {years} years of {anchor_day} ({low}..{high})"
+            return Fact(
+                spec.name, True, evidence=(Evidence(reference_label(cond), detail), anchor_ev), reason=detail
+            )
+        else:
+            apart.append(Evidence(reference_label(cond), f"{what} onset {onset}, outside {low}..{high}"))
+    if undated:
+        return Fact(spec.name, None, reason=f"{what} without an onset date: {', '.join(undated)}")
+    detail = f"every {what} onset lies outside {low}..{high} ({years} years around {anchor_day})"
+    return Fact(spec.name, False, evidence=(*apart, anchor_ev), reason=detail)
 
 
 def _allergy_active(allergy: Resource) -> bool:

@@ -25,6 +25,15 @@ def months_before(day: dt.date, months: int) -> dt.date:
     raise AssertionError("unreachable: every month has 28 days")
 
 
+def add_years(day: dt.date, years: int) -> dt.date:
+    """The same day ``years`` calendar years later (earlier when negative); 29 February becomes
+    28 February in a year without one (the second trial's spec: "N calendar years")."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
 @dataclass
 class Context:
     record: PatientRecord
@@ -57,6 +66,9 @@ class Context:
         return self.mappings.concepts[name]
 
     def window_start(self, spec: FactSpec) -> dt.date | None:
+        """The first day of the fact's window (inclusive); None when it has no window."""
+        if spec.get("window_years") is not None:
+            return add_years(self.as_of, -int(spec.get("window_years")))
         if spec.get("window_months") is not None:
             return months_before(self.as_of, int(spec.get("window_months")))
         if spec.get("window_days") is not None:

@@ -62,6 +62,10 @@ KINDS: dict[str, Kind] = {
     "age-years": Kind(demographics.age, lambda s: [Read("Patient")]),
     "sex": Kind(demographics.sex, lambda s: [Read("Patient")]),
     "condition": Kind(conditions.condition, _condition_reads),
+    "condition-onset-near": Kind(
+        conditions.condition_onset_near,
+        lambda s: [Read("Condition", _concepts(s, "concepts", "anchor_concepts"))],
+    ),
     "measurement": Kind(labs.measurement, lambda s: [Read("Observation", _concepts(s, "concept"))]),
     "uln-ratio": Kind(labs.uln_ratio, lambda s: [Read("Observation", _concepts(s, "concept"))]),
     "qualitative": Kind(labs.qualitative, lambda s: [Read("Observation", _concepts(s, "concept"))]),
@@ -73,6 +77,9 @@ KINDS: dict[str, Kind] = {
     "medication-started": Kind(medications.medication_started, _medication_reads),
     "medication-dose-changed": Kind(medications.medication_dose_changed, _medication_reads),
     "medication-given": Kind(medications.medication_given, _medication_reads),
+    "medication-count": Kind(medications.medication_count, _medication_reads),
+    # Reads nothing itself: its inputs are facts (``*_fact``), whose reads are followed.
+    "quotient": Kind(labs.quotient, lambda s: []),
     "condition-class": Kind(
         conditions.condition_class,
         lambda s: [

@@ -24,7 +24,9 @@ def fmt(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _window_text(spec: FactSpec) -> str:
+def window_text(spec: FactSpec) -> str:
+    if spec.get("window_years") is not None:
+        return f"in the last {spec.get('window_years')} calendar years"
     if spec.get("window_months") is not None:
         return f"in the last {spec.get('window_months')} calendar months"
     return f"in the last {spec.get('window_days')} days"
@@ -40,9 +42,9 @@ def latest_reading(ctx: Context, spec: FactSpec, concept_name: str) -> tuple[Res
             return Fact(
                 spec.name,
                 None,
-                reason=f"{spec.label}: {r} ({found[0].resource.get('id')}) {_window_text(spec)}",
+                reason=f"{spec.label}: {r} ({found[0].resource.get('id')}) {window_text(spec)}",
             )
-        return Fact(spec.name, None, reason=f"no {spec.label} {_window_text(spec)}")
+        return Fact(spec.name, None, reason=f"no {spec.label} {window_text(spec)}")
     obs = valued[0].resource
     r = reading(obs)
     ref = f"Observation/{obs.get('id', '?')}"
@@ -178,7 +180,7 @@ def qualitative(ctx: Context, spec: FactSpec) -> Fact:
     )
     valued = [d for d in found if has_value(d.resource) or d.resource.get("interpretation")]
     if not valued:
-        return Fact(spec.name, None, reason=f"no {spec.label} result {_window_text(spec)}")
+        return Fact(spec.name, None, reason=f"no {spec.label} result {window_text(spec)}")
     obs, date = valued[0].resource, valued[0].date.isoformat()
     ref = f"Observation/{obs.get('id', '?')}"
     polarity = _polarity(ctx, spec, obs)
@@ -241,3 +243,38 @@ def creatinine_clearance(ctx: Context, spec: FactSpec) -> Fact:
 
 def measurement_for(ctx: Context, spec: FactSpec, concept: str) -> Fact:
     return measurement(ctx, FactSpec(spec.name, spec.kind, spec.label, {**spec.params, "concept": concept}))
+
+
+def quotient(ctx: Context, spec: FactSpec) -> Fact:
+    """A value derived from two facts: ``numerator_fact / denominator_fact ** denominator_power`` (BMI
+    from weight and height), unless ``measured_fact`` (a reported value) is known. Unknown like any
+    fact: a missing or censored input leaves the result unknown, with the reason."""
+    measured_name = spec.get("measured_fact")
+    if measured_name:
+        measured = ctx.fact(str(measured_name))
+        if measured.value is not None:
+            return Fact(
+                spec.name,
+                measured.value,
+                unit=measured.unit,
+                evidence=measured.evidence,
+                reason=measured.reason,
+                comparator=measured.comparator,
+            )
+    num = ctx.fact(str(spec.get("numerator_fact")))
+    den = ctx.fact(str(spec.get("denominator_fact")))
+    power = int(spec.get("denominator_power", 1))
+    missing = [f.reason for f in (num, den) if f.value is None]
+    if missing:
+        prefix = "no reported value, and " if measured_name else ""
+        return Fact(spec.name, None, reason=f"{spec.label}: {prefix}" + "; ".join(missing))
+    if not isinstance(num.value, Decimal) or not isinstance(den.value, Decimal) or den.value <= 0:
+        return Fact(spec.name, None, reason=f"{spec.label}: inputs are not positive numbers")
+    if num.comparator is not None or den.comparator is not None:
+        return Fact(
+            spec.name, None, reason=f"{spec.label}: an input is censored ({num.reason}; {den.reason})"
+        )
+    value = num.value / den.value**power
+    unit = str(spec.get("unit"))
+    detail = f"{spec.label} {fmt(value)} {unit} from {num.reason} and {den.reason}"
+    return Fact(spec.name, value, unit=unit, evidence=(*num.evidence, *den.evidence), reason=detail)

@@ -84,12 +84,15 @@ def glucocorticoid_dose(ctx: Context, spec: FactSpec) -> Fact:
 
 
 def _ingredient_key(concept: Concept, exp: Exposure) -> str:
-    for system, code, _ in exp.codings:
-        if (system, code) in concept.codes:
-            return f"{system}|{code}"
+    """Which drug this is, so records of one drug are followed together and distinct drugs counted:
+    the concept's name pattern the drug name contains ("methotrexate"), else its code, else the record.
+    A name first, because one drug arrives coded in one record and as text only in the next."""
     for pattern in concept.text:
         if any(pattern in n.lower() for n in exp.names):
             return pattern
+    for system, code, _ in exp.codings:
+        if (system, code) in concept.codes:
+            return f"{system}|{code}"
     return exp.ref
 
 
@@ -98,11 +101,20 @@ def _name(exp: Exposure) -> str:
 
 
 def _by_drug(ctx: Context, spec: FactSpec) -> dict[str, list[Exposure]]:
-    concept = ctx.concept(str(spec.get("concept")))
+    """The patient's exposures to the fact's drugs, grouped by drug. The drugs: those of ``concept`` /
+    ``concepts``, and with ``glucocorticoids = "systemic"`` every systemic glucocorticoid as well."""
+    names = [spec.get("concept")] if spec.get("concept") else []
+    concepts = [ctx.concept(str(n)) for n in [*names, *spec.get("concepts", [])]]
+    with_glucocorticoids = spec.get("glucocorticoids") == "systemic"
     groups: dict[str, list[Exposure]] = defaultdict(list)
     for exp in exposures.of_record(ctx):
-        if exposures.drug_matches(concept, exp):
+        concept = next((c for c in concepts if exposures.drug_matches(c, exp)), None)
+        if concept is not None:
             groups[_ingredient_key(concept, exp)].append(exp)
+        elif with_glucocorticoids:
+            gc = exposures.glucocorticoid_of(ctx, exp)
+            if gc is not None and exposures.is_systemic(ctx, exp):
+                groups[gc.name].append(exp)
     return groups
 
 
@@ -140,6 +152,12 @@ def medication_started(ctx: Context, spec: FactSpec) -> Fact:
 
 
 def medication_dose_changed(ctx: Context, spec: FactSpec) -> Fact:
+    """A change of one drug's daily dose in the window. ``method = "records"`` (default): a later record
+    of the drug, starting in the window, whose daily dose differs from the record before it.
+    ``method = "daily"``: a day in the window on which the drug is taken at a daily dose different from
+    the day before, both days taken, whichever records they come from (stopping is no change)."""
+    if spec.get("method") == "daily":
+        return _daily_dose_changed(ctx, spec)
     start, end = _window(ctx, spec)
     undecided = []
     checked: list[Evidence] = []
@@ -173,6 +191,82 @@ def medication_dose_changed(ctx: Context, spec: FactSpec) -> Fact:
     return Fact(
         spec.name, False, evidence=tuple(checked) or (Evidence(ctx.patient_ref, detail),), reason=detail
     )
+
+
+def _day_dose(exps: list[Exposure], day: dt.date) -> tuple[Decimal | str | None, list[Exposure]]:
+    """The drug's total mg on ``day`` over the taken records covering it; None when not taken, a str
+    when a covering record's dose is unknown."""
+    covering = [e for e in exps if e.taken and e.covers(day)]
+    if not covering:
+        return None, []
+    unknown = next((e for e in covering if isinstance(e.mg_per_day, str)), None)
+    if unknown is not None:
+        return f"{unknown.ref}: {unknown.mg_per_day}", covering
+    return sum((e.mg_per_day for e in covering if isinstance(e.mg_per_day, Decimal)), Decimal(0)), covering
+
+
+def _daily_dose_changed(ctx: Context, spec: FactSpec) -> Fact:
+    start, end = _window(ctx, spec)
+    undecided: list[str] = []
+    checked: list[Evidence] = []
+    for drug, exps in sorted(_by_drug(ctx, spec).items()):
+        previous, before_refs = _day_dose(exps, start - dt.timedelta(days=1))
+        day = start
+        seen_taken = False
+        while day <= end:
+            dose, refs = _day_dose(exps, day)
+            if dose is not None and previous is not None:
+                if isinstance(dose, str) or isinstance(previous, str):
+                    undecided.append(f"{drug} on {day} ({dose if isinstance(dose, str) else previous})")
+                elif dose != previous:
+                    detail = f"{drug} {fmt(previous)} mg/d on {day - dt.timedelta(days=1)} -> {fmt(dose)} mg/d on {day}"
+                    now = {e.ref for e in refs}
+                    evidence = tuple(
+                        Evidence(ref, detail if ref in now else "previous dose")
+                        for ref in dict.fromkeys(e.ref for e in [*refs, *before_refs])
+                    )
+                    return Fact(spec.name, True, evidence=evidence, reason=detail)
+            if dose is not None:
+                seen_taken = True
+            previous, before_refs = dose, refs
+            day += dt.timedelta(days=1)
+        if seen_taken and isinstance(previous, Decimal):
+            checked.append(Evidence(exps[0].ref, f"{drug} daily dose unchanged {start}..{end}"))
+    if undecided:
+        return Fact(spec.name, None, reason="daily dose not comparable: " + "; ".join(undecided[:5]))
+    detail = f"no {spec.get('drug_label')} dose change {start}..{end}"
+    return Fact(
+        spec.name, False, evidence=tuple(checked) or (Evidence(ctx.patient_ref, detail),), reason=detail
+    )
+
+
+def medication_count(ctx: Context, spec: FactSpec) -> Fact:
+    """How many distinct drugs of the fact's drugs were taken in the window (closed world: no record is
+    none). A taken record without dates makes the count a range (at least / at most)."""
+    start, end = _window(ctx, spec)
+    taken: dict[str, Exposure] = {}
+    maybe: dict[str, Exposure] = {}
+    for drug, exps in sorted(_by_drug(ctx, spec).items()):
+        for exp in exps:
+            if not exp.taken:
+                continue
+            if exp.start is None:
+                maybe.setdefault(drug, exp)
+            elif exp.start <= end and (exp.end is None or exp.end >= start):
+                taken.setdefault(drug, exp)
+                break
+    maybe = {d: e for d, e in maybe.items() if d not in taken}
+    n = len(taken)
+    evidence = tuple(Evidence(e.ref, f"{drug} taken in {start}..{end}") for drug, e in taken.items())
+    label = spec.get("drug_label")
+    if maybe:
+        detail = f"{n} to {n + len(maybe)} {label}(s) in {start}..{end}: no dates on {', '.join(e.ref for e in maybe.values())}"
+        return Fact(spec.name, Decimal(n), evidence=evidence, reason=detail, upper=Decimal(n + len(maybe)))
+    if not taken:
+        detail = f"no {label} taken {start}..{end}"
+        return Fact(spec.name, Decimal(0), evidence=(Evidence(ctx.patient_ref, detail),), reason=detail)
+    detail = f"{n} {label}(s) taken {start}..{end}: {', '.join(taken)}"
+    return Fact(spec.name, Decimal(n), evidence=evidence, reason=detail)
 
 
 def medication_given(ctx: Context, spec: FactSpec) -> Fact:

@@ -56,7 +56,7 @@ def funnel_section(result: Result, order: Order) -> str:
         "</tr></thead><tbody>" + "".join(rows) + "</tbody>"
         "<caption>Reached: patients not excluded by an earlier criterion. Excluded: inclusion not met or "
         "exclusion met. \u00b9 Not evaluable (e.g. consent), not applicable, or no verdict reported for the "
-        "patient (patients without a dermatomyositis diagnosis are assessed on the diagnosis only). "
+        "patient (patients who fail the trial's gate, the diagnosis, are assessed on it only). "
         "\u00b2 All screened patients this criterion alone excludes, whatever the order.</caption></table>"
     )
     return (

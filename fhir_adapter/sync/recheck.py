@@ -14,22 +14,25 @@ from collections.abc import Iterator
 from typing import Any
 
 from fhir_adapter.config.types import Mappings
-from fhir_adapter.facts.context import months_before
+from fhir_adapter.facts.context import add_years, months_before
 from fhir_adapter.facts.fhirjson import parse_date
 from fhir_adapter.model import PatientRecord
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}(-\d{2})?")
 
 
-def _windows(mappings: Mappings) -> tuple[set[int], set[int]]:
+def _windows(mappings: Mappings) -> tuple[set[int], set[int], set[int]]:
     days: set[int] = set()
     months: set[int] = set()
+    years: set[int] = set()
     for spec in mappings.facts.values():
         if spec.get("window_days") is not None:
             days.add(int(spec.get("window_days")))
         if spec.get("window_months") is not None:
             months.add(int(spec.get("window_months")))
-    return days, months
+        if spec.get("window_years") is not None:
+            years.add(int(spec.get("window_years")))
+    return days, months, years
 
 
 def _dates(node: Any) -> Iterator[dt.date]:
@@ -57,6 +60,14 @@ def _leaves_month_window(day: dt.date, months: int) -> dt.date:
     return candidate
 
 
+def _leaves_year_window(day: dt.date, years: int) -> dt.date:
+    """Likewise for calendar-year windows (29 February clamps to 28 February)."""
+    candidate = add_years(day, years) - dt.timedelta(days=3)
+    while add_years(candidate, -years) <= day:
+        candidate += dt.timedelta(days=1)
+    return candidate
+
+
 def _birth_range(birth: str) -> tuple[dt.date, dt.date] | None:
     """First and last possible birth day of a full or partial birthDate."""
     first = parse_date(birth)
@@ -79,7 +90,7 @@ def _anniversaries(day: dt.date, years: tuple[int, ...]) -> Iterator[dt.date]:
 
 
 def next_recheck(record: PatientRecord, mappings: Mappings, as_of: dt.date) -> dt.date | None:
-    days, months = _windows(mappings)
+    days, months, years = _windows(mappings)
     best: dt.date | None = None
 
     def offer(candidate: dt.date) -> None:
@@ -96,6 +107,8 @@ def next_recheck(record: PatientRecord, mappings: Mappings, as_of: dt.date) -> d
                     offer(d + dt.timedelta(days=w + 1))
                 for m in months:
                     offer(_leaves_month_window(d, m))
+                for y in years:
+                    offer(_leaves_year_window(d, y))
     birth = (record.patient or {}).get("birthDate")
     span = _birth_range(birth) if isinstance(birth, str) else None
     if span is not None:

@@ -171,20 +171,21 @@ def evaluate(rule: Rule, facts: FactLookup, components: dict[str, CriterionResul
         return Outcome(logic.negate(inner.verdict), f"not ({inner.reason})", inner.evidence)
     children = [evaluate(item, facts, components) for item in rule.items]
     verdicts = [c.verdict for c in children]
-    if isinstance(rule, AllOf):
-        verdict = logic.all_of(verdicts)
-        pick = NOT_MET if verdict is NOT_MET else UNKNOWN if verdict is UNKNOWN else MET
-        reason, evidence = _join([c for c in children if c.verdict is pick])
-        return Outcome(verdict, reason, evidence if verdict is not UNKNOWN else ())
-    if isinstance(rule, AnyOf):
-        verdict = logic.any_of(verdicts)
-        pick = MET if verdict is MET else UNKNOWN if verdict is UNKNOWN else NOT_MET
-        reason, evidence = _join([c for c in children if c.verdict is pick])
+    if isinstance(rule, AllOf | AnyOf):
+        verdict = logic.all_of(verdicts) if isinstance(rule, AllOf) else logic.any_of(verdicts)
+        # The reason quotes the children that decided: the failing one of an AND, the met one of an
+        # OR, or the undecided ones.
+        picked = [c for c in children if _same_kind(c.verdict, verdict)]
+        if verdict is UNKNOWN and all(c.verdict is not UNKNOWN for c in picked):
+            # Undecided only because a branch can never be decided (not-evaluable): what the record
+            # does say about the other branches is the useful part of the reason.
+            picked = [c for c in children if c.verdict is not Verdict.NOT_APPLICABLE]
+        reason, evidence = _join(picked)
         return Outcome(verdict, reason, evidence if verdict is not UNKNOWN else ())
     assert isinstance(rule, AtLeast)
     verdict = logic.at_least(rule.k, verdicts)
     met = [c for c in children if c.verdict is MET]
-    unknown = [c for c in children if c.verdict is UNKNOWN]
+    unknown = [c for c in children if c.verdict in logic.UNDECIDED]
     n = len(children)
     if verdict is MET:
         reason, evidence = _join(met)
@@ -200,11 +201,18 @@ def evaluate(rule: Rule, facts: FactLookup, components: dict[str, CriterionResul
     )
 
 
+def _same_kind(child: Verdict, verdict: Verdict) -> bool:
+    return child in logic.UNDECIDED if verdict is UNKNOWN else child is verdict
+
+
 def evaluate_criterion(criterion: Criterion, facts: FactLookup) -> CriterionResult:
     components: dict[str, CriterionResult] = {}
     for comp in criterion.components:
         o = evaluate(comp.rule, facts, {})
-        components[comp.id] = CriterionResult(comp.id, "component", o.verdict, o.reason, o.evidence)
+        reason = o.reason
+        if o.verdict is Verdict.NOT_EVALUABLE and not reason:
+            reason = f"{comp.text}: never decidable from the EHR".lstrip(": ")
+        components[comp.id] = CriterionResult(comp.id, "component", o.verdict, reason, o.evidence)
     if criterion.applies_when is not None:
         gate = evaluate(criterion.applies_when, facts, components)
         if gate.verdict is NOT_MET:

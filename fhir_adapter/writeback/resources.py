@@ -96,7 +96,7 @@ def subject_reason(subject: SubjectResult) -> str:
 
 
 def subject_identifier(study: str, patient: str) -> str:
-    """The identifier value: ``NCT05495321:<patient id>``."""
+    """The identifier value: ``<study id>:<patient id>``."""
     return f"{study}:{patient.removeprefix('Patient/')}"
 
 

@@ -1,4 +1,4 @@
-"""Generate examples/patients/*.json: synthetic NCT05495321 prescreening patients (FHIR R4, SI units).
+"""Generate examples/patients/*.json: synthetic prescreening patients for both shipped trials (FHIR R4).
 
 Every patient is invented. Each Bundle is a `collection` with `urn:uuid:` fullUrls, the way EHR exports and
 Synthea write them. Dates are relative to AS_OF (2026-06-15): screen with `--as-of 2026-06-15`.
@@ -130,6 +130,7 @@ class Builder:
         )
         self.obs(HCV, "Non-reactive", None, 120)
         self.obs(WEIGHT, 60, "kg", 20)
+        self.obs(HEIGHT, 165, "cm", 20)
 
     def med_request(
         self,
@@ -204,6 +205,7 @@ LDH = (LOINC, "2532-0", "Lactate dehydrogenase [Enzymatic activity/volume] in Se
 HBSAG = (LOINC, "5196-1", "Hepatitis B virus surface Ag [Presence] in Serum or Plasma by Immunoassay")
 HCV = (LOINC, "13955-0", "Hepatitis C virus Ab [Presence] in Serum or Plasma by Immunoassay")
 WEIGHT = (LOINC, "29463-7", "Body weight")
+HEIGHT = (LOINC, "8302-2", "Body height")
 IV_ROUTE = {
     "coding": [{"system": SCT, "code": "47625008", "display": "Intravenous route"}],
     "text": "静脉滴注",
@@ -220,6 +222,7 @@ def active_disease(
 
 
 def patients() -> list[tuple[str, str, Builder]]:
+    """(NCT05495321 status, what it shows, patient); the NCT02728752 status is in SECOND_TRIAL."""
     out: list[tuple[str, str, Builder]] = []
 
     b = Builder("dm01", "1981-03-02", "female")  # the spec's example patient
@@ -469,19 +472,102 @@ def patients() -> list[tuple[str, str, Builder]]:
         }
     )
     out.append(("potential-candidate", "dose only as text; no body weight; few activity measures", b))
+
+    # --- Patients for the second trial (NCT02728752, ProDERM) ---------------------------------------------
+    b = Builder("pd19", "1948-02-14", "female")  # 78: too old for NCT05495321 (<= 75), not for ProDERM (< 80)
+    b.dm()
+    b.assessment("mmt8-total", "MMT-8 total score", 130, None)  # < 142 (ProDERM), not <= 125
+    b.assessment("ptga-vas", "Patient global assessment VAS", 4.5, "cm")
+    b.assessment("phga-vas", "Physician global assessment VAS", 3.0, "cm")
+    b.obs(CK, 980, "U/L", 12, high=200)
+    b.normal_labs()
+    b.med_request("predniSONE 5 MG Oral Tablet", "312615", 2, None, 1, 1, day(120))  # 10 mg/d for months
+    b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))  # 15 mg weekly
+    out.append(("ineligible", "78: too old for NCT05495321; MMT-8 130 and stable treatment fit ProDERM", b))
+
+    b = Builder("pd20", "1979-08-01", "male")
+    b.dm()
+    active_disease(b)
+    b.normal_labs(sex="male")
+    b.obs(WEIGHT, 111.6, "kg", 3)  # 111.6 kg / 1.65 m^2 = 41.0 kg/m2
+    b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))
+    out.append(("candidate", "BMI 41 from weight and height: excluded from ProDERM only", b))
+
+    b = Builder("pd21", "1969-05-20", "female")
+    b.condition(SCT, "396230008", "Dermatomyositis", onset=day(800))
+    active_disease(b)
+    b.normal_labs()
+    b.condition(ICD10, "C50.9", "Malignant neoplasm of breast", status="remission", onset=day(450))
+    b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))
+    out.append(("candidate", "breast cancer 350 days after the myositis (in remission): cancer-associated myositis", b))
+
+    b = Builder("pd22", "1986-10-30", "female")
+    b.dm()
+    active_disease(b)
+    b.normal_labs()
+    b.condition(
+        SCT, "128053003", "Deep venous thrombosis", status="resolved", onset=day(180), abatementDateTime=day(90)
+    )
+    b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))
+    out.append(("candidate", "deep vein thrombosis 6 months ago, resolved: excluded from ProDERM only", b))
+
+    b = Builder("pd23", "1974-12-12", "male")
+    b.dm()
+    active_disease(b)
+    b.normal_labs(sex="male")
+    old = b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 4, None, 1, 7, day(300), status="completed")
+    old["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"]["end"] = day(11)
+    b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(10))  # 10 -> 15 mg weekly
+    out.append(("ineligible", "methotrexate raised from 10 to 15 mg weekly 10 days ago", b))
     return out
+
+
+# NCT02728752 (ProDERM) statuses of the same patients, and what decides them.
+UNTREATED = "no systemic glucocorticoid or immunosuppressant in 28 days: stable-therapy unknown"
+SECOND_TRIAL: dict[str, tuple[str, str]] = {
+    "dm01": ("candidate", "stable prednisone and methotrexate; BMI 22"),
+    "dm02": ("potential-candidate", "one core set measure known; untreated"),
+    "dm03": ("potential-candidate", "prednisone started 20 days ago: stable-therapy unknown"),
+    "dm04": ("potential-candidate", "IV methylprednisolone started 9 days ago: stable-therapy unknown"),
+    "pm05": ("ineligible", "no dermatomyositis: diagnosis only"),
+    "dm06": ("potential-candidate", "76 is young enough (< 80); " + UNTREATED),
+    "dm07": ("potential-candidate", UNTREATED),
+    "dm08": ("potential-candidate", "HBsAg is not a ProDERM criterion; " + UNTREATED),
+    "dm09": ("potential-candidate", UNTREATED),
+    "dm10": ("potential-candidate", UNTREATED),
+    "dm11": ("ineligible", "MMT-8 146 is not < 142"),
+    "dm12": ("candidate", "mycophenolate started 30 days ago: before the 28-day window"),
+    "dm13": ("potential-candidate", UNTREATED),
+    "dm14": ("potential-candidate", "no body height: BMI unknown; " + UNTREATED),
+    "dm15": ("potential-candidate", "lupus is not a ProDERM criterion; " + UNTREATED),
+    "dm16": ("potential-candidate", UNTREATED),
+    "dm17": ("potential-candidate", UNTREATED),
+    "dm18": ("potential-candidate", "prednisone started 10 days ago; no weight or height"),
+    "pd19": ("candidate", "78 (< 80), MMT-8 130 (< 142), stable prednisone and methotrexate"),
+    "pd20": ("ineligible", "BMI 41.0 kg/m2 (>= 40)"),
+    "pd21": ("ineligible", "cancer-associated myositis; malignancy in the last 5 years"),
+    "pd22": ("ineligible", "deep vein thrombosis in the last 12 months"),
+    "pd23": ("potential-candidate", "methotrexate dose change 10 days ago: stable-therapy unknown"),
+}
 
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
-    index = ["| patient | expected status | what it shows |", "|---|---|---|"]
+    index = [
+        "| patient | NCT05495321 | NCT02728752 | what it shows | NCT02728752: why |",
+        "|---|---|---|---|---|",
+    ]
     for status, why, b in patients():
         (OUT / f"{b.pid}.json").write_text(
             json.dumps(b.bundle(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        index.append(f"| {b.pid} | {status} | {why} |")
+        second, second_why = SECOND_TRIAL.get(b.pid, ("?", "?"))
+        index.append(f"| {b.pid} | {status} | {second} | {why} | {second_why} |")
     (Path(__file__).parent / "patients.md").write_text(
-        "# Example patients (screen with `--as-of 2026-06-15`)\n\n" + "\n".join(index) + "\n",
+        "# Example patients (screen with `--as-of 2026-06-15`)\n\n"
+        "Expected status per trial: `--trial NCT05495321` (the default) and `--trial NCT02728752`.\n\n"
+        + "\n".join(index)
+        + "\n",
         encoding="utf-8",
     )
     return 0

@@ -244,7 +244,7 @@ def test_examples_as_bundles_and_as_ndjson_give_identical_subjects(
     as_ndjson = screen_cli(capsys, tmp_path / "b", _examples_as_ndjson(tmp_path / "ndjson"))
     assert as_bundles.code == as_ndjson.code == 0
     assert as_bundles.result is not None and as_ndjson.result is not None
-    assert len(as_bundles.result["subjects"]) == 18
+    assert len(as_bundles.result["subjects"]) == 23
     assert as_ndjson.result["subjects"] == as_bundles.result["subjects"]
 
 
@@ -512,19 +512,25 @@ def test_result_goes_to_stdout_without_out(capsys: pytest.CaptureFixture[str], t
 
 
 # --- the shipped examples -----------------------------------------------------------------------------
-def _expected_example_statuses() -> dict[str, str]:
+STATUS = "candidate|potential-candidate|ineligible"
+
+
+def _expected_example_statuses(column: int) -> dict[str, str]:
+    """patients.md: | patient | NCT05495321 status | NCT02728752 status | ..."""
     table = (REPO / "examples" / "patients.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| (\w+) \| (candidate|potential-candidate|ineligible) \|", table, re.MULTILINE)
-    return dict(rows)
+    rows = re.findall(rf"^\| (\w+) \| ({STATUS}) \| ({STATUS}) \|", table, re.MULTILINE)
+    return {row[0]: row[column] for row in rows}
 
 
+@pytest.mark.parametrize(("trial", "column"), [("NCT05495321", 1), ("NCT02728752", 2)])
 def test_examples_screen_to_exactly_the_statuses_in_patients_md(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, trial: str, column: int
 ) -> None:
-    expected = _expected_example_statuses()
-    assert len(expected) == 18
-    run = screen_cli(capsys, tmp_path, EXAMPLES)
+    expected = _expected_example_statuses(column)
+    assert len(expected) == 23
+    run = screen_cli(capsys, tmp_path, EXAMPLES, "--trial", trial)
     assert run.code == 0 and run.errors == []
+    assert run.result is not None and run.result["study"] == trial
     got = {p.removeprefix("Patient/"): s["status"] for p, s in run.subjects.items()}
     assert got == expected
     assert {"candidate", "potential-candidate", "ineligible"} <= set(got.values())

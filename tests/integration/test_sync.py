@@ -390,12 +390,16 @@ def test_a_deleted_observation_re_evaluates_its_patient(site: Site) -> None:
     site.load(("dm01", "dm08"))
     site.ok()
     dm08 = site.pid("dm08")
-    assert the_subject(site.url, dm08)["status"] == "ineligible"  # HBsAg positive (obs13)
+    assert the_subject(site.url, dm08)["status"] == "ineligible"  # HBsAg positive
+    example = json.loads((EXAMPLES / "dm08.json").read_text(encoding="utf-8"))
+    (positive,) = [
+        e["resource"]["id"] for e in example["entry"] if e["resource"].get("valueString") == "Positive"
+    ]
 
-    # The Provenance of the first write cites obs13 as evidence: HAPI keeps referential integrity, so the
-    # delete cascades to that Provenance (a type the criteria never read).
+    # The Provenance of the first write cites the result as evidence: HAPI keeps referential integrity, so
+    # the delete cascades to that Provenance (a type the criteria never read).
     response = requests.delete(
-        f"{site.url}/Observation/{dm08}-obs13", params={"_cascade": "delete"}, timeout=30
+        f"{site.url}/Observation/{positive.replace('dm08', dm08)}", params={"_cascade": "delete"}, timeout=30
     )
     assert response.status_code in (200, 204), response.text
     second = site.ok()

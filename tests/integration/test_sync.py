@@ -327,6 +327,29 @@ def test_first_run_screens_and_writes_everyone_and_a_quiet_second_run_does_nothi
     assert len(site.manifest_files()) == 2
 
 
+def test_a_quiet_run_still_reports_the_current_state_of_every_candidate(site: Site) -> None:
+    site.bootstrap()
+    ids = site.load(("dm01", "dm08", "pm05"))
+    with site.config.open("a", encoding="utf-8") as fh:
+        fh.write('\n[report]\nresult = "latest.json"\nhtml = "latest.html"\n')
+    site.ok()
+
+    quiet = site.ok()
+
+    assert quiet["counts"]["evaluated"] == 0
+    latest = json.loads((site.root / "latest.json").read_text(encoding="utf-8"))
+    candidates = {s["patient"]: s["status"] for s in latest["subjects"]}
+    # Every candidate's state from the state file, though this run screened nobody; pm05 (no DM) is none.
+    assert candidates == {
+        f"Patient/{site.pid('dm01')}": "candidate",
+        f"Patient/{site.pid('dm08')}": "ineligible",
+    }
+    assert latest["source"].startswith("sync: ") and "generated" in latest
+    page = (site.root / "latest.html").read_text(encoding="utf-8")
+    assert site.pid("dm08") in page and "current state of every candidate" in page
+    assert set(ids) >= {site.pid("dm01"), site.pid("pm05")}
+
+
 # -- incremental -------------------------------------------------------------------------------------
 
 

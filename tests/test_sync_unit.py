@@ -689,3 +689,16 @@ def test_cli_status_prints_to_stdout_and_exits_0(tmp_path: Path) -> None:
         code = main(["sync", "--config", str(path), "--status"])
     assert code == 0
     assert out.getvalue().startswith("no runs yet")
+
+
+def test_the_sandbox_site_config_ships_valid_and_needs_nothing_else() -> None:
+    config = load_site_config(REPO / "docs" / "site.sandbox.toml")
+    assert config.server_url == "http://127.0.0.1:8089/fhir" and config.server.auth.method == "none"
+    assert config.rules.trials == ("NCT05495321", "NCT02728752")
+    assert config.report_dir == REPO / "docs" / ".." / "out" / "sandbox-sync" / "latest"
+    assert all(p.is_file() for p in config.rules.overlays)
+
+
+def test_the_example_site_config_names_an_overlay_that_exists() -> None:
+    config = load_site_config(REPO / "docs" / "site.example.toml")
+    assert config.rules.overlays and all(p.is_file() for p in config.rules.overlays)

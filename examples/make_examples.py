@@ -499,14 +499,25 @@ def patients() -> list[tuple[str, str, Builder]]:
     b.normal_labs()
     b.condition(ICD10, "C50.9", "Malignant neoplasm of breast", status="remission", onset=day(450))
     b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))
-    out.append(("candidate", "breast cancer 350 days after the myositis (in remission): cancer-associated myositis", b))
+    out.append(
+        (
+            "candidate",
+            "breast cancer 350 days after the myositis (in remission): cancer-associated myositis",
+            b,
+        )
+    )
 
     b = Builder("pd22", "1986-10-30", "female")
     b.dm()
     active_disease(b)
     b.normal_labs()
     b.condition(
-        SCT, "128053003", "Deep venous thrombosis", status="resolved", onset=day(180), abatementDateTime=day(90)
+        SCT,
+        "128053003",
+        "Deep venous thrombosis",
+        status="resolved",
+        onset=day(180),
+        abatementDateTime=day(90),
     )
     b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))
     out.append(("candidate", "deep vein thrombosis 6 months ago, resolved: excluded from ProDERM only", b))
@@ -515,7 +526,9 @@ def patients() -> list[tuple[str, str, Builder]]:
     b.dm()
     active_disease(b)
     b.normal_labs(sex="male")
-    old = b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 4, None, 1, 7, day(300), status="completed")
+    old = b.med_request(
+        "Methotrexate 2.5 MG Oral Tablet", "105586", 4, None, 1, 7, day(300), status="completed"
+    )
     old["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"]["end"] = day(11)
     b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(10))  # 10 -> 15 mg weekly
     out.append(("ineligible", "methotrexate raised from 10 to 15 mg weekly 10 days ago", b))

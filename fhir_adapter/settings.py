@@ -53,6 +53,16 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """Caps on what an input file controls: one NDJSON line, one JSON document, a decompressed file."""
+
+    max_line_bytes: int = 64 * 1024 * 1024  # one resource per line; attachments can be large
+    max_document_bytes: int = 512 * 1024 * 1024  # a Bundle file is parsed whole
+    max_decompressed_bytes: int = 256 * 1024**3  # a .gz file
+    max_compression_ratio: int = 200  # NDJSON compresses 10-30x; a bomb, 1,000x and more
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSettings:
     """Which trials, which overlays, and (tests only) another mappings folder."""
 

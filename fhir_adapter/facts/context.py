@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_adapter.config.types import Concept, FactSpec, Mappings
-from fhir_adapter.facts.codes import CodeIndex
+from fhir_adapter.facts.codes import CodeIndex, matcher_for
 from fhir_adapter.model import Fact, PatientRecord, Resource
 
 
@@ -49,7 +49,8 @@ class Context:
         """This patient's resources of a type whose ``code`` is in the concept (computed once)."""
         index = self._indexes.get(resource_type)
         if index is None:
-            index = self._indexes[resource_type] = CodeIndex(self.record.of_type(resource_type))
+            matcher = matcher_for(self.mappings.concepts)
+            index = self._indexes[resource_type] = CodeIndex(self.record.of_type(resource_type), matcher)
         return index.matching(self.concept(concept))
 
     @property

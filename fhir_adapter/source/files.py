@@ -56,8 +56,14 @@ class FileSource:
                 continue
             if not index.has_patient(pid):
                 yield InputProblem("(input)", f"Patient/{pid} is referenced but not in the input")
-            yield Screenable(index.record(pid))
+            record, problems = index.record(pid)
+            yield from problems
+            yield Screenable(record)
 
     def summary(self) -> list[str]:
         index = self._build()
-        return [f"Read {index.resources_read} resource(s)."]
+        lines = [f"Read {index.resources_read} resource(s)."]
+        if index.skipped_types:
+            shown = ", ".join(f"{t} {n}" for t, n in sorted(index.skipped_types.items()))
+            lines.append(f"Skipped {sum(index.skipped_types.values())} of types no criterion reads: {shown}")
+        return lines

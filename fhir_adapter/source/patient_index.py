@@ -6,6 +6,13 @@ candidates' resources into a temporary SQLite file; other patients leave only th
 the gate's resource types behind. Memory therefore does not grow with the size of the export, nor with
 the number of patients no trial can admit. A gate that every patient may pass (``Gate.everyone``)
 skips pass 1 and spools every patient.
+
+Most NDJSON lines are never parsed: :func:`scan.scan` reads a line's type and patient from its bytes when
+that is certain, and pass 2 drops the lines of non-candidates and of types no criterion reads unparsed,
+and spools a candidate's line as it is (parsed once, when its record is built). A line the scan cannot be
+sure of is parsed, so the result never depends on how the JSON is spelled. What that costs in checking:
+a skipped line is not validated, so a corrupt line of a patient no trial admits goes unreported; a
+candidate's corrupt line is reported (file and line) when its record is built.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import tempfile
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,11 +30,14 @@ import orjson
 from fhir_adapter.facts.fhirjson import patient_of, ref_id
 from fhir_adapter.model import InputProblem, PatientRecord, Resource
 from fhir_adapter.screening import Gate
-from fhir_adapter.source.reader import Item, read_all
+from fhir_adapter.settings import ReadLimits
+from fhir_adapter.source.reader import Item, Line, parse_line, read_raw
+from fhir_adapter.source.scan import scan
 
 log = logging.getLogger(__name__)
 
 _MED_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
 # Counts of the gate's types are flushed to disk in batches, so pass 1 holds no per-patient table.
 _FLUSH_EVERY = 50_000
 
@@ -44,7 +55,11 @@ class PatientIndex:
     """A temporary on-disk index of candidates' resources. Use as a context manager."""
 
     def __init__(
-        self, workdir: Path | None = None, gate: Gate | None = None, types: frozenset[str] | None = None
+        self,
+        workdir: Path | None = None,
+        gate: Gate | None = None,
+        types: frozenset[str] | None = None,
+        limits: ReadLimits | None = None,
     ) -> None:
         """``types``: the resource types worth keeping (what the trials read); None keeps all."""
         self._tmp = tempfile.TemporaryDirectory(prefix="fhir-adapter-", dir=workdir)
@@ -52,7 +67,7 @@ class PatientIndex:
         self.db.executescript(
             """
             PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
-            CREATE TABLE res (pid TEXT, rtype TEXT, body BLOB);
+            CREATE TABLE res (pid TEXT, rtype TEXT, body BLOB, file TEXT, line INTEGER);
             CREATE TABLE med (key TEXT PRIMARY KEY, body BLOB);
             CREATE TABLE patient (pid TEXT PRIMARY KEY);
             CREATE TABLE candidate (pid TEXT PRIMARY KEY);
@@ -61,8 +76,11 @@ class PatientIndex:
         )
         self.gate = gate if gate is not None else Gate(everyone=True)
         self.types = types
+        self.limits = limits or ReadLimits()
         self.problems: list[InputProblem] = []
         self.resources_read = 0
+        # Resources of a type no criterion reads, by type: a misspelled resourceType shows up here.
+        self.skipped_types: Counter[str] = Counter()
 
     def __enter__(self) -> PatientIndex:
         return self
@@ -75,18 +93,39 @@ class PatientIndex:
         paths = list(paths)
         if not self.gate.everyone:
             self._find_candidates(paths)
-        batch: list[tuple[str, str, bytes]] = []
+        batch: list[tuple[str, str, bytes, str, int | None]] = []
         candidates = None if self.gate.everyone else self._candidate_set()
-        for item in read_all(paths):
+        patients: list[tuple[str]] = []
+        for item in read_raw(paths, limits=self.limits):
             if isinstance(item, InputProblem):
                 self.problems.append(item)
                 continue
-            self.resources_read += 1
-            self._take(item, candidates, batch)
+            if isinstance(item, Line):
+                hit = scan(item.data)
+                if hit is not None and hit.patient is not None:
+                    self.resources_read += 1
+                    if self.types is not None and hit.resource_type not in self.types:
+                        self.skipped_types[hit.resource_type] += 1
+                    elif candidates is None or hit.patient in candidates:
+                        batch.append((hit.patient, hit.resource_type, item.data, item.file, item.line))
+                    continue
+                parsed: Iterable[Item | InputProblem] = parse_line(item)
+            else:
+                parsed = (item,)
+            for one in parsed:
+                if isinstance(one, InputProblem):
+                    self.problems.append(one)
+                else:
+                    self.resources_read += 1
+                    self._take(one, candidates, batch, patients)
             if len(batch) >= 2000:
-                self.db.executemany("INSERT INTO res VALUES (?, ?, ?)", batch)
+                self.db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?)", batch)
                 batch.clear()
-        self.db.executemany("INSERT INTO res VALUES (?, ?, ?)", batch)
+            if len(patients) >= 2000:
+                self.db.executemany("INSERT OR IGNORE INTO patient VALUES (?)", patients)
+                patients.clear()
+        self.db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?)", batch)
+        self.db.executemany("INSERT OR IGNORE INTO patient VALUES (?)", patients)
         if candidates is None:
             self.db.execute("INSERT OR IGNORE INTO candidate SELECT pid FROM patient")
             self.db.execute("INSERT OR IGNORE INTO candidate SELECT DISTINCT pid FROM res")
@@ -98,15 +137,25 @@ class PatientIndex:
         types = self.gate.types
         found: set[str] = set()
         counts: Counter[tuple[str, str]] = Counter()
-        for item in read_all(paths, line_filter=line_filter(types)):
-            if not isinstance(item, Item) or item.resource.get("resourceType") not in types:
+        for item in read_raw(paths, line_filter=line_filter(types), limits=self.limits):
+            if isinstance(item, InputProblem):
                 continue  # problems are reported by pass 2, which reads every line
-            pid = patient_of(item.resource)
-            if pid is None:
-                continue
-            counts[(pid, item.resource["resourceType"])] += 1
-            if self.gate.admits(item.resource):
-                found.add(pid)
+            if isinstance(item, Line):
+                hit = scan(item.data)
+                if hit is not None and hit.resource_type not in types:
+                    continue  # the type's name only appears in a reference or a text
+                resources = [r.resource for r in parse_line(item) if isinstance(r, Item)]
+            else:
+                resources = [item.resource]
+            for resource in resources:
+                if resource.get("resourceType") not in types:
+                    continue
+                pid = patient_of(resource)
+                if pid is None:
+                    continue
+                counts[(pid, resource["resourceType"])] += 1
+                if self.gate.admits(resource):
+                    found.add(pid)
             if len(counts) > _FLUSH_EVERY:
                 self._flush_counts(counts)
         self._flush_counts(counts)
@@ -124,10 +173,20 @@ class PatientIndex:
         return frozenset(r[0] for r in self.db.execute("SELECT pid FROM candidate"))
 
     def _take(
-        self, item: Item, candidates: frozenset[str] | None, batch: list[tuple[str, str, bytes]]
+        self,
+        item: Item,
+        candidates: frozenset[str] | None,
+        batch: list[tuple[str, str, bytes, str, int | None]],
+        patients: list[tuple[str]],
     ) -> None:
         resource = item.resource
         rtype = resource["resourceType"]
+        where = f" line {item.line}" if item.line else ""
+        if not _TYPE_NAME.fullmatch(rtype):
+            self.problems.append(
+                InputProblem(item.file, f"resourceType {rtype[:40]!r} is not a FHIR resource type", line=item.line)
+            )
+            return
         if rtype == "Medication":
             rid = resource.get("id")
             if isinstance(rid, str):
@@ -136,21 +195,19 @@ class PatientIndex:
                 )
             return
         if self.types is not None and rtype not in self.types and rtype != "Patient":
+            self.skipped_types[rtype] += 1
             return
         pid = patient_of(resource)
         if pid is None:
-            if rtype != "Patient":
-                where = f" line {item.line}" if item.line else ""
-                self.problems.append(
-                    InputProblem(
-                        item.file, f"{rtype}/{resource.get('id', '?')} has no patient reference{where}"
-                    )
-                )
+            what = "has no valid id" if rtype == "Patient" else "has no patient reference"
+            self.problems.append(
+                InputProblem(item.file, f"{rtype}/{_shown_id(resource)} {what}{where}", line=item.line)
+            )
             return
         if rtype == "Patient":
-            self.db.execute("INSERT OR IGNORE INTO patient VALUES (?)", (pid,))
+            patients.append((pid,))
         if candidates is None or pid in candidates:
-            batch.append((pid, rtype, orjson.dumps(resource)))
+            batch.append((pid, rtype, orjson.dumps(resource), item.file, item.line))
 
     def patients(self) -> Iterator[tuple[str, bool]]:
         """(patient id, is a candidate) of every patient in the input, sorted by id.
@@ -181,13 +238,22 @@ class PatientIndex:
             counts.setdefault(rtype, 0)
         return PatientRecord(patient_id=pid, patient=None, counts=counts)
 
-    def record(self, pid: str) -> PatientRecord:
+    def record(self, pid: str) -> tuple[PatientRecord, list[InputProblem]]:
+        """The patient's record, and the problems of its lines (spooled unparsed, parsed only now)."""
         grouped: dict[str, list[Resource]] = {}
         seen: set[tuple[str, str]] = set()
-        for rtype, body in self.db.execute(
-            "SELECT rtype, body FROM res WHERE pid = ? ORDER BY rowid", (pid,)
+        problems: list[InputProblem] = []
+        for rtype, body, file, line in self.db.execute(
+            "SELECT rtype, body, file, line FROM res WHERE pid = ? ORDER BY rowid", (pid,)
         ):
-            resource = orjson.loads(body)
+            try:
+                resource = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                problems.append(InputProblem(file, "not valid JSON", line=line))
+                continue
+            if not isinstance(resource, dict):
+                problems.append(InputProblem(file, "JSON is not a FHIR resource (not an object)", line=line))
+                continue
             key = (rtype, str(resource.get("id", "")))
             if key[1] and key in seen:  # the same resource in two files (Bundle + NDJSON): keep the first
                 continue
@@ -195,12 +261,13 @@ class PatientIndex:
             grouped.setdefault(rtype, []).append(resource)
         patients = grouped.pop("Patient", [])
         meds = self._medications(grouped)
-        return PatientRecord(
+        record = PatientRecord(
             patient_id=pid,
             patient=patients[0] if patients else None,
             resources={k: tuple(v) for k, v in grouped.items()},
             medications=meds,
         )
+        return record, problems
 
     def _medications(self, grouped: dict[str, list[Resource]]) -> dict[str, Resource]:
         keys = set()
@@ -218,3 +285,8 @@ class PatientIndex:
             if row:
                 out[key] = orjson.loads(row[0])
         return out
+
+
+def _shown_id(resource: Resource) -> str:
+    rid = resource.get("id")
+    return rid[:64] if isinstance(rid, str) and rid else "?"

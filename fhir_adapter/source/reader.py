@@ -1,15 +1,20 @@
 """Turn paths into a stream of FHIR resources: single resources, Bundles of any type, bulk NDJSON, gzip.
 
 Nothing here raises for a bad input: each problem becomes an ``InputProblem`` in the stream, so one bad
-file or line never stops the others.
+file or line never stops the others. Nothing an input controls is unbounded either: only regular files
+are opened (a FIFO or a device would block or never end), folders are walked without recursion and
+without visiting one twice (symlink loops), a line, a document and a decompressed file each have a size
+cap (``ReadLimits``), and Bundles nested in Bundles are unpacked without recursion, to a fixed depth.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import logging
 import os
+import stat
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,12 +24,15 @@ from typing import IO, Any
 import orjson
 
 from fhir_adapter.model import InputProblem, Resource
+from fhir_adapter.settings import ReadLimits
 from fhir_adapter.source.references import localise_bundle
 
 log = logging.getLogger(__name__)
 
 LineFilter = tuple[bytes, ...] | None
 FHIR_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
+MAX_BUNDLE_DEPTH = 8
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,26 +42,145 @@ class Item:
     line: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One NDJSON line as bytes, for callers that decide from the bytes whether to parse it."""
+
+    data: bytes
+    file: str
+    line: int
+
+
+def display(path: Path | str) -> str:
+    """A path as text that any JSON writer accepts: undecodable bytes of a file name become escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def input_files(paths: Iterable[Path]) -> Iterator[Path | InputProblem]:
+    """Every FHIR file under ``paths``, in a stable order. Folders are walked with an explicit stack (any
+    depth), links to folders are followed once (a folder reached twice, as by a link loop, is skipped and
+    reported), and only regular files are yielded: anything else is reported and skipped."""
     for path in paths:
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                for name in sorted(files):
-                    if name.lower().endswith(FHIR_SUFFIXES):
-                        yield Path(root) / name
-        elif path.is_file():
+        try:
+            info = path.stat()
+        except OSError as exc:
+            yield InputProblem(display(path), _no_such(exc))
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            yield from _walk(path)
+        elif stat.S_ISREG(info.st_mode):
             yield path
         else:
-            yield InputProblem(str(path), "no such file or folder")
+            yield InputProblem(display(path), f"not a regular file ({_kind(info.st_mode)}): skipped")
 
 
-def _open(path: Path) -> IO[bytes]:
-    raw = path.open("rb")
-    head = raw.peek(2)[:2] if isinstance(raw, io.BufferedReader) else b""
-    if head == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
-    return raw
+def _walk(top: Path) -> Iterator[Path | InputProblem]:
+    seen: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            yield InputProblem(display(folder), f"cannot list the folder ({exc.strerror or type(exc).__name__})")
+            continue
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            yield InputProblem(display(folder), "folder reached twice (a link loop?): skipped")
+            continue
+        seen.add(key)
+        subfolders = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                mode = entry.stat(follow_symlinks=True).st_mode
+            except OSError:
+                if entry.name.lower().endswith(FHIR_SUFFIXES):
+                    yield InputProblem(display(path), "broken link or unreadable entry: skipped")
+                continue
+            if stat.S_ISDIR(mode):
+                subfolders.append(path)
+            elif entry.name.lower().endswith(FHIR_SUFFIXES):
+                if stat.S_ISREG(mode):
+                    yield path
+                else:
+                    yield InputProblem(display(path), f"not a regular file ({_kind(mode)}): skipped")
+        stack.extend(reversed(subfolders))  # depth first, in name order
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
+
+
+def _no_such(exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "no such file or folder"
+    return f"cannot read ({exc.strerror or type(exc).__name__})"
+
+
+class _Capped(io.RawIOBase):
+    """A decompressed stream that stops at a size: a small .gz that expands to gigabytes is reported."""
+
+    def __init__(self, inner: IO[bytes], limit: int, underlying: IO[bytes]) -> None:
+        self._inner = inner
+        self._underlying = underlying  # GzipFile does not close the file it reads
+        self._left = limit
+        self.exceeded = False
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._underlying.close()
+            super().close()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            self.exceeded = True
+            return 0
+        view = memoryview(buffer)[: min(len(buffer), self._left)]
+        data = self._inner.read(len(view))
+        view[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _open_regular(path: Path) -> tuple[IO[bytes], int]:
+    """Open without blocking and check what was opened is a regular file (the walk's check can be raced)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise _NotRegular(_kind(info.st_mode))
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb"), info.st_size
+
+
+class _NotRegular(Exception):
+    pass
+
+
+def _open(path: Path, limits: ReadLimits) -> tuple[IO[bytes], _Capped | None]:
+    buffered, size = _open_regular(path)
+    if not isinstance(buffered, io.BufferedReader) or buffered.peek(2)[:2] != b"\x1f\x8b":
+        return buffered, None
+    limit = min(limits.max_decompressed_bytes, max(size, 1) * limits.max_compression_ratio)
+    capped = _Capped(gzip.GzipFile(fileobj=buffered), limit, buffered)  # type: ignore[arg-type]
+    return io.BufferedReader(capped, _CHUNK), capped
 
 
 def _is_ndjson(path: Path, first_line: bytes) -> bool:
@@ -71,23 +198,47 @@ def _is_ndjson(path: Path, first_line: bytes) -> bool:
     return False
 
 
-def read_file(path: Path, line_filter: LineFilter = None) -> Iterator[Item | InputProblem]:
+def read_file(
+    path: Path, line_filter: LineFilter = None, limits: ReadLimits | None = None, raw: bool = False
+) -> Iterator[Item | Line | InputProblem]:
     """Resources of one file. ``line_filter``: NDJSON lines containing none of these byte strings are
-    skipped unparsed."""
-    name = str(path)
+    skipped unparsed. ``raw``: NDJSON lines come as ``Line`` bytes, unparsed (see ``parse_line``)."""
+    limits = limits or ReadLimits()
+    name = display(path)
+    capped: _Capped | None = None
     try:
-        with _open(path) as fh:
-            first = fh.readline().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (Windows exports)
+        fh, capped = _open(path, limits)
+        with fh:
+            first = fh.readline(limits.max_line_bytes + 1).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM
             if b"\x00" in first[:1024]:
                 yield InputProblem(name, "binary file, not FHIR JSON")
                 return
             if _is_ndjson(path, first):
-                yield from _ndjson(name, first, fh, line_filter)
-                return
-            data = first + fh.read()
-    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        yield InputProblem(name, f"cannot read: {type(exc).__name__}: {exc}")
+                yield from _ndjson(name, first, fh, line_filter, limits, raw)
+            else:
+                data = first + fh.read(limits.max_document_bytes + 1 - len(first))
+                if len(data) > limits.max_document_bytes:
+                    raise _TooLarge(f"larger than {limits.max_document_bytes} bytes: not read")
+                yield from _whole(name, data)
+    except _NotRegular as exc:
+        yield InputProblem(name, f"not a regular file ({exc}): skipped")
         return
+    except _TooLarge as exc:
+        yield InputProblem(name, str(exc))
+        return
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        yield InputProblem(name, f"cannot read: {detail}")
+        return
+    if capped is not None and capped.exceeded:
+        yield InputProblem(
+            name,
+            "decompresses to more than the limit (max_decompressed_bytes / max_compression_ratio): "
+            "the rest of the file was not read",
+        )
+
+
+def _whole(name: str, data: bytes) -> Iterator[Item | InputProblem]:
     if not data.strip():
         yield InputProblem(name, "empty file")
         return
@@ -102,23 +253,46 @@ def read_file(path: Path, line_filter: LineFilter = None) -> Iterator[Item | Inp
     yield from _document(name, doc)
 
 
-def _ndjson(name: str, first: bytes, fh: IO[bytes], line_filter: LineFilter) -> Iterator[Item | InputProblem]:
+def _lines(first: bytes, fh: IO[bytes], limit: int) -> Iterator[bytes | None]:
+    """The file's lines; None for a line longer than ``limit`` (read past in chunks, never held)."""
+    line = first
+    while line:
+        if len(line) > limit and not line.endswith(b"\n"):
+            while not line.endswith(b"\n"):
+                line = fh.readline(_CHUNK)
+                if not line:
+                    break
+            yield None
+        else:
+            yield line
+        line = fh.readline(limit + 1)
+
+
+def _ndjson(
+    name: str, first: bytes, fh: IO[bytes], line_filter: LineFilter, limits: ReadLimits, raw: bool
+) -> Iterator[Item | Line | InputProblem]:
     lineno = 0
-    for line in _chain(first, fh):
+    for line in _lines(first, fh, limits.max_line_bytes):
         lineno += 1
+        if line is None:
+            yield InputProblem(name, f"line longer than {limits.max_line_bytes} bytes: skipped", line=lineno)
+            continue
         if not line.strip() or (line_filter is not None and not any(f in line for f in line_filter)):
             continue
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            yield InputProblem(name, "not valid JSON", line=lineno)
-            continue
-        yield from _document(name, doc, lineno)
+        if raw:
+            yield Line(line, name, lineno)
+        else:
+            yield from parse_line(Line(line, name, lineno))
 
 
-def _chain(first: bytes, fh: IO[bytes]) -> Iterator[bytes]:
-    yield first
-    yield from fh
+def parse_line(line: Line) -> Iterator[Item | InputProblem]:
+    """The resources of one NDJSON line (a Bundle line gives several), or why there are none."""
+    try:
+        doc = orjson.loads(line.data)
+    except orjson.JSONDecodeError:
+        yield InputProblem(line.file, "not valid JSON", line=line.line)
+        return
+    yield from _document(line.file, doc, line.line)
 
 
 def _document(name: str, doc: Any, line: int | None = None) -> Iterator[Item | InputProblem]:
@@ -129,32 +303,47 @@ def _document(name: str, doc: Any, line: int | None = None) -> Iterator[Item | I
     if not isinstance(rtype, str) or not rtype:
         yield InputProblem(name, "JSON object has no resourceType", line=line)
         return
-    if rtype == "Bundle":
-        yield from _bundle(name, doc, line)
+    if rtype != "Bundle":
+        yield Item(doc, name, line)
         return
-    yield Item(doc, name, line)
-
-
-def _bundle(name: str, bundle: Resource, line: int | None) -> Iterator[Item | InputProblem]:
-    entries = bundle.get("entry") or []
-    if not isinstance(entries, list):
-        yield InputProblem(name, "Bundle.entry is not a list", line=line)
-        return
-    resources = localise_bundle(entries)
-    for index, resource in enumerate(resources):
-        if isinstance(resource, InputProblem):
-            yield InputProblem(name, f"entry[{index}]: {resource.reason}", line=line)
-        elif resource is not None:
-            if resource.get("resourceType") == "Bundle":
-                yield from _bundle(name, resource, line)
+    # Bundles in Bundles, unpacked with a queue and a depth limit: a self-nesting document cannot recurse.
+    pending: list[tuple[Resource, int, str]] = [(doc, 0, "")]
+    while pending:
+        bundle, depth, where = pending.pop(0)
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list):
+            yield InputProblem(name, f"{where}Bundle.entry is not a list", line=line)
+            continue
+        for index, resource in enumerate(localise_bundle(entries)):
+            here = f"{where}entry[{index}]"
+            if isinstance(resource, InputProblem):
+                yield InputProblem(name, f"{here}: {resource.reason}", line=line)
+            elif resource is None:
+                continue
+            elif resource.get("resourceType") == "Bundle":
+                if depth + 1 >= MAX_BUNDLE_DEPTH:
+                    yield InputProblem(name, f"{here}: Bundles nested deeper than {MAX_BUNDLE_DEPTH}: skipped", line=line)
+                else:
+                    pending.append((resource, depth + 1, f"{here}."))
             else:
                 yield Item(resource, name, line)
 
 
-def read_all(paths: Iterable[Path], line_filter: LineFilter = None) -> Iterator[Item | InputProblem]:
+def read_all(
+    paths: Iterable[Path], line_filter: LineFilter = None, limits: ReadLimits | None = None
+) -> Iterator[Item | InputProblem]:
+    for item in read_raw(paths, line_filter, limits, raw=False):
+        assert not isinstance(item, Line)
+        yield item
+
+
+def read_raw(
+    paths: Iterable[Path], line_filter: LineFilter = None, limits: ReadLimits | None = None, raw: bool = True
+) -> Iterator[Item | Line | InputProblem]:
+    """Like ``read_all``, but NDJSON lines come unparsed as ``Line`` (documents still come as Items)."""
     for entry in input_files(paths):
         if isinstance(entry, InputProblem):
             yield entry
         else:
-            log.debug("reading %s", entry)
-            yield from read_file(entry, line_filter)
+            log.debug("reading %s", display(entry))
+            yield from read_file(entry, line_filter, limits, raw=raw)

@@ -289,7 +289,8 @@ def test_record_from_server_resources_equals_the_file_path_record(tmp_path: Path
     )
     with PatientIndex(tmp_path) as index:
         index.build([export])
-        from_files = index.record("p1")
+        from_files, problems = index.record("p1")
+    assert problems == []
 
     from_server, _, missing = build_record("p1", plain, TYPES)
 

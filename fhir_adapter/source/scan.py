@@ -1,0 +1,59 @@
+"""Read a bulk NDJSON line's type and patient from its bytes, without parsing it, when that is certain.
+
+Most lines of a hospital export belong to patients no trial can admit; parsing them only to drop them
+is most of the cost of a screen. :func:`scan` returns the ``resourceType`` and the patient id of a line
+whose bytes leave no doubt, and ``None`` whenever they could: then the caller parses the line as before,
+so the answer never depends on how the JSON is spelled.
+
+Why a byte scan can be exact: in a line without a backslash, every ``"`` delimits a JSON string, so
+``"subject":`` can only be a key. The scan gives up (``None``) on a backslash anywhere (escaped text),
+on more than one ``"resourceType"`` (contained resources, Bundles), on a key that occurs twice, on a
+reference that is not exactly ``Patient/<id>`` (absolute URLs, versions, ``urn:uuid:``), and on a
+reference object holding nested objects. What it returns is what :func:`fhirjson.patient_of` gives for
+the parsed line. Every pattern is a fixed token with optional blanks between: linear in the line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, NamedTuple
+
+_RESOURCE_TYPE: Final = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]{1,64})"')
+_KEYS: Final = (
+    (b'"subject"', re.compile(rb'"subject"\s*:\s*\{')),
+    (b'"patient"', re.compile(rb'"patient"\s*:\s*\{')),
+)
+_PATIENT_REF: Final = re.compile(rb'"reference"\s*:\s*"Patient/([A-Za-z0-9\-.]{1,64})"')
+
+
+class Scanned(NamedTuple):
+    resource_type: str
+    patient: str | None  # None for a Patient line: its own id is read by parsing (one line per patient)
+
+
+def scan(line: bytes) -> Scanned | None:
+    """The line's type and patient when its bytes are unambiguous; None means "parse it"."""
+    if b"\\" in line or line.count(b'"resourceType"') != 1:
+        return None
+    found = _RESOURCE_TYPE.search(line)
+    if found is None:
+        return None
+    rtype = found.group(1).decode("ascii")
+    if rtype == "Patient":
+        return Scanned(rtype, None)
+    for token, key in _KEYS:
+        n = line.count(token)
+        if n == 0:
+            continue  # patient_of() looks at "subject", then "patient"
+        if n > 1:
+            return None
+        opened = key.search(line)
+        if opened is None:
+            return None  # the token is not an object-valued key: let the parser decide
+        start = opened.end()
+        end = line.find(b"}", start)
+        if end < 0 or b"{" in line[start:end]:
+            return None
+        ref = _PATIENT_REF.search(line, start, end)
+        return Scanned(rtype, ref.group(1).decode("ascii")) if ref else None
+    return None

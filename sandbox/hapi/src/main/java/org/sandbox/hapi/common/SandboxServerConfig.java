@@ -61,7 +61,8 @@ public class SandboxServerConfig {
 	@Bean
 	public JpaStorageSettings jpaStorageSettings(
 			@Value("${server.port}") int port,
-			@Value("${sandbox.local-ports:}") String extraLocalPorts) {
+			@Value("${sandbox.local-ports:}") String extraLocalPorts,
+			@Value("${sandbox.bulk-export.job-reuse:false}") boolean bulkExportJobReuse) {
 		JpaStorageSettings s = new JpaStorageSettings();
 		// A search run right after a write must see the write: no search-result reuse.
 		s.setReuseCachedSearchResultsForMillis(null);
@@ -96,7 +97,7 @@ public class SandboxServerConfig {
 		// - fast tracking: a gated batch2 step that produced a single work chunk triggers the
 		//   next maintenance pass at once instead of waiting for the scheduled one (see
 		//   Batch2MaintenanceInterval for the scheduled pass itself).
-		s.setEnableBulkExportJobReuse(false);
+		s.setEnableBulkExportJobReuse(bulkExportJobReuse);
 		s.setJobFastTrackingEnabled(true);
 		return s;
 	}

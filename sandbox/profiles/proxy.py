@@ -378,6 +378,7 @@ class SlidingWindow:
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # TCP_NODELAY: no 40 ms delayed-ACK stall between headers and body
     timeout = 300  # an idle keep-alive client connection is closed after this
     server_version = "sandbox-profile-proxy"
     # set by serve()
@@ -493,6 +494,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self, target: str, body: bytes | None, override: dict[str, str] | None = None
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         conn = http.client.HTTPConnection(*self.upstream, timeout=600)
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.putrequest(self.command, target, skip_host=True, skip_accept_encoding=True)
         override = {k.lower(): v for k, v in (override or {}).items()}
         sent = set()

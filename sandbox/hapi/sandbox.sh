@@ -368,7 +368,8 @@ cmd_start() {
 	fi
 	[[ -z "$profile" || "$name" == main ]] || die "--profile full is the main HAPI; drop --name"
 	if [[ -z "$port" ]]; then
-		if [[ "$name" == main ]]; then port="$DEFAULT_PORT"; else port="$(research_port "$DEFAULT_PORT")"; fi
+		# another instance: next to the main HAPI's port (the running one's, else HAPI_PORT)
+		if [[ "$name" == main ]]; then port="$DEFAULT_PORT"; else port="$(research_port "$(main_port)")"; fi
 	fi
 	check_port "$port"
 	start_hapi "$name" "$port" "$version"

@@ -1,10 +1,13 @@
 package org.sandbox.hapi.common;
 
+import java.util.Arrays;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
 import javax.sql.DataSource;
 
 import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
+import ca.uhn.fhir.batch2.jobs.export.BulkDataExportProvider;
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.IValidationSupport;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
@@ -48,7 +51,7 @@ import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 @Configuration
 @Import({
 	HapiJpaConfig.class, // JpaConfig + paging provider, fulltext/stale-search services, resource counts
-	JpaBatch2Config.class, // batch2 engine ($expunge / delete-expunge / reindex jobs)
+	JpaBatch2Config.class, // batch2 engine ($export, delete-expunge, reindex jobs)
 	Batch2JobsConfig.class,
 	SubscriptionChannelConfig.class, // in-memory channel used by batch2
 	ThreadPoolFactoryConfig.class // thread pools used by the transaction processor
@@ -56,7 +59,10 @@ import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 public class SandboxServerConfig {
 
 	@Bean
-	public JpaStorageSettings jpaStorageSettings(@Value("${server.port}") int port) {
+	public JpaStorageSettings jpaStorageSettings(
+			@Value("${server.port}") int port,
+			@Value("${sandbox.local-ports:}") String extraLocalPorts,
+			@Value("${sandbox.bulk-export.job-reuse:false}") boolean bulkExportJobReuse) {
 		JpaStorageSettings s = new JpaStorageSettings();
 		// A search run right after a write must see the write: no search-result reuse.
 		s.setReuseCachedSearchResultsForMillis(null);
@@ -71,12 +77,35 @@ public class SandboxServerConfig {
 		s.setAllowExternalReferences(true);
 		s.getTreatBaseUrlsAsLocal().add("http://127.0.0.1:" + port + "/fhir");
 		s.getTreatBaseUrlsAsLocal().add("http://localhost:" + port + "/fhir");
+		// The profile proxies (sandbox/profiles/proxy.py) forward the Host header, so a client
+		// of a proxy sees http://127.0.0.1:<proxy-port>/fhir as the base: local as well.
+		for (String p : extraLocalPorts.split(",")) {
+			if (!p.isBlank()) {
+				s.getTreatBaseUrlsAsLocal().add("http://127.0.0.1:" + p.trim() + "/fhir");
+				s.getTreatBaseUrlsAsLocal().add("http://localhost:" + p.trim() + "/fhir");
+			}
+		}
 		// Bundle.total is always filled in (cheap on a small test DB).
 		s.setDefaultTotalMode(SearchTotalModeEnum.ACCURATE);
 		// Cleanup helpers for tests: $expunge, and conditional deletes matching many resources.
 		s.setExpungeEnabled(true);
 		s.setAllowMultipleDelete(true);
+		// Bulk Data $export (BulkDataExportProvider, batch2 job "BULK_EXPORT"):
+		// - no job reuse: two identical kick-offs are two jobs with two poll URLs (HAPI's
+		//   default, true, would hand back the earlier job; the client's resume logic is
+		//   tested against separate jobs);
+		// - fast tracking: a gated batch2 step that produced a single work chunk triggers the
+		//   next maintenance pass at once instead of waiting for the scheduled one (see
+		//   Batch2MaintenanceInterval for the scheduled pass itself).
+		s.setEnableBulkExportJobReuse(bulkExportJobReuse);
+		s.setJobFastTrackingEnabled(true);
 		return s;
+	}
+
+	/** The batch2 maintenance pass (moves $export jobs along) every second, not every minute. */
+	@Bean
+	public static Batch2MaintenanceInterval batch2MaintenanceInterval() {
+		return new Batch2MaintenanceInterval();
 	}
 
 	@Bean
@@ -139,16 +168,38 @@ public class SandboxServerConfig {
 			@Qualifier(JpaConfig.JPA_VALIDATION_SUPPORT_CHAIN) IValidationSupport validationSupport,
 			DatabaseBackedPagingProvider pagingProvider,
 			CascadingDeleteInterceptor cascadingDeleteInterceptor,
+			BulkDataExportProvider bulkDataExportProvider,
+			@Value("${sandbox.bulk-export.enabled:true}") boolean bulkExportEnabled,
+			@Value("${sandbox.keep-reference-versions-at}") String keepVersionsAt,
 			@Value("${sandbox.fhir-version}") String fhirVersion,
+			@Value("${sandbox.instance-name:main}") String instanceName,
 			@Value("${sandbox.default-page-size:20}") int defaultPageSize,
 			@Value("${sandbox.max-page-size:500}") int maxPageSize) {
-		RestfulServer server = new RestfulServer(systemDao.getContext());
+		FhirContext ctx = systemDao.getContext();
+		// HAPI's parser strips "/_history/N" from every reference it encodes, on write (what
+		// is stored) and on read. Keep the version at these paths, so a Provenance citing
+		// ResearchSubject/x/_history/1 (create) and .../_history/2 (update) stays distinct.
+		List<String> keepAt = Arrays.stream(keepVersionsAt.split(","))
+				.map(String::trim)
+				.filter(x -> !x.isEmpty())
+				.toList();
+		ctx.getParserOptions().setDontStripVersionsFromReferencesAtPaths(keepAt);
+
+		RestfulServer server = new RestfulServer(ctx);
 		server.registerProviders(resourceProviderFactory.createProviders());
 		server.registerProvider(jpaSystemProvider);
+		if (bulkExportEnabled) {
+			// System, Group and Patient level $export, $export-poll-status (GET polls,
+			// DELETE cancels); the NDJSON files are Binary resources (GET Binary/id).
+			server.registerProvider(bulkDataExportProvider);
+		}
 
 		JpaCapabilityStatementProvider capabilities = new JpaCapabilityStatementProvider(
 				server, systemDao, storageSettings, searchParamRegistry, validationSupport);
-		capabilities.setImplementationDescription("HAPI FHIR " + fhirVersion + " test sandbox (in-memory H2)");
+		// "main" is the EHR stand-in; another name (e.g. "research") is a separate server with
+		// its own in-memory database, named in the CapabilityStatement so a test can tell.
+		capabilities.setImplementationDescription("HAPI FHIR " + fhirVersion + " test sandbox"
+				+ ("main".equals(instanceName) ? "" : " '" + instanceName + "'") + " (in-memory H2)");
 		server.setServerConformanceProvider(capabilities);
 
 		// next/prev links come from search results stored in the DB (_getpages=...).

@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--report", type=Path, default=None, metavar="HTML", help="also write the coordinator report"
     )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="files: processes that screen records (default: every core once there are a few hundred "
+        "candidates; 1 screens in this process)",
+    )
     s.add_argument("--patient", action="append", default=[], metavar="ID", help="server: screen this patient")
     s.add_argument("--group", metavar="ID", help="server: screen the members of this Group")
     s.add_argument("--write-back", action="store_true", help="server: write ResearchSubject + Provenance")
@@ -207,12 +215,15 @@ def screen_settings(args: argparse.Namespace) -> ScreenSettings:
         patients=tuple(args.patient),
         group=args.group,
         write_back=args.write_back,
+        workers=args.workers,
     )
 
 
 def _screen(args: argparse.Namespace) -> int:
     from fhir_adapter.screen import run_screen
 
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     return run_screen(screen_settings(args), progress=_Progress())
 
 

@@ -5,20 +5,25 @@ Per patient, failures stay that patient's: a record the source could not fetch, 
 refused or lost, even a bug in an evaluation, become an ``InputProblem`` naming the patient, and the
 loop goes on. What dooms every later patient is raised: authentication refused after a token refresh,
 or ``max_consecutive_failures`` patients failing in a row (a server that is down, not a patient that is
-odd).
+odd). File records may be screened by a pool of worker processes (:mod:`fhir_adapter.workers`); the
+loop hands the results to the sinks in source order either way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from fhir_adapter import logs
 from fhir_adapter.errors import AdapterError, AuthError, LockedError, SystemicFailure
-from fhir_adapter.model import InputProblem, SubjectResult
+from fhir_adapter.model import InputProblem, PatientRecord, SubjectResult
 from fhir_adapter.screening import Screener
-from fhir_adapter.source.base import Absent, Screenable, Source
+from fhir_adapter.source.base import Absent, Screenable, Source, SourceItem, Unbuilt
+from fhir_adapter.workers import Evaluated, WorkerPool, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +31,21 @@ Progress = Callable[[int, int], None]
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
 
 
-class Sink(Protocol):
-    """Receives each patient's results (one per trial, in the screener's order)."""
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """One patient's results (one per trial, in the screener's order) and what sinks need besides."""
 
-    def accept(self, item: Screenable, results: Sequence[SubjectResult]) -> list[InputProblem]:
+    patient_id: str
+    results: tuple[SubjectResult, ...]
+    versions: Mapping[str, str] = field(default_factory=dict)  # for the Provenance (server sources)
+    requests: int | None = None  # HTTP requests the record cost (server sources)
+    record: PatientRecord | None = None  # None when a worker process screened it
+
+
+class Sink(Protocol):
+    """Receives each patient's results, in source order."""
+
+    def accept(self, screened: Screened) -> list[InputProblem]:
         """Take the results; return this patient's problems (a refused write-back), never raise for
         them."""
         ...
@@ -43,6 +59,19 @@ class Sink(Protocol):
         ...
 
 
+@contextlib.contextmanager
+def _few_collections() -> Iterator[None]:
+    """Parsed FHIR JSON is acyclic: the cyclic collector only costs time on it (a third of a screen)."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 def run(
     source: Source,
     screener: Screener,
@@ -50,61 +79,98 @@ def run(
     *,
     progress: Progress | None = None,
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    pool: WorkerPool | None = None,
 ) -> list[InputProblem]:
     """Screen every patient the source yields; returns every problem of the run, in order."""
     problems: list[InputProblem] = []
     total = source.expected() if progress is not None else None
     done = 0
     in_a_row = 0
-    for item in source.records():
-        if isinstance(item, InputProblem):
-            problems.append(item)
-            patient = _patient_of(item)
-            if patient is None:
-                continue  # a file or line that could not be read: no patient to count
-            for sink in sinks:
-                sink.failed(patient, item)
-            failed = True
-        elif isinstance(item, Absent):
-            for sink in sinks:
-                sink.absent(item.patient_id)
-            failed = False
-        else:
-            own = _screen_one(item, screener, sinks)
-            problems.extend(own)
-            failed = bool(own)
-        done += 1
-        in_a_row = in_a_row + 1 if failed else 0
-        if max_consecutive_failures and in_a_row >= max_consecutive_failures:
-            raise SystemicFailure(
-                f"{in_a_row} patients in a row could not be screened or written (last: "
-                f"{problems[-1].reason[:200]}); stopping: the server, not the patients, looks like the "
-                "problem"
-            )
-        if progress is not None and total:
-            progress(done, total)
+    with _few_collections():
+        for item, evaluated in _evaluated(source.records(), screener, pool):
+            if isinstance(item, InputProblem):
+                problems.append(item)
+                patient = _patient_of(item)
+                if patient is None:
+                    continue  # a file or line that could not be read: no patient to count
+                for sink in sinks:
+                    sink.failed(patient, item)
+                failed = True
+            elif isinstance(item, Absent):
+                for sink in sinks:
+                    sink.absent(item.patient_id)
+                failed = False
+            else:
+                assert evaluated is not None
+                own = _deliver(item, evaluated, sinks, problems)
+                failed = bool(own)
+            done += 1
+            in_a_row = in_a_row + 1 if failed else 0
+            if max_consecutive_failures and in_a_row >= max_consecutive_failures:
+                raise SystemicFailure(
+                    f"{in_a_row} patients in a row could not be screened or written (last: "
+                    f"{problems[-1].reason[:200]}); stopping: the server, not the patients, looks like the "
+                    "problem"
+                )
+            if progress is not None and total:
+                progress(done, total)
     return problems
 
 
-def _screen_one(item: Screenable, screener: Screener, sinks: Sequence[Sink]) -> list[InputProblem]:
-    patient = f"Patient/{item.record.patient_id}"
+def _evaluated(
+    items: Iterator[SourceItem], screener: Screener, pool: WorkerPool | None
+) -> Iterator[tuple[SourceItem, Evaluated | None]]:
+    if pool is not None:
+        yield from pool.ordered(items, lambda item: isinstance(item, Unbuilt))
+        return
+    for item in items:
+        if isinstance(item, Unbuilt):
+            yield item, evaluate(item.raw, screener, item.medication)
+        elif isinstance(item, Screenable):
+            yield item, _screen_built(item, screener)
+        else:
+            yield item, None
+
+
+def _screen_built(item: Screenable, screener: Screener) -> Evaluated:
+    pid = item.record.patient_id
     try:
-        results = screener.screen(item.record)
+        return Evaluated(pid, screener.screen(item.record), ())
     except Exception as exc:  # a bug in one evaluation must not sink the run; where, never what
-        problem = _internal(patient, "screening", exc)
+        return Evaluated(pid, None, (), _internal(f"Patient/{pid}", "screening", exc))
+
+
+def _deliver(
+    item: SourceItem, evaluated: Evaluated, sinks: Sequence[Sink], problems: list[InputProblem]
+) -> list[InputProblem]:
+    """Hand one evaluated patient to every sink; returns this patient's own failures."""
+    problems.extend(evaluated.problems)
+    pid = evaluated.patient_id
+    if evaluated.results is None:
+        assert evaluated.failure is not None
+        problems.append(evaluated.failure)
         for sink in sinks:
-            sink.failed(item.record.patient_id, problem)
-        return [problem]
+            sink.failed(pid, evaluated.failure)
+        return [evaluated.failure]
+    screened = Screened(
+        pid,
+        evaluated.results,
+        versions=item.versions if isinstance(item, Screenable) else {},
+        requests=item.requests if isinstance(item, Screenable) else None,
+        record=item.record if isinstance(item, Screenable) else None,
+    )
+    patient = f"Patient/{pid}"
     own: list[InputProblem] = []
     for sink in sinks:
         try:
-            own.extend(sink.accept(item, results))
+            own.extend(sink.accept(screened))
         except (AuthError, LockedError, SystemicFailure):
             raise
         except AdapterError as exc:
             own.append(InputProblem(patient, str(exc), resource=patient))
         except Exception as exc:
             own.append(_internal(patient, type(sink).__name__, exc))
+    problems.extend(own)
     return own
 
 

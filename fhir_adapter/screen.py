@@ -11,9 +11,8 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from fhir_adapter.client.factory import open_client
 from fhir_adapter.config.loader import load_trials
 from fhir_adapter.config.types import Mappings
 from fhir_adapter.errors import ExitCode, UsageError
@@ -25,11 +24,10 @@ from fhir_adapter.screening import Screener
 from fhir_adapter.settings import ScreenSettings
 from fhir_adapter.source.base import Source
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.source.records import Strategy
-from fhir_adapter.source.server import ServerSource
-from fhir_adapter.writeback.resources import release_of
-from fhir_adapter.writeback.sink import WriteBackSink
-from fhir_adapter.writeback.subjects import WriteBack
+from fhir_adapter.workers import WorkerPool, default_workers
+
+if TYPE_CHECKING:
+    from fhir_adapter.source.records import Strategy
 
 
 def load_screener(settings: ScreenSettings) -> Screener:
@@ -49,6 +47,13 @@ def run_screen(
     screener = load_screener(settings)
     paths = _check_outputs(settings, screener.trials)
     if settings.server is not None:
+        # The server path's modules (requests, JWT, the FHIR models) load only when a server is used.
+        from fhir_adapter.client.factory import open_client
+        from fhir_adapter.source.server import ServerSource
+        from fhir_adapter.writeback.resources import release_of
+        from fhir_adapter.writeback.sink import WriteBackSink
+        from fhir_adapter.writeback.subjects import WriteBack
+
         if settings.paths:
             raise UsageError("give PATHs or --server, not both")
         if settings.patients and settings.group:
@@ -77,11 +82,26 @@ def run_screen(
         if settings.write_back or settings.patients or settings.group:
             raise UsageError("--write-back, --patient and --group need --server")
         with FileSource(settings.paths, screener) as files:
-            problems = _run(files, screener, paths, [], progress, out)
+            workers = _workers(settings.workers, files)
+            if workers > 1:
+                with WorkerPool(workers, settings.rules, settings.as_of, files.index_path) as pool:
+                    problems = _run(files, screener, paths, [], progress, out, pool)
+            else:
+                problems = _run(files, screener, paths, [], progress, out)
             lines = files.summary()
     print("\n".join(lines), file=out)
     _reports(settings, screener.trials, paths)
     return ExitCode.PARTIAL if problems else ExitCode.OK
+
+
+# Below this many candidates, starting processes costs more than it saves.
+AUTO_WORKERS_FROM = 200
+
+
+def _workers(wanted: int | None, files: FileSource) -> int:
+    if wanted is not None:
+        return wanted
+    return default_workers() if files.candidates() >= AUTO_WORKERS_FROM else 1
 
 
 def _check_outputs(settings: ScreenSettings, trials: Sequence[Mappings]) -> list[Path | None]:
@@ -104,10 +124,11 @@ def _run(
     sinks: list[Sink],
     progress: Progress | None,
     out: TextIO,
+    pool: WorkerPool | None = None,
 ) -> list[InputProblem]:
     results = ResultSink(screener.trials, paths, screener.as_of, source.description)
     try:
-        problems = run(source, screener, [results, *sinks], progress=progress)
+        problems = run(source, screener, [results, *sinks], progress=progress, pool=pool)
         results.close(problems)
     except BaseException:
         results.abort()  # never leave half a result where a scheduled job would read it

@@ -90,3 +90,5 @@ class ScreenSettings:
     patients: tuple[str, ...] = ()
     group: str | None = None
     write_back: bool = False
+    # Processes screening file records; None: every core, once there are enough records to be worth it.
+    workers: int | None = 1

@@ -60,7 +60,7 @@ def test_what_the_scan_answers_is_what_parsing_gives_for_every_real_resource() -
         b'{"resourceType":"Observation","subject":{"reference":"Group/g1"},"patient":{"reference":"Patient/p1"}}',
         b'{"resourceType":"Observation"}',
         b'{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation"}}]}',
-        b'not json at all',
+        b"not json at all",
     ],
 )
 def test_the_scan_declines_whenever_the_bytes_leave_doubt(line: bytes) -> None:
@@ -84,7 +84,9 @@ def test_escaped_json_screens_exactly_like_plain_json(tmp_path: Path) -> None:
             assert isinstance(resource, Item)
             text = json.dumps(resource.resource, ensure_ascii=ensure_ascii)
             if ensure_ascii:  # escape the type names too: "\\u0043ondition"
-                text = text.replace('"Condition"', '"\\u0043ondition"').replace('"Patient/', '"\\u0050atient/')
+                text = text.replace('"Condition"', '"\\u0043ondition"').replace(
+                    '"Patient/', '"\\u0050atient/'
+                )
             by_type.setdefault(resource.resource["resourceType"], []).append(text)
         for rtype, lines in by_type.items():
             (folder / f"{rtype}.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")

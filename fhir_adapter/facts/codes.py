@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from fhir_adapter.config.types import Concept
 from fhir_adapter.facts.fhirjson import codings, texts
 from fhir_adapter.model import Resource
@@ -47,6 +49,10 @@ def lowered_text_matches(concept: Concept, lowered: list[str]) -> bool:
     return any(t in low for low in lowered for t in concept.text)
 
 
+_NONE: frozenset[str] = frozenset()
+_MAX_KEY = 1024
+
+
 class ConceptMatcher:
     """Every concept of the mappings, compiled once: the concepts a CodeableConcept belongs to.
 
@@ -71,8 +77,25 @@ class ConceptMatcher:
         self._text_concepts = tuple(c for c in concepts.values() if c.text or c.text_exact)
         self._code_cache: dict[tuple[str, str], frozenset[str]] = {}
         self._text_cache: dict[tuple[str, ...], frozenset[str]] = {}
+        self._cc_cache: dict[bytes, frozenset[str]] = {}
 
     def concepts_of(self, cc: Any) -> frozenset[str]:
+        if not isinstance(cc, dict):
+            return _NONE
+        # The same lab, drug or diagnosis code arrives thousands of times: its serialised form is a
+        # cheaper key than walking its codings again (bounded: long texts are not cached).
+        key = orjson.dumps(cc)
+        if len(key) <= _MAX_KEY:
+            hit = self._cc_cache.get(key)
+            if hit is None:
+                hit = self._compute(cc)
+                if len(self._cc_cache) >= self._CACHE_LIMIT:
+                    self._cc_cache.clear()
+                self._cc_cache[key] = hit
+            return hit
+        return self._compute(cc)
+
+    def _compute(self, cc: Any) -> frozenset[str]:
         found: set[str] = set()
         systems: set[str] = set()
         for system, code, _ in codings(cc):

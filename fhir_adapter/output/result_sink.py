@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fhir_adapter.config.types import Mappings
-from fhir_adapter.model import InputProblem, SubjectResult
+from fhir_adapter.model import InputProblem
 from fhir_adapter.output.result_file import ResultWriter
-from fhir_adapter.source.base import Screenable
+
+if TYPE_CHECKING:
+    from fhir_adapter.pipeline import Screened
 
 
 def result_paths(
@@ -43,9 +46,9 @@ class ResultSink:
             for m, path in zip(self.trials, paths, strict=True)
         ]
 
-    def accept(self, item: Screenable, results: Sequence[SubjectResult]) -> list[InputProblem]:
-        extra = {"requests": item.requests} if item.requests is not None else None
-        for writer, subject in zip(self.writers, results, strict=True):
+    def accept(self, screened: Screened) -> list[InputProblem]:
+        extra = {"requests": screened.requests} if screened.requests is not None else None
+        for writer, subject in zip(self.writers, screened.results, strict=True):
             writer.subject(subject, extra=extra)
         return []
 

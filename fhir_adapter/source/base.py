@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fhir_adapter.model import InputProblem, PatientRecord
+from fhir_adapter.source.grouping import MedicationLookup, RawRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +29,22 @@ class Screenable:
 
 
 @dataclass(frozen=True, slots=True)
+class Unbuilt:
+    """A patient's rows as a file source spooled them: parsed and built where the patient is screened
+    (this process, or a worker process: see :mod:`fhir_adapter.workers`)."""
+
+    raw: RawRecord
+    medication: MedicationLookup  # Medications by reference, for building in this process
+
+
+@dataclass(frozen=True, slots=True)
 class Absent:
     """A patient the source was asked for but no longer has (deleted on the server)."""
 
     patient_id: str
 
 
-SourceItem = Screenable | Absent | InputProblem
+SourceItem = Screenable | Unbuilt | Absent | InputProblem
 
 
 class Source(Protocol):

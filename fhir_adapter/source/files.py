@@ -13,7 +13,7 @@ from types import TracebackType
 
 from fhir_adapter.model import InputProblem
 from fhir_adapter.screening import Screener
-from fhir_adapter.source.base import Screenable, SourceItem
+from fhir_adapter.source.base import SourceItem, Unbuilt
 from fhir_adapter.source.patient_index import PatientIndex
 
 
@@ -47,18 +47,25 @@ class FileSource:
     def expected(self) -> int | None:
         return self._build().count()
 
+    def candidates(self) -> int:
+        """How many patients will be screened in full (the others fail every gate)."""
+        return self._build().candidate_count()
+
     def records(self) -> Iterator[SourceItem]:
         index = self._build()
         yield from index.problems
         for pid, is_candidate in index.patients():
             if not is_candidate:
-                yield Screenable(index.stub(pid))
+                yield Unbuilt(index.stub(pid), index.medication)
                 continue
             if not index.has_patient(pid):
                 yield InputProblem("(input)", f"Patient/{pid} is referenced but not in the input")
-            record, problems = index.record(pid)
-            yield from problems
-            yield Screenable(record)
+            yield Unbuilt(index.raw(pid), index.medication)
+
+    @property
+    def index_path(self) -> Path:
+        """The on-disk index (worker processes read Medications from it)."""
+        return self._build().path
 
     def summary(self) -> list[str]:
         index = self._build()

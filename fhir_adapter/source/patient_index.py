@@ -18,28 +18,31 @@ candidate's corrupt line is reported (file and line) when its record is built.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import tempfile
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
 
-from fhir_adapter.facts.fhirjson import patient_of, ref_id
+from fhir_adapter.facts.fhirjson import patient_of
 from fhir_adapter.model import InputProblem, PatientRecord, Resource
 from fhir_adapter.screening import Gate
 from fhir_adapter.settings import ReadLimits
+from fhir_adapter.source.grouping import RawRecord, Row, build
 from fhir_adapter.source.reader import Item, Line, parse_line, read_raw
 from fhir_adapter.source.scan import scan
 
 log = logging.getLogger(__name__)
 
-_MED_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
 # Counts of the gate's types are flushed to disk in batches, so pass 1 holds no per-patient table.
 _FLUSH_EVERY = 50_000
+# Candidates' rows stay in memory up to this many bytes, then everything moves to the SQLite file: a small
+# run never touches the disk, a large one holds no more than this.
+SPOOL_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 def line_filter(types: Iterable[str]) -> tuple[bytes, ...]:
@@ -60,10 +63,12 @@ class PatientIndex:
         gate: Gate | None = None,
         types: frozenset[str] | None = None,
         limits: ReadLimits | None = None,
+        spool_memory_bytes: int = SPOOL_MEMORY_BYTES,
     ) -> None:
         """``types``: the resource types worth keeping (what the trials read); None keeps all."""
         self._tmp = tempfile.TemporaryDirectory(prefix="fhir-adapter-", dir=workdir)
-        self.db = sqlite3.connect(Path(self._tmp.name) / "index.sqlite")
+        self.path = Path(self._tmp.name) / "index.sqlite"
+        self.db = sqlite3.connect(self.path)
         self.db.executescript(
             """
             PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
@@ -81,6 +86,10 @@ class PatientIndex:
         self.resources_read = 0
         # Resources of a type no criterion reads, by type: a misspelled resourceType shows up here.
         self.skipped_types: Counter[str] = Counter()
+        self._memory: dict[str, list[Row]] | None = {}  # None once spilled to the SQLite file
+        self._memory_bytes = 0
+        self._memory_limit = spool_memory_bytes
+        self._batch: list[tuple[str, str, bytes, str, int | None]] = []
 
     def __enter__(self) -> PatientIndex:
         return self
@@ -93,7 +102,6 @@ class PatientIndex:
         paths = list(paths)
         if not self.gate.everyone:
             self._find_candidates(paths)
-        batch: list[tuple[str, str, bytes, str, int | None]] = []
         candidates = None if self.gate.everyone else self._candidate_set()
         patients: list[tuple[str]] = []
         for item in read_raw(paths, limits=self.limits):
@@ -107,7 +115,7 @@ class PatientIndex:
                     if self.types is not None and hit.resource_type not in self.types:
                         self.skipped_types[hit.resource_type] += 1
                     elif candidates is None or hit.patient in candidates:
-                        batch.append((hit.patient, hit.resource_type, item.data, item.file, item.line))
+                        self._spool(hit.patient, Row(hit.resource_type, item.data, item.file, item.line))
                     continue
                 parsed: Iterable[Item | InputProblem] = parse_line(item)
             else:
@@ -117,20 +125,46 @@ class PatientIndex:
                     self.problems.append(one)
                 else:
                     self.resources_read += 1
-                    self._take(one, candidates, batch, patients)
-            if len(batch) >= 2000:
-                self.db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?)", batch)
-                batch.clear()
+                    self._take(one, candidates, patients)
             if len(patients) >= 2000:
                 self.db.executemany("INSERT OR IGNORE INTO patient VALUES (?)", patients)
                 patients.clear()
-        self.db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?)", batch)
+        self._flush()
         self.db.executemany("INSERT OR IGNORE INTO patient VALUES (?)", patients)
         if candidates is None:
             self.db.execute("INSERT OR IGNORE INTO candidate SELECT pid FROM patient")
+            if self._memory is not None:
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO candidate VALUES (?)", ((p,) for p in self._memory)
+                )
             self.db.execute("INSERT OR IGNORE INTO candidate SELECT DISTINCT pid FROM res")
         self.db.execute("CREATE INDEX res_pid ON res (pid)")
         self.db.commit()
+
+    def _spool(self, pid: str, row: Row) -> None:
+        if self._memory is not None:
+            self._memory.setdefault(pid, []).append(row)
+            self._memory_bytes += len(row.body) + 100
+            if self._memory_bytes > self._memory_limit:
+                self._spill()
+            return
+        self._batch.append((pid, row.rtype, row.body, row.file, row.line))
+        if len(self._batch) >= 2000:
+            self._flush()
+
+    def _spill(self) -> None:
+        assert self._memory is not None
+        memory, self._memory = self._memory, None
+        log.info("candidates' resources exceed %d bytes: spooling to disk", self._memory_limit)
+        self.db.executemany(
+            "INSERT INTO res VALUES (?, ?, ?, ?, ?)",
+            ((pid, r.rtype, r.body, r.file, r.line) for pid, rows in memory.items() for r in rows),
+        )
+
+    def _flush(self) -> None:
+        if self._batch:
+            self.db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?)", self._batch)
+            self._batch.clear()
 
     def _find_candidates(self, paths: list[Path]) -> None:
         """Pass 1: only lines that mention one of the gate's types are parsed at all."""
@@ -172,19 +206,15 @@ class PatientIndex:
         # Candidates are the patients a gate may admit: a few percent of an export, so their ids fit.
         return frozenset(r[0] for r in self.db.execute("SELECT pid FROM candidate"))
 
-    def _take(
-        self,
-        item: Item,
-        candidates: frozenset[str] | None,
-        batch: list[tuple[str, str, bytes, str, int | None]],
-        patients: list[tuple[str]],
-    ) -> None:
+    def _take(self, item: Item, candidates: frozenset[str] | None, patients: list[tuple[str]]) -> None:
         resource = item.resource
         rtype = resource["resourceType"]
         where = f" line {item.line}" if item.line else ""
         if not _TYPE_NAME.fullmatch(rtype):
             self.problems.append(
-                InputProblem(item.file, f"resourceType {rtype[:40]!r} is not a FHIR resource type", line=item.line)
+                InputProblem(
+                    item.file, f"resourceType {rtype[:40]!r} is not a FHIR resource type", line=item.line
+                )
             )
             return
         if rtype == "Medication":
@@ -207,7 +237,7 @@ class PatientIndex:
         if rtype == "Patient":
             patients.append((pid,))
         if candidates is None or pid in candidates:
-            batch.append((pid, rtype, orjson.dumps(resource), item.file, item.line))
+            self._spool(pid, Row(rtype, orjson.dumps(resource), item.file, item.line))
 
     def patients(self) -> Iterator[tuple[str, bool]]:
         """(patient id, is a candidate) of every patient in the input, sorted by id.
@@ -228,63 +258,33 @@ class PatientIndex:
         ).fetchone()
         return int(row[0])
 
+    def candidate_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM candidate").fetchone()[0])
+
     def has_patient(self, pid: str) -> bool:
         return self.db.execute("SELECT 1 FROM patient WHERE pid = ?", (pid,)).fetchone() is not None
 
-    def stub(self, pid: str) -> PatientRecord:
+    def stub(self, pid: str) -> RawRecord:
         """A patient no gate can admit: no resources, only how many of the gate's types it has."""
         counts = dict(self.db.execute("SELECT rtype, n FROM counts WHERE pid = ?", (pid,)).fetchall())
         for rtype in self.gate.types:
             counts.setdefault(rtype, 0)
-        return PatientRecord(patient_id=pid, patient=None, counts=counts)
+        return RawRecord(pid, (), counts)
+
+    def raw(self, pid: str) -> RawRecord:
+        """The candidate's rows, unparsed (parsed where the record is screened, maybe another process)."""
+        if self._memory is not None:
+            return RawRecord(pid, tuple(self._memory.pop(pid, ())))
+        rows = self.db.execute("SELECT rtype, body, file, line FROM res WHERE pid = ? ORDER BY rowid", (pid,))
+        return RawRecord(pid, tuple(Row(*r) for r in rows))
+
+    def medication(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT body FROM med WHERE key = ?", (key,)).fetchone()
+        return bytes(row[0]) if row else None
 
     def record(self, pid: str) -> tuple[PatientRecord, list[InputProblem]]:
         """The patient's record, and the problems of its lines (spooled unparsed, parsed only now)."""
-        grouped: dict[str, list[Resource]] = {}
-        seen: set[tuple[str, str]] = set()
-        problems: list[InputProblem] = []
-        for rtype, body, file, line in self.db.execute(
-            "SELECT rtype, body, file, line FROM res WHERE pid = ? ORDER BY rowid", (pid,)
-        ):
-            try:
-                resource = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                problems.append(InputProblem(file, "not valid JSON", line=line))
-                continue
-            if not isinstance(resource, dict):
-                problems.append(InputProblem(file, "JSON is not a FHIR resource (not an object)", line=line))
-                continue
-            key = (rtype, str(resource.get("id", "")))
-            if key[1] and key in seen:  # the same resource in two files (Bundle + NDJSON): keep the first
-                continue
-            seen.add(key)
-            grouped.setdefault(rtype, []).append(resource)
-        patients = grouped.pop("Patient", [])
-        meds = self._medications(grouped)
-        record = PatientRecord(
-            patient_id=pid,
-            patient=patients[0] if patients else None,
-            resources={k: tuple(v) for k, v in grouped.items()},
-            medications=meds,
-        )
-        return record, problems
-
-    def _medications(self, grouped: dict[str, list[Resource]]) -> dict[str, Resource]:
-        keys = set()
-        for rtype in _MED_TYPES:
-            for r in grouped.get(rtype, []):
-                r5 = r.get("medication")
-                ref = ref_id(r.get("medicationReference")) or ref_id(
-                    r5.get("reference") if isinstance(r5, dict) else None
-                )
-                if ref and ref.startswith("Medication/"):
-                    keys.add(ref)
-        out = {}
-        for key in keys:
-            row = self.db.execute("SELECT body FROM med WHERE key = ?", (key,)).fetchone()
-            if row:
-                out[key] = orjson.loads(row[0])
-        return out
+        return build(self.raw(pid), self.medication)
 
 
 def _shown_id(resource: Resource) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from fhir_adapter.config.types import Mappings
 from fhir_adapter.model import InputProblem, SubjectResult
-from fhir_adapter.source.base import Screenable
+from fhir_adapter.pipeline import Screened
 from fhir_adapter.sync.manifest import Counts
 from fhir_adapter.sync.recheck import next_recheck
 from fhir_adapter.sync.state import State, StoredResult
@@ -43,8 +43,9 @@ class SyncSink:
     recovered: set[str]  # queued by a run that did not finish: their Provenance may be missing
     problems: list[InputProblem] = field(default_factory=list)
 
-    def accept(self, item: Screenable, results: Sequence[SubjectResult]) -> list[InputProblem]:
-        pid = item.record.patient_id
+    def accept(self, screened: Screened) -> list[InputProblem]:
+        pid, results = screened.patient_id, screened.results
+        assert screened.record is not None  # sync screens server records in this process
         known = self.state.patient(pid)
         if known is None and not any(r.gate_met for r in results):
             self.counts.not_candidate += 1  # no trial admits the patient: nothing to write or remember
@@ -53,7 +54,7 @@ class SyncSink:
         self.counts.evaluated += 1
         problems: list[InputProblem] = []
         if self.writeback is not None:
-            problems = self.writeback.accept(item, results)
+            problems = self.writeback.accept(screened)
             for wb, outcome, subject in zip(
                 self.writeback.writebacks, self.writeback.outcomes, results, strict=True
             ):
@@ -61,7 +62,7 @@ class SyncSink:
                 if (
                     outcome.action is Action.UNCHANGED
                     and pid in self.recovered
-                    and wb.ensure_provenance(subject, item.versions)
+                    and wb.ensure_provenance(subject, screened.versions)
                 ):
                     log.info("patient %s: wrote the Provenance an interrupted run left out", pid)
             if problems:
@@ -79,7 +80,8 @@ class SyncSink:
                 StoredResult(m.trial.study, pid, result_hash(r), r.status.value, r.gate_met, r.to_json())
                 for m, r in zip(self.trials, results, strict=True)
             ]
-            self.state.record_results(pid, stored, next_recheck(item.record, self.trials[0], self.as_of))
+            recheck = next_recheck(screened.record, self.trials[0], self.as_of)
+            self.state.record_results(pid, stored, recheck)
         self._done(pid)
         return []
 

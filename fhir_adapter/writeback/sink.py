@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from fhir_adapter.model import InputProblem, SubjectResult
-from fhir_adapter.source.base import Screenable
+from fhir_adapter.model import InputProblem
+
+if TYPE_CHECKING:
+    from fhir_adapter.pipeline import Screened
 from fhir_adapter.writeback.subjects import Action, Outcome, WriteBack
 
 
@@ -23,11 +25,11 @@ class WriteBackSink:
         for wb in self.writebacks:
             wb.prepare()
 
-    def accept(self, item: Screenable, results: Sequence[SubjectResult]) -> list[InputProblem]:
+    def accept(self, screened: Screened) -> list[InputProblem]:
         problems: list[InputProblem] = []
         self.outcomes = []
-        for wb, subject in zip(self.writebacks, results, strict=True):
-            outcome = wb.write(subject, item.versions)
+        for wb, subject in zip(self.writebacks, screened.results, strict=True):
+            outcome = wb.write(subject, screened.versions)
             self.outcomes.append(outcome)
             study = wb.trial.study
             if wb.dry_run or outcome.action is Action.FAILED or outcome.provenance_error:

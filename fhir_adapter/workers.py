@@ -1,0 +1,112 @@
+"""Screen file records on every core: a process pool that builds and screens records, in order.
+
+Each worker loads the same rules (the run's trial ids, overlays and as-of date) and screens the rows the
+file source spooled: parsing and evaluating happen in the workers, the reading and the writing of
+results in the main process. Results come back in the order the records went out, so the result file is
+byte-identical to one written with one worker, and no more than ``window`` records are in flight, so
+memory stays bounded whatever the size of the export.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sqlite3
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fhir_adapter import logs
+from fhir_adapter.model import InputProblem, SubjectResult
+from fhir_adapter.settings import RuleSettings
+from fhir_adapter.source.grouping import RawRecord, build
+
+log = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluated:
+    """What screening one record gave: its results, or the failure, and problems of its rows."""
+
+    patient_id: str
+    results: tuple[SubjectResult, ...] | None
+    problems: tuple[InputProblem, ...]  # rows that were not JSON objects (the patient is still screened)
+    failure: InputProblem | None = None
+
+
+def evaluate(raw: RawRecord, screener: Any, medication: Any) -> Evaluated:
+    """Build and screen one record; a bug in either becomes this patient's failure, never an exception."""
+    patient = f"Patient/{raw.patient_id}"
+    try:
+        record, problems = build(raw, medication)
+        return Evaluated(raw.patient_id, screener.screen(record), tuple(problems))
+    except Exception as exc:  # where, never what: the message may quote the data
+        log.warning("%s: screening failed: %s", patient, logs.where(exc))
+        failure = InputProblem(
+            patient, f"internal error in screening ({type(exc).__name__})", resource=patient
+        )
+        return Evaluated(raw.patient_id, None, (), failure)
+
+
+# -- the worker side ---------------------------------------------------------------------------------------
+_STATE: dict[str, Any] = {}
+
+
+def _start(rules: RuleSettings, as_of: Any, index: str) -> None:
+    from fhir_adapter.config.loader import load_trials
+    from fhir_adapter.screening import Screener
+
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)  # parsed JSON is acyclic: collecting it is pure overhead
+    db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, check_same_thread=False)
+    _STATE["db"] = db
+    _STATE["screener"] = Screener(load_trials(rules.trials, rules.overlays, rules.mappings_dir), as_of)
+
+
+def _medication(key: str) -> bytes | None:
+    row = _STATE["db"].execute("SELECT body FROM med WHERE key = ?", (key,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def _work(raw: RawRecord) -> Evaluated:
+    return evaluate(raw, _STATE["screener"], _medication)
+
+
+# -- the main side -----------------------------------------------------------------------------------------
+class WorkerPool:
+    """``workers`` processes screening records of one run. Use as a context manager."""
+
+    def __init__(self, workers: int, rules: RuleSettings, as_of: Any, index: Path, window: int = 0) -> None:
+        self.workers = workers
+        self.window = window or workers * 8
+        self._executor = ProcessPoolExecutor(workers, initializer=_start, initargs=(rules, as_of, str(index)))
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def ordered(self, items: Iterator[Any], is_raw: Any) -> Iterator[tuple[Any, Evaluated | None]]:
+        """Each item with its evaluation (None for items that are not raw records), in input order."""
+        pending: deque[tuple[Any, Future[Evaluated] | None]] = deque()
+        for item in items:
+            future = self._executor.submit(_work, item.raw) if is_raw(item) else None
+            pending.append((item, future))
+            while len(pending) > self.window or (pending and (pending[0][1] is None or pending[0][1].done())):
+                head, done = pending.popleft()
+                yield head, done.result() if done is not None else None
+        while pending:
+            head, done = pending.popleft()
+            yield head, done.result() if done is not None else None

@@ -84,7 +84,10 @@ class ConceptMatcher:
             return _NONE
         # The same lab, drug or diagnosis code arrives thousands of times: its serialised form is a
         # cheaper key than walking its codings again (bounded: long texts are not cached).
-        key = orjson.dumps(cc)
+        try:
+            key = orjson.dumps(cc)
+        except orjson.JSONEncodeError:  # nested too deeply to serialise: no cache, same answer
+            return self._compute(cc)
         if len(key) <= _MAX_KEY:
             hit = self._cc_cache.get(key)
             if hit is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from fhir_adapter.config.types import MedicationRules, UnitTable
 from fhir_adapter.facts import units
+from fhir_adapter.facts.fhirjson import to_decimal
 from fhir_adapter.model import Resource
 
 _STRENGTH_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(MG|MCG|G)\b(?!\s*/)", re.IGNORECASE)
@@ -20,12 +21,7 @@ _TO_MG = {"mg": Decimal(1), "mcg": Decimal("0.001"), "g": Decimal(1000)}
 
 
 def _decimal(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        return Decimal(str(value))
-    except ArithmeticError:
-        return None
+    return to_decimal(value)
 
 
 def strength_from_medication(medication: Resource | None, table: UnitTable) -> Decimal | None:

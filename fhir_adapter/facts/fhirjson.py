@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fhir_adapter.model import Resource
@@ -159,3 +160,25 @@ def patient_of(resource: Resource) -> str | None:
         if ref and ref.startswith("Patient/"):
             return ref[len("Patient/") :]
     return None
+
+
+# Beyond this a number is not a lab value, a dose or a score but noise: "1e999999" must not become a
+# Decimal that a later quantize() or division cannot handle.
+_MAX_EXPONENT = 30
+
+
+def to_decimal(value: Any) -> Decimal | None:
+    """A JSON number or numeric string as an exact Decimal; None for anything else: booleans, "NaN",
+    "Infinity", or a magnitude no measurement has."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    text = str(value).strip().replace(",", ".") if isinstance(value, str) else repr(value)
+    if len(text) > 64:
+        return None
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not number.is_finite() or abs(number.adjusted()) > _MAX_EXPONENT:
+        return None
+    return number

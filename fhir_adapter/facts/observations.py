@@ -6,7 +6,7 @@ import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from fhir_adapter.config.types import Concept, UnitTable
@@ -17,6 +17,7 @@ from fhir_adapter.facts.fhirjson import (
     effective_instant,
     instant,
     is_ignored,
+    to_decimal,
 )
 from fhir_adapter.model import Resource
 
@@ -41,13 +42,8 @@ class Dated:
 
 
 def _to_decimal(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        # repr of a float is its shortest round-trip form: 52.0 stays "52.0", never 52.000000001.
-        return Decimal(str(value).replace(",", "."))
-    except InvalidOperation:
-        return None
+    # repr of a float is its shortest round-trip form: 52.0 stays "52.0", never 52.000000001.
+    return to_decimal(value)
 
 
 def in_window(resources: tuple[Resource, ...], as_of: dt.date, start: dt.date | None) -> list[Dated]:

@@ -217,12 +217,16 @@ class PatientIndex:
                 )
             )
             return
+        body = _dumped(resource)
+        if body is None:
+            self.problems.append(
+                InputProblem(item.file, f"{rtype}/{_shown_id(resource)} is nested too deeply: skipped", line=item.line)
+            )
+            return
         if rtype == "Medication":
             rid = resource.get("id")
             if isinstance(rid, str):
-                self.db.execute(
-                    "INSERT OR REPLACE INTO med VALUES (?, ?)", (f"Medication/{rid}", orjson.dumps(resource))
-                )
+                self.db.execute("INSERT OR REPLACE INTO med VALUES (?, ?)", (f"Medication/{rid}", body))
             return
         if self.types is not None and rtype not in self.types and rtype != "Patient":
             self.skipped_types[rtype] += 1
@@ -237,7 +241,7 @@ class PatientIndex:
         if rtype == "Patient":
             patients.append((pid,))
         if candidates is None or pid in candidates:
-            self._spool(pid, Row(rtype, orjson.dumps(resource), item.file, item.line))
+            self._spool(pid, Row(rtype, body, item.file, item.line))
 
     def patients(self) -> Iterator[tuple[str, bool]]:
         """(patient id, is a candidate) of every patient in the input, sorted by id.
@@ -285,6 +289,15 @@ class PatientIndex:
     def record(self, pid: str) -> tuple[PatientRecord, list[InputProblem]]:
         """The patient's record, and the problems of its lines (spooled unparsed, parsed only now)."""
         return build(self.raw(pid), self.medication)
+
+
+def _dumped(resource: Resource) -> bytes | None:
+    """The resource as JSON again, or None when it nests deeper than a writer allows (a parser accepts
+    1,024 levels, orjson writes 255: no real resource comes near either)."""
+    try:
+        return orjson.dumps(resource)
+    except orjson.JSONEncodeError:
+        return None
 
 
 def _shown_id(resource: Resource) -> str:

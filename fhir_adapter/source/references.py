@@ -45,17 +45,33 @@ def localise_bundle(entries: list[Any]) -> list[Resource | InputProblem | None]:
     return out
 
 
-def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
-    if isinstance(node, dict):
-        changed = {}
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str) and value in mapping:
-                changed[key] = mapping[value]
-            elif isinstance(value, dict | list):
-                changed[key] = _rewrite(value, mapping)
-            else:
-                changed[key] = value
-        return changed
-    if isinstance(node, list):
-        return [_rewrite(v, mapping) for v in node]
-    return node
+def _rewrite(resource: Resource, mapping: dict[str, str]) -> Resource:
+    """A copy of ``resource`` with every ``reference`` in ``mapping`` replaced, without recursion (a
+    resource nested as deep as a JSON parser allows must not exhaust the stack)."""
+    top: dict[str, Any] = {}
+    stack: list[tuple[Any, Any]] = [(resource, top)]
+    while stack:
+        source, target = stack.pop()
+        if isinstance(source, dict):
+            for key, value in source.items():
+                if key == "reference" and isinstance(value, str) and value in mapping:
+                    target[key] = mapping[value]
+                elif isinstance(value, dict):
+                    target[key] = {}
+                    stack.append((value, target[key]))
+                elif isinstance(value, list):
+                    target[key] = [None] * len(value)
+                    stack.append((value, target[key]))
+                else:
+                    target[key] = value
+        else:  # a list
+            for i, value in enumerate(source):
+                if isinstance(value, dict):
+                    target[i] = {}
+                    stack.append((value, target[i]))
+                elif isinstance(value, list):
+                    target[i] = [None] * len(value)
+                    stack.append((value, target[i]))
+                else:
+                    target[i] = value
+    return top

@@ -37,18 +37,19 @@ def _windows(mappings: Mappings) -> tuple[set[int], set[int], set[int]]:
 
 def _dates(node: Any) -> Iterator[dt.date]:
     """Every date anywhere in a resource (effective, authoredOn, bounds, validity, onset...): a window can
-    hinge on any of them, and one re-check too many costs a no-op, one too few a stale verdict."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key not in {"meta", "birthDate", "text"}:
-                yield from _dates(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _dates(value)
-    elif isinstance(node, str) and _DATE_RE.match(node):
-        d = parse_date(node)
-        if d is not None:
-            yield d
+    hinge on any of them, and one re-check too many costs a no-op, one too few a stale verdict. Walked
+    with a stack, so no nesting depth exhausts the interpreter's."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(v for k, v in item.items() if k not in {"meta", "birthDate", "text"})
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and _DATE_RE.match(item):
+            d = parse_date(item)
+            if d is not None:
+                yield d
 
 
 def _leaves_month_window(day: dt.date, months: int) -> dt.date:

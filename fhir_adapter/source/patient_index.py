@@ -220,7 +220,9 @@ class PatientIndex:
         body = _dumped(resource)
         if body is None:
             self.problems.append(
-                InputProblem(item.file, f"{rtype}/{_shown_id(resource)} is nested too deeply: skipped", line=item.line)
+                InputProblem(
+                    item.file, f"{rtype}/{_shown_id(resource)} is nested too deeply: skipped", line=item.line
+                )
             )
             return
         if rtype == "Medication":

@@ -1,246 +1,125 @@
-"""Benchmark: screen a synthetic bulk export, compare with merely parsing it, and measure peak memory.
+"""Benchmark: screen hospital-shaped bulk exports, beside merely parsing the same bytes, at 1 and N workers.
 
-    python benchmarks/screen_bulk.py                 # 2,000 and 8,000 patients
-    python benchmarks/screen_bulk.py --sizes 500     # quick check
+    python benchmarks/screen_bulk.py                          # the three populations at their sizes
+    python benchmarks/screen_bulk.py --populations a --sizes a=2000 --repeat 1   # a quick look
 
-Each patient has 40 routine results the criteria ignore (glucose, sodium, ...); one in four has a
-dermatomyositis diagnosis and a realistic work-up. Every measurement runs in a fresh child process, so the
-peak RSS (getrusage ru_maxrss) belongs to that run alone.
+Populations (benchmarks/populations.py, every resource a clone of a real-world-shaped case):
+  a  a quarter of the patients with dermatomyositis, 40 routine results each      (default 8,000 patients)
+  b  every patient with dermatomyositis and 1,000 Observations, varied codes and units, some with only
+     text or a local code                                                          (default 500 patients)
+  c  hospital scale: 1 % dermatomyositis, about 50 resources per patient          (default 100,000)
+
+For each: the json.loads floor (read every line, parse it with the standard library, group it by patient)
+and the orjson floor (the same with orjson), then `fhir-adapter screen` at --workers 1 and at every core,
+each in a fresh process (best of --repeat; peak RSS of the screen), and a check that every worker count
+wrote the same result. The data is written once into --data (default /tmp/fhir-adapter-bench).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import random
-import resource
+import os
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-AS_OF = dt.date(2026, 6, 15)
-ROUTINE = [
-    ("2345-7", "mg/dL"),
-    ("2951-2", "mmol/L"),
-    ("2823-3", "mmol/L"),
-    ("2075-0", "mmol/L"),
-    ("6690-2", "10*3/uL"),
-]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from populations import write_population  # noqa: E402
+
+SIZES = {"a": 8000, "b": 500, "c": 100_000}
 
 
-def _obs(oid: str, pid: str, code: str, value: float, unit: str, days: int) -> dict[str, object]:
-    return {
-        "resourceType": "Observation",
-        "id": oid,
-        "status": "final",
-        "meta": {"versionId": "1", "lastUpdated": "2026-06-01T10:00:00Z"},
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "laboratory",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": code}], "text": code},
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": (AS_OF - dt.timedelta(days=days)).isoformat() + "T08:00:00+08:00",
-        "issued": (AS_OF - dt.timedelta(days=days)).isoformat() + "T12:00:00+08:00",
-        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
-        "referenceRange": [{"low": {"value": 1, "unit": unit}, "high": {"value": 100, "unit": unit}}],
-    }
+def _floor(folder: Path, parser: str) -> float:
+    """Seconds to read, parse and group every line, in a fresh process."""
+    code = f"""
+import sys, time, {parser}
+from pathlib import Path
+start = time.perf_counter()
+groups = {{}}
+for path in sorted(Path({str(folder)!r}).glob("*.ndjson")):
+    with path.open("rb") as fh:
+        for line in fh:
+            r = {parser}.loads(line)
+            s = r.get("subject") or r.get("patient")
+            key = s.get("reference") if isinstance(s, dict) else r.get("id")
+            groups[key] = groups.get(key, 0) + 1
+print(time.perf_counter() - start)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip())
 
 
-def generate(n: int, folder: Path, seed: int = 7) -> int:
-    rng = random.Random(seed)
-    files = {
-        t: (folder / f"{t}.ndjson").open("w")
-        for t in ("Patient", "Condition", "Observation", "MedicationRequest")
-    }
-    size = 0
-    for i in range(n):
-        pid = f"p{i:06d}"
-        rows = [
-            (
-                "Patient",
-                {
-                    "resourceType": "Patient",
-                    "id": pid,
-                    "gender": rng.choice(["male", "female"]),
-                    "birthDate": f"{rng.randint(1950, 2005)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
-                },
-            )
-        ]
-        dm = i % 4 == 0
-        code = ("http://snomed.info/sct", "396230008") if dm else ("http://snomed.info/sct", "44054006")
-        rows.append(
-            (
-                "Condition",
-                {
-                    "resourceType": "Condition",
-                    "id": f"{pid}-c1",
-                    "subject": {"reference": f"Patient/{pid}"},
-                    "clinicalStatus": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                "code": "active",
-                            }
-                        ]
-                    },
-                    "code": {"coding": [{"system": code[0], "code": code[1]}]},
-                },
-            )
-        )
-        for j in range(40):
-            loinc, unit = ROUTINE[j % len(ROUTINE)]
-            rows.append(
-                (
-                    "Observation",
-                    _obs(f"{pid}-r{j}", pid, loinc, round(rng.uniform(2, 150), 1), unit, rng.randint(1, 400)),
-                )
-            )
-        if dm:
-            for k, (loinc, unit, v) in enumerate(
-                [
-                    ("2157-6", "U/L", 600),
-                    ("718-7", "g/L", 120),
-                    ("777-3", "10*9/L", 200),
-                    ("14682-9", "umol/L", 70),
-                    ("29463-7", "kg", 60),
-                ]
-            ):
-                rows.append(("Observation", _obs(f"{pid}-d{k}", pid, loinc, v, unit, 10)))
-            rows.append(
-                (
-                    "MedicationRequest",
-                    {
-                        "resourceType": "MedicationRequest",
-                        "id": f"{pid}-m1",
-                        "status": "active",
-                        "intent": "order",
-                        "subject": {"reference": f"Patient/{pid}"},
-                        "authoredOn": "2026-01-01",
-                        "medicationCodeableConcept": {
-                            "coding": [
-                                {
-                                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                                    "code": "312617",
-                                    "display": "predniSONE 20 MG Oral Tablet",
-                                }
-                            ]
-                        },
-                        "dosageInstruction": [
-                            {
-                                "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
-                                "doseAndRate": [{"doseQuantity": {"value": 1}}],
-                            }
-                        ],
-                    },
-                )
-            )
-        for rtype, body in rows:
-            line = json.dumps(body) + "\n"
-            size += len(line)
-            files[rtype].write(line)
-    for fh in files.values():
-        fh.close()
-    return size
+_MEASURE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True)
+if done.returncode not in (0, 3):
+    sys.exit(done.stderr.decode(errors="replace")[-2000:])
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
 
 
-def child_parse(folder: Path) -> None:
-    start = time.perf_counter()
-    count = 0
-    for path in sorted(folder.glob("*.ndjson")):
-        with path.open("rb") as fh:
-            for line in fh:
-                json.loads(line)
-                count += 1
-    print(
-        json.dumps(
-            {
-                "seconds": time.perf_counter() - start,
-                "resources": count,
-                "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            }
-        )
+def _screen(folder: Path, workers: int, out: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KB, the largest process: the main one or a worker) of one screen, in a
+    fresh process of its own."""
+    command = [sys.executable, "-m", "fhir_adapter", "screen", str(folder), "--as-of", "2026-06-15"]
+    command += ["--out", str(out), "--workers", str(workers)]
+    measured = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *command], check=True, capture_output=True, text=True
     )
+    seconds, rss = measured.stdout.split()
+    return float(seconds), int(rss)
 
 
-def child_screen(folder: Path) -> None:
-    from fhir_adapter.config.loader import load_mappings
-    from fhir_adapter.output.result_file import ResultWriter
-    from fhir_adapter.pipeline import screen_files
-
-    mappings = load_mappings()
-    with tempfile.TemporaryDirectory() as tmp:
-        writer = ResultWriter(Path(tmp) / "result.json", mappings.trial.study, AS_OF, mappings.fingerprint)
-        start = time.perf_counter()
-        problems = screen_files([folder], mappings, AS_OF, writer)
-        writer.close(problems)
-        seconds = time.perf_counter() - start
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "patients": writer.tally.patients,
-                "errors": len(problems),
-                "statuses": dict(writer.tally.statuses),
-                "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            }
-        )
-    )
-
-
-def run_child(mode: str, folder: Path) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, __file__, f"--child-{mode}", str(folder)], check=True, capture_output=True, text=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _subjects(path: Path) -> list[object]:
+    return list(json.loads(path.read_text(encoding="utf-8"))["subjects"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000])
-    parser.add_argument("--repeat", type=int, default=3, help="best of N timings (default 3)")
-    parser.add_argument("--child-parse", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--child-screen", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--populations", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
+    parser.add_argument("--sizes", nargs="*", default=[], metavar="KIND=N", help="e.g. c=20000")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--data", type=Path, default=Path("/tmp/fhir-adapter-bench"))
     args = parser.parse_args()
-    if args.child_parse:
-        child_parse(args.child_parse)
-        return 0
-    if args.child_screen:
-        child_screen(args.child_screen)
-        return 0
+    sizes = dict(SIZES) | {k: int(v) for k, v in (s.split("=") for s in args.sizes)}
     rows = []
-    for n in args.sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            size = generate(n, folder)
-            parse = min((run_child("parse", folder) for _ in range(args.repeat)), key=lambda r: r["seconds"])
-            screens = [run_child("screen", folder) for _ in range(args.repeat)]
-            screen = min(screens, key=lambda r: r["seconds"])
-            rss = max(int(r["rss_kb"]) for r in screens)  # type: ignore[call-overload]
-            rows.append((n, size, parse, screen, rss))
+    for kind in args.populations:
+        folder = args.data / f"{kind}-{sizes[kind]}"
+        stamp = args.data / f"{kind}-{sizes[kind]}.stats.json"
+        if not stamp.exists():
+            stats = write_population(kind, sizes[kind], folder)  # type: ignore[arg-type]
+            stamp.write_text(json.dumps(stats.__dict__))
+        stats = json.loads(stamp.read_text())
+        floor_json = min(_floor(folder, "json") for _ in range(args.repeat))
+        floor_orjson = min(_floor(folder, "orjson") for _ in range(args.repeat))
+        timings = {}
+        results = {}
+        for workers in sorted({1, args.workers}):
+            out = args.data / f"result-{kind}-{workers}.json"
+            runs = [_screen(folder, workers, out) for _ in range(args.repeat)]
+            timings[workers] = (min(s for s, _ in runs), max(r for _, r in runs))
+            results[workers] = _subjects(out)
+        same = all(r == results[1] for r in results.values())
+        rows.append((kind, stats, floor_json, floor_orjson, timings, same))
     print(
-        f"{'patients':>8} {'MB':>6} {'resources':>9} {'parse s':>8} {'screen s':>8} {'patients/s':>10} "
-        f"{'x parse':>7} {'peak RSS MB':>11}"
+        f"{'pop':<3} {'patients':>8} {'resources':>10} {'MB':>7} {'json s':>7} {'orjson s':>8} "
+        f"{'w1 s':>7} {'w1/json':>7} {'w1/orj':>6} {'wN s':>7} {'wN/json':>7} {'w1/wN':>6} {'RSS MB':>7} same"
     )
-    for n, size, parse, screen, rss in rows:
-        ps, ss = float(parse["seconds"]), float(screen["seconds"])  # type: ignore[arg-type]
+    for kind, stats, fj, fo, timings, same in rows:
+        w1, rss1 = timings[1]
+        wn, rssn = timings[max(timings)]
         print(
-            f"{n:>8} {size / 1e6:>6.1f} {parse['resources']:>9} {ps:>8.2f} {ss:>8.2f} {n / ss:>10.0f} "
-            f"{ss / ps:>7.2f} {rss / 1024:>11.1f}"
+            f"{kind:<3} {stats['patients']:>8} {stats['resources']:>10} {stats['bytes'] / 1e6:>7.0f} {fj:>7.2f} "
+            f"{fo:>8.2f} {w1:>7.2f} {w1 / fj:>7.2f} {w1 / fo:>6.2f} {wn:>7.2f} {wn / fj:>7.2f} {w1 / wn:>6.2f} "
+            f"{max(rss1, rssn) / 1024:>7.0f} {'yes' if same else 'NO'}"
         )
-    if len(rows) >= 2:
-        print(f"peak RSS {rows[-1][0]} / {rows[0][0]} patients: {rows[-1][4] / rows[0][4]:.2f}x")
+    print(f"(wN: --workers {args.workers}; RSS: peak of the screens, any worker count)")
     return 0
 
 

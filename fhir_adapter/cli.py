@@ -12,8 +12,10 @@ rejected (listed); 4 server unreachable or authentication failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +29,7 @@ from fhir_adapter.settings import (
     ScreenSettings,
     ServerSettings,
 )
+from fhir_adapter.source.strategies import Overrides
 
 log = logging.getLogger("fhir_adapter")
 
@@ -125,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patient", action="append", default=[], metavar="ID", help="server: screen this patient")
     s.add_argument("--group", metavar="ID", help="server: screen the members of this Group")
     s.add_argument("--write-back", action="store_true", help="server: write ResearchSubject + Provenance")
+    s.add_argument(
+        "--records",
+        choices=["everything", "typed"],
+        default=None,
+        help="server: how each record is read (default: $everything when the server offers it)",
+    )
     _server_options(s)
     _common(s)
 
@@ -154,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the coordinator report of this run's result (default: [report] html; needs [report] result)",
     )
     _common(y)
+
+    c = sub.add_parser("check", help="preflight a FHIR server: what it offers, what screen and sync would do")
+    c.add_argument("--trial", action="append", default=[], metavar="ID|FILE.toml")
+    c.add_argument("--json", action="store_true", help="machine-readable report")
+    c.add_argument(
+        "--patients", type=int, default=1000, metavar="N", help="estimate the requests of N patients"
+    )
+    c.add_argument(
+        "--no-write-back", action="store_true", help="the run will not write: skip the write checks"
+    )
+    _server_options(c)
+    _common(c)
 
     r = sub.add_parser("report", help="render a result JSON as an HTML page (and a CSV worklist)")
     r.add_argument("result", type=Path)
@@ -216,6 +237,7 @@ def screen_settings(args: argparse.Namespace) -> ScreenSettings:
         group=args.group,
         write_back=args.write_back,
         workers=args.workers,
+        strategies=Overrides(records=args.records),
     )
 
 
@@ -245,6 +267,17 @@ def _render_report(result: Path, html: Path, csv: Path | None) -> None:
     render_report(result, html, csv)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from fhir_adapter.check import render, run_check
+    from fhir_adapter.config.loader import load_trials
+    from fhir_adapter.screening import Screener
+
+    screener = Screener(load_trials(args.trial), dt.date.today())
+    report = run_check(server_settings(args), screener, args.patients, write_back=not args.no_write_back)
+    print(render(report, args.json))
+    return report.exit_code
+
+
 def _sync(args: argparse.Namespace) -> int:
     from fhir_adapter.sync import manifest, run
     from fhir_adapter.sync.config import load_site_config
@@ -270,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ExitCode.OK
         if args.command == "sync":
             return _sync(args)
+        if args.command == "check":
+            return _check(args)
         raise UsageError(f"unknown command {args.command}")
     except AdapterError as exc:
         _report_error(f"error: {exc}")
@@ -277,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _report_error("interrupted")
         return 130
+    except BrokenPipeError:  # the reader of our output went away (`| head`): nothing left to say
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        return 141
     except Exception as exc:  # a bug: say so briefly; where it happened only at -vv, never the data
         log.debug("internal error: %s", logs.where(exc))
         _report_error(f"internal error: {type(exc).__name__}; run with -vv for details")

@@ -66,6 +66,7 @@ def run_screen(
                 patients=settings.patients or None,
                 group=settings.group,
                 strategy=strategy,
+                overrides=settings.strategies,
             )
             writebacks = [
                 WriteBack(client, m.trial, m.fingerprint, release, dry_run=not settings.write_back)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from fhir_adapter.source.strategies import Overrides
+
 AuthMethod = Literal["none", "bearer", "basic", "smart"]
 
 CLI_NAMES: Mapping[str, str] = {
@@ -92,3 +94,4 @@ class ScreenSettings:
     write_back: bool = False
     # Processes screening file records; None: every core, once there are enough records to be worth it.
     workers: int | None = 1
+    strategies: Overrides = field(default_factory=Overrides)  # forced server strategies (--records ...)

@@ -120,6 +120,7 @@ class SmartBackendAuth(requests.auth.AuthBase):
         self._lock = threading.Lock()
         self._token: str | None = None
         self._renew_at = 0.0
+        self.granted_scope: str | None = None  # what the token endpoint said it granted (preflight)
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         r.headers["Authorization"] = f"Bearer {self.access_token()}"
@@ -196,6 +197,8 @@ class SmartBackendAuth(requests.auth.AuthBase):
                 resp.status_code,
                 self.token_url,
             )
+        granted = body.get("scope") if body else None
+        self.granted_scope = granted if isinstance(granted, str) else None
         expires_in = _DEFAULT_EXPIRES_IN
         raw_expiry = body.get("expires_in") if body else None
         if isinstance(raw_expiry, int | float) and not isinstance(raw_expiry, bool) and raw_expiry > 0:

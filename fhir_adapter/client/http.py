@@ -159,6 +159,10 @@ class FhirClient:
     # -- bookkeeping -------------------------------------------------------------------------
 
     @property
+    def auth(self) -> requests.auth.AuthBase | None:
+        return self._auth
+
+    @property
     def request_count(self) -> int:
         """HTTP requests sent, retries and 401 re-sends included."""
         return self._request_count

@@ -21,6 +21,7 @@ from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import ServerError
 from fhir_adapter.facts.fhirjson import patient_of, ref_id
 from fhir_adapter.model import PatientRecord, Resource
+from fhir_adapter.source.strategies import read_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ Strategy = Literal["everything", "typed"]
 
 PAGE_SIZE: Final = 500
 _MEDICATION_TYPES: Final = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
-_EVERYTHING_NAMES: Final = frozenset({"everything", "patient-everything"})
 _ABSENT: Final = frozenset({404, 410})
 _IDS_PER_SEARCH: Final = 50
 
@@ -48,18 +48,7 @@ class Fetched:
 
 def choose_strategy(capabilities: Resource) -> Strategy:
     """``everything`` when the CapabilityStatement lists Patient ``$everything``, else ``typed``."""
-    for rest in _dicts(capabilities.get("rest")):
-        if rest.get("mode", "server") != "server":
-            continue
-        # Servers list instance operations under the resource, but some only at the rest level.
-        if any(_is_everything(op) for op in _dicts(rest.get("operation"))):
-            return "everything"
-        for resource in _dicts(rest.get("resource")):
-            if resource.get("type") == "Patient" and any(
-                _is_everything(op) for op in _dicts(resource.get("operation"))
-            ):
-                return "everything"
-    return "typed"
+    return "everything" if read_capabilities(capabilities).everything else "typed"
 
 
 def fetch_record(
@@ -175,15 +164,3 @@ def _note_version(versions: dict[str, str], resource: Resource) -> None:
     version = meta.get("versionId") if isinstance(meta, dict) else None
     if isinstance(version, str) and version:
         versions[f"{resource['resourceType']}/{resource['id']}"] = version
-
-
-def _is_everything(operation: Resource) -> bool:
-    name = operation.get("name")
-    definition = operation.get("definition")
-    return (isinstance(name, str) and name.lower() in _EVERYTHING_NAMES) or (
-        isinstance(definition, str) and definition.rstrip("/").endswith("/Patient-everything")
-    )
-
-
-def _dicts(value: object) -> list[Resource]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []

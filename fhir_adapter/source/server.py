@@ -15,12 +15,20 @@ from collections.abc import Iterator, Sequence
 from typing import Literal
 
 from fhir_adapter.client.http import FhirClient
-from fhir_adapter.errors import AuthError, ServerError
+from fhir_adapter.errors import AuthError, ServerError, UsageError
 from fhir_adapter.model import InputProblem
 from fhir_adapter.screening import Screener
 from fhir_adapter.source.base import Absent, Screenable, SourceItem
 from fhir_adapter.source.candidates import Candidates, find_candidates, given_patients, group_members
-from fhir_adapter.source.records import Strategy, choose_strategy, fetch_record
+from fhir_adapter.source.records import Strategy, fetch_record
+from fhir_adapter.source.strategies import (
+    Capabilities,
+    Overrides,
+    Strategies,
+    choose_candidates,
+    choose_records,
+    read_capabilities,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,7 @@ class ServerSource:
         group: str | None = None,
         strategy: Strategy | None = None,
         missing: Literal["problem", "absent"] = "problem",
+        overrides: Overrides | None = None,
     ) -> None:
         self.client = client
         self.screener = screener
@@ -50,6 +59,9 @@ class ServerSource:
         self.group = group
         self.strategy = strategy
         self.missing = missing
+        self.overrides = overrides or Overrides()
+        self.capabilities: Capabilities | None = None
+        self.strategies: Strategies | None = None
         self.candidates: Candidates | None = None
         self.requests_per_patient: list[int] = []
         self.warnings: list[str] = []
@@ -61,16 +73,32 @@ class ServerSource:
     def prepare(self) -> Candidates:
         """Read the CapabilityStatement, choose the strategy and find the candidates (once)."""
         if self.candidates is None:
-            capabilities = self.client.capabilities()
-            if self.strategy is None:
-                self.strategy = choose_strategy(capabilities)
-            log.info("fetching records with %s", STRATEGY_NAMES[self.strategy])
-            if self.patients is not None:
-                self.candidates = given_patients(list(self.patients))
-            elif self.group:
+            caps = self.capabilities = read_capabilities(self.client.capabilities())
+            forced = self.strategy or self.overrides.records
+            if forced == "bulk":
+                raise UsageError("the bulk records strategy reads a Bulk Data export: use --bulk")
+            records = choose_records(caps, forced)
+            assert records != "bulk"
+            self.strategy = records
+            candidates = choose_candidates(
+                caps,
+                given=self.patients is not None,
+                group=self.group is not None,
+                forced=self.overrides.candidates,
+                gate_types=self.screener.gate.types or ("Condition",),
+            )
+            self.strategies = Strategies(candidates, records)
+            log.info("strategies: %s", self.strategies.describe())
+            if candidates == "given":
+                self.candidates = given_patients(list(self.patients or ()))
+            elif candidates == "group":
+                if not self.group:
+                    raise UsageError("the group candidates strategy needs --group ID")
                 self.candidates = group_members(self.client, self.group)
-            else:
+            elif candidates == "search":
                 self.candidates = find_candidates(self.client, self.screener.gate)
+            else:
+                raise UsageError("the bulk candidates strategy reads a Bulk Data export: use --bulk")
             self.warnings.extend(self.candidates.warnings)
         return self.candidates
 
@@ -113,4 +141,5 @@ class ServerSource:
             )
         else:
             line = f"No patient fetched ({how}); candidate search: {searched}"
-        return [line, *self.warnings]
+        strategies = [f"Strategies: {self.strategies.describe()}"] if self.strategies else []
+        return [*strategies, line, *self.warnings]

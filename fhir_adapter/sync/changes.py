@@ -70,6 +70,25 @@ def changed_patients(client: FhirClient, since: dt.datetime, types: frozenset[st
     return changes
 
 
+def changed_by_last_updated(client: FhirClient, since: dt.datetime, types: frozenset[str]) -> Changes:
+    """Patients with a resource of a type the criteria read created or updated since ``since``, by
+    ``_lastUpdated`` searches: for servers without a history feed. Deletions are invisible to a search;
+    the scheduled full reconciliation (``limits.full_reconciliation_days``) catches them."""
+    changes = Changes()
+    stamp = since.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    for rtype in sorted(types | {"Patient"}):
+        params: list[tuple[str, str | int]] = [("_lastUpdated", f"gt{stamp}"), ("_count", PAGE_SIZE)]
+        for resource in client.search(rtype, params):
+            changes.entries += 1
+            pid = patient_of(resource)
+            if pid:
+                changes.patients.add(pid)
+    log.info(
+        "_lastUpdated since %s: %d resources, %d patients", stamp, changes.entries, len(changes.patients)
+    )
+    return changes
+
+
 def _patient_of_deleted(client: FhirClient, entry: dict[str, object]) -> str | None:
     request = entry.get("request")
     candidates = [entry.get("fullUrl"), request.get("url") if isinstance(request, dict) else None]

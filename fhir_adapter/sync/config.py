@@ -15,6 +15,7 @@ from fhir_adapter.config.loader import profiles_dir
 from fhir_adapter.errors import ConfigError
 from fhir_adapter.pipeline import DEFAULT_MAX_CONSECUTIVE_FAILURES
 from fhir_adapter.settings import AuthSettings, RuleSettings, ServerSettings
+from fhir_adapter.source.strategies import Overrides
 
 # How the operator spells each setting in site.toml, for error messages.
 SITE_NAMES = {
@@ -44,6 +45,8 @@ class SiteConfig:
     result_path: Path | None = None
     report_dir: Path | None = None  # several studies: <study>.json and <study>.html here
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
+    group: str | None = None  # [server] group: the candidates are this Group's members
+    strategies: Overrides = field(default_factory=Overrides)  # [strategies]: forced choices
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -130,5 +133,7 @@ def load_site_config(path: Path) -> SiteConfig:
         max_consecutive_failures=int(
             limits.get("max_consecutive_failures", DEFAULT_MAX_CONSECUTIVE_FAILURES)
         ),
+        group=server.get("group"),
+        strategies=Overrides(**raw.get("strategies", {})),
         raw=raw,
     )

@@ -24,9 +24,16 @@ from fhir_adapter.output.result_file import ResultWriter
 from fhir_adapter.pipeline import run as run_pipeline
 from fhir_adapter.screen import render_report
 from fhir_adapter.screening import Screener
-from fhir_adapter.source.candidates import find_candidates
+from fhir_adapter.source.candidates import Candidates, find_candidates, group_members
 from fhir_adapter.source.server import ServerSource
-from fhir_adapter.sync.changes import changed_patients, server_now
+from fhir_adapter.source.strategies import (
+    Strategies,
+    choose_candidates,
+    choose_changes,
+    choose_records,
+    read_capabilities,
+)
+from fhir_adapter.sync.changes import Changes, changed_by_last_updated, changed_patients, server_now
 from fhir_adapter.sync.config import SiteConfig
 from fhir_adapter.sync.lock import RunLock
 from fhir_adapter.sync.manifest import Counts, render_manifest, write_manifest
@@ -102,21 +109,34 @@ def _run(
     before = state.get(WATERMARK)
     after = before
     outcome = "fatal"
+    strategies: Strategies | None = None
     try:
         with client_for(config) as client:
             now = server_now(client)
             queue: dict[str, str] = dict(state.pending())
             recovered = set(queue)  # left by a run that did not finish
-            full = full or _full_due(config, state, as_of)
+            caps = read_capabilities(client.capabilities())
+            strategies = Strategies(
+                choose_candidates(
+                    caps,
+                    group=config.group is not None,
+                    forced=config.strategies.candidates,
+                    gate_types=screener.gate.types or ("Condition",),
+                ),
+                choose_records(caps, config.strategies.records),
+                choose_changes(caps, screener.needed_types, config.strategies.changes),
+            )
+            log.info("strategies: %s", strategies.describe())
+            full = full or _full_due(config, state, as_of) or strategies.changes == "full-only"
             if before is None or full:
-                found = find_candidates(client, screener.gate)
+                found = _candidates(client, config, screener, strategies)
                 counts.candidates = len(found.patient_ids)
                 for pid in found.patient_ids:
                     queue.setdefault(pid, "full" if before is not None else "first run")
                 for pid in state.known_patients():
                     queue.setdefault(pid, "full")
             else:
-                changes = changed_patients(client, dt.datetime.fromisoformat(before), screener.needed_types)
+                changes = _changes(client, strategies, dt.datetime.fromisoformat(before), screener)
                 counts.deleted_resources = changes.deleted
                 for pid in sorted(changes.patients):
                     queue.setdefault(pid, "changed")
@@ -131,7 +151,9 @@ def _run(
                 state.enqueue(list(queue), "queued")
                 after = now.isoformat()
                 state.put(WATERMARK, after)
-            problems = _process(client, config, state, screener, queue, counts, dry_run, out, recovered)
+            problems = _process(
+                client, config, state, screener, strategies, queue, counts, dry_run, out, recovered
+            )
         outcome = "partial" if counts.errors else "ok"
     except AdapterError as exc:
         problems.append(InputProblem(config.server_url, str(exc)))
@@ -144,6 +166,7 @@ def _run(
             "outcome": outcome if not dry_run else f"dry-run ({outcome})",
             "asOf": as_of.isoformat(),
             "studies": list(screener.studies),
+            "strategies": strategies.to_json() if strategies else None,
             "watermarkBefore": before,
             "watermarkAfter": after,
             "counts": counts.to_json(),
@@ -165,6 +188,7 @@ def _process(
     config: SiteConfig,
     state: State,
     screener: Screener,
+    strategies: Strategies,
     queue: dict[str, str],
     counts: Counts,
     dry_run: bool,
@@ -183,10 +207,34 @@ def _process(
     limit = config.max_patients or len(chosen)
     if len(chosen) > limit:
         log.info("limit of %d patients reached; %d stay queued", limit, len(chosen) - limit)
-    source = ServerSource(client, screener, patients=chosen[:limit], missing="absent")
+    records = strategies.records
+    assert records != "bulk", "sync reads each queued patient's record from the server"
+    source = ServerSource(client, screener, patients=chosen[:limit], missing="absent", strategy=records)
     sink = SyncSink(state, screener.trials, screener.as_of, counts, dry_run, writeback, recovered)
     run_pipeline(source, screener, [sink], max_consecutive_failures=config.max_consecutive_failures)
     return sink.problems
+
+
+def _candidates(
+    client: FhirClient, config: SiteConfig, screener: Screener, strategies: Strategies
+) -> Candidates:
+    if strategies.candidates == "group":
+        if config.group is None:
+            raise ConfigError(f"{config.path}: server.group: the group strategy needs a Group id")
+        return group_members(client, config.group)
+    if strategies.candidates == "search":
+        return find_candidates(client, screener.gate)
+    raise ConfigError(
+        f"{config.path}: strategies.candidates: {strategies.candidates} is not available to sync"
+    )
+
+
+def _changes(client: FhirClient, strategies: Strategies, since: dt.datetime, screener: Screener) -> Changes:
+    if strategies.changes == "history":
+        return changed_patients(client, since, screener.needed_types)
+    if strategies.changes == "last-updated":
+        return changed_by_last_updated(client, since, screener.needed_types)
+    raise ConfigError(f"strategies.changes: {strategies.changes} is not available yet")
 
 
 def latest_paths(config: SiteConfig, study: str, several: bool) -> tuple[Path | None, Path | None]:

@@ -1,0 +1,329 @@
+"""``fhir-adapter check --server URL``: the preflight a hospital integration engineer runs first.
+
+It reads the CapabilityStatement and ``.well-known/smart-configuration``, obtains a token, and makes a
+few harmless reads (``_count=1`` searches) to tell what the server really does from what it says. It
+never writes. It reports each interaction, operation and search parameter the adapter would use as
+``supported``, ``not supported`` (the server said so, or refused the probe) or ``untested`` (stated
+nowhere, and not probed because the probe would write), the strategies ``screen`` and ``sync`` would
+choose, and what a screen of N patients costs in requests.
+
+Exit: 0 when screen and sync can run as designed, 3 when they can run degraded (typed searches for
+lack of ``$everything``, no change feed, writes not offered), 4 when they cannot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from fhir_adapter.client.factory import open_client
+from fhir_adapter.client.http import FhirClient
+from fhir_adapter.client.urls import LOOPBACK
+from fhir_adapter.errors import AdapterError, AuthError, ExitCode, ServerError, ServerUnreachable
+from fhir_adapter.screening import Screener
+from fhir_adapter.settings import ServerSettings
+from fhir_adapter.source.candidates import CODES_PER_SEARCH, search_tokens
+from fhir_adapter.source.strategies import (
+    Capabilities,
+    choose_candidates,
+    choose_changes,
+    choose_records,
+    read_capabilities,
+)
+
+Status = Literal["ok", "supported", "not supported", "untested", "failed", "degraded"]
+WRITE_TYPES = ("ResearchStudy", "ResearchSubject", "Provenance", "Device")
+AREAS = ("connection", "auth", "read", "search", "changes", "bulk", "write", "optional")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    area: str  # "connection", "auth", "read", "search", "changes", "bulk", "write"
+    what: str
+    status: Status
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    server: str
+    findings: list[Finding] = field(default_factory=list)
+    strategies: dict[str, str] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    fhir_version: str = ""
+
+    def add(self, area: str, what: str, status: Status, detail: str = "") -> None:
+        self.findings.append(Finding(area, what, status, detail))
+
+    @property
+    def exit_code(self) -> int:
+        if any(f.status == "failed" for f in self.findings):
+            return ExitCode.FATAL
+        if any(f.status in ("degraded", "not supported") for f in self.findings if f.area != "optional"):
+            return ExitCode.PARTIAL
+        return ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "fhirVersion": self.fhir_version,
+            "outcome": {ExitCode.OK: "ready", ExitCode.PARTIAL: "degraded", ExitCode.FATAL: "cannot run"}[
+                self.exit_code
+            ],
+            "strategies": self.strategies,
+            "requestEstimate": self.cost,
+            "findings": [
+                {"area": f.area, "what": f.what, "status": f.status, "detail": f.detail}
+                for f in self.findings
+            ],
+        }
+
+    def render(self) -> str:
+        width = max((len(f.what) for f in self.findings), default=10)
+        lines = [f"Preflight of {self.server} (FHIR {self.fhir_version or '?'})", ""]
+        area = ""
+        order = {a: i for i, a in enumerate(AREAS)}
+        for f in sorted(self.findings, key=lambda f: order.get(f.area, len(order))):
+            if f.area != area:
+                area = f.area
+                lines.append(f"{area}:")
+            lines.append(f"  {f.what:<{width}}  {f.status:<13} {f.detail}".rstrip())
+        if self.strategies:
+            lines += ["", "strategies: " + ", ".join(f"{k} {v}" for k, v in self.strategies.items())]
+        if self.cost:
+            c = self.cost
+            lines.append(
+                f"requests for a screen of {c['patients']} patients: about {c['total']} "
+                f"(candidates {c['candidates']}, {c['perPatient']} per patient, write-back {c['writeBackPerPatient']} "
+                "per patient on a first run, 1 when unchanged)"
+            )
+        outcome = self.to_json()["outcome"]
+        lines += ["", f"outcome: {outcome} (exit {self.exit_code})"]
+        return "\n".join(lines)
+
+
+def run_check(
+    server: ServerSettings, screener: Screener, patients: int = 1000, write_back: bool = True
+) -> Report:
+    report = Report(server.url)
+    try:
+        client = open_client(server)
+    except AuthError as exc:
+        report.add("auth", "credentials", "failed", str(exc))
+        return report
+    with client:
+        try:
+            statement = client.capabilities()
+        except ServerUnreachable as exc:
+            report.add("connection", "reach the server", "failed", str(exc))
+            return report
+        except ServerError as exc:
+            report.add("connection", "GET metadata", "failed", str(exc))
+            return report
+        report.add("connection", "reach the server", "ok", "GET metadata answered")
+        host = urlsplit(server.url).hostname or ""
+        if server.url.startswith("https:"):
+            report.add("connection", "TLS", "ok", "certificate verified")
+        elif host in LOOPBACK:
+            report.add("connection", "TLS", "ok", "plain http on loopback (a local sandbox)")
+        else:
+            report.add(
+                "connection", "TLS", "degraded", "plain http to another host: patient data unencrypted"
+            )
+        caps = read_capabilities(statement)
+        report.fhir_version = caps.fhir_version
+        release_ok = caps.fhir_version.startswith(("4.0", "4.3", "5."))
+        report.add(
+            "connection", "FHIR version", "ok" if release_ok else "failed", caps.fhir_version or "not stated"
+        )
+        _auth(client, report)
+        _smart(client, report)
+        _reads(client, caps, screener, report)
+        _changes(caps, screener, report)
+        _bulk(caps, report)
+        if write_back:
+            _writes(caps, report)
+        _strategies(caps, screener, report)
+        _cost(caps, screener, report, patients, write_back)
+    return report
+
+
+def _auth(client: FhirClient, report: Report) -> None:
+    auth = client.auth
+    if auth is None:
+        report.add("auth", "credentials", "ok", "none configured (the server asked for none so far)")
+    else:
+        token = getattr(auth, "access_token", None)
+        if callable(token):
+            try:
+                token()
+            except AdapterError as exc:
+                report.add("auth", "token", "failed", str(exc))
+                return
+            granted = getattr(auth, "granted_scope", None)
+            wanted = set(str(getattr(auth, "scope", "")).split())
+            if granted is None:
+                report.add("auth", "token", "ok", "obtained; the token response lists no scopes")
+            else:
+                missing = sorted(wanted - set(str(granted).split()))
+                report.add(
+                    "auth",
+                    "scopes",
+                    "degraded" if missing else "ok",
+                    f"not granted: {' '.join(missing)}" if missing else f"granted: {granted}",
+                )
+        else:
+            report.add("auth", "credentials", "ok", type(auth).__name__)
+    try:
+        client.get("Patient", {"_count": 1, "_elements": "id"})
+        report.add("auth", "read with the credentials", "ok", "GET Patient?_count=1 answered")
+    except AuthError as exc:
+        report.add("auth", "read with the credentials", "failed", str(exc))
+    except ServerError as exc:
+        report.add("auth", "read with the credentials", "degraded", str(exc))
+
+
+def _smart(client: FhirClient, report: Report) -> None:
+    try:
+        config = client.get(".well-known/smart-configuration")
+    except AdapterError:
+        report.add("optional", ".well-known/smart-configuration", "untested", "not served")
+        return
+    endpoint = config.get("token_endpoint")
+    report.add(
+        "optional",
+        ".well-known/smart-configuration",
+        "supported" if isinstance(endpoint, str) else "not supported",
+        "token_endpoint given" if isinstance(endpoint, str) else "no token_endpoint",
+    )
+
+
+def _probe(client: FhirClient, path: str, params: Sequence[tuple[str, str | int]]) -> tuple[bool, str]:
+    try:
+        client.get(path, list(params))
+        return True, "probed"
+    except AuthError:
+        raise
+    except ServerError as exc:
+        return False, f"probe refused: HTTP {exc.status}" if exc.status else "probe failed"
+
+
+def _reads(client: FhirClient, caps: Capabilities, screener: Screener, report: Report) -> None:
+    report.add(
+        "read",
+        "Patient/ID/$everything",
+        "supported" if caps.everything else "degraded",
+        "one request per patient" if caps.everything else "not offered: typed searches instead",
+    )
+    for rtype in sorted(screener.needed_types - {"Medication"}):
+        stated = caps.supports(rtype, "search-type")
+        param = "patient" if rtype not in ("Patient",) else "_id"
+        ok, how = _probe(client, rtype, [(param, "fhir-adapter-preflight"), ("_count", 1)])
+        status: Status = "supported" if ok else ("not supported" if not stated else "degraded")
+        report.add(
+            "search",
+            f"{rtype}?{param}=",
+            status,
+            how + ("" if stated else "; not in the CapabilityStatement"),
+        )
+    for rtype, concepts in screener.gate.selectors:
+        tokens = sorted({t for c in concepts for t in search_tokens(c)})[:CODES_PER_SEARCH]
+        ok, how = _probe(client, rtype, [("code", ",".join(tokens)), ("_count", 1), ("_elements", "id")])
+        report.add("search", f"{rtype}?code= (candidates)", "supported" if ok else "not supported", how)
+        ok, how = _probe(client, rtype, [("code:text", "fhir-adapter-preflight"), ("_count", 1)])
+        report.add(
+            "optional", f"{rtype}?code:text= (local codes)", "supported" if ok else "not supported", how
+        )
+
+
+def _changes(caps: Capabilities, screener: Screener, report: Report) -> None:
+    types = sorted(screener.needed_types | {"Patient"})
+    without_history = [t for t in types if not caps.supports(t, "history-type")]
+    report.add(
+        "changes",
+        "Type/_history?_since",
+        "supported" if not without_history else "not supported",
+        "every type the criteria read"
+        if not without_history
+        else f"missing for {', '.join(without_history)}",
+    )
+    without = [t for t in types if not caps.searchable(t, "_lastUpdated")]
+    report.add(
+        "changes",
+        "_lastUpdated searches",
+        "supported" if not without else "not supported",
+        "every type" if not without else f"not stated for {', '.join(without)}",
+    )
+
+
+def _bulk(caps: Capabilities, report: Report) -> None:
+    levels = caps.export_levels
+    report.add(
+        "bulk",
+        "$export",
+        "supported" if levels else "not supported",
+        f"levels: {', '.join(sorted(levels))}" if levels else "no Bulk Data export",
+    )
+    if levels:
+        report.add("bulk", "_typeFilter", "untested", "servers often refuse it; screen --bulk falls back")
+
+
+def _writes(caps: Capabilities, report: Report) -> None:
+    for rtype in WRITE_TYPES:
+        create = caps.supports(rtype, "create")
+        update = caps.supports(rtype, "update") or rtype in ("Provenance", "Device", "ResearchStudy")
+        ok = create and update
+        report.add(
+            "write",
+            f"{rtype} create/update",
+            "supported" if ok else "degraded",
+            "stated (never probed: a probe would write)"
+            if ok
+            else "not offered: use a separate write server (--write-server) or screen without --write-back",
+        )
+
+
+def _strategies(caps: Capabilities, screener: Screener, report: Report) -> None:
+    try:
+        candidates = choose_candidates(caps, gate_types=screener.gate.types or ("Condition",))
+    except AdapterError as exc:
+        report.add("read", "candidates", "failed", str(exc))
+        candidates = "none"  # type: ignore[assignment]
+    changes = choose_changes(caps, screener.needed_types)
+    report.strategies = {
+        "candidates": candidates,
+        "records": choose_records(caps),
+        "changes": changes,
+    }
+    if changes == "full-only":
+        report.add(
+            "changes", "sync change feed", "degraded", "none: every sync run re-screens every candidate"
+        )
+    elif changes == "last-updated":
+        report.add(
+            "changes", "sync change feed", "ok", "_lastUpdated: deletions only at the full reconciliation"
+        )
+
+
+def _cost(caps: Capabilities, screener: Screener, report: Report, patients: int, write_back: bool) -> None:
+    tokens = sum(
+        len({t for c in concepts for t in search_tokens(c)}) for _, concepts in screener.gate.selectors
+    )
+    texts = sum(len({t for c in concepts for t in c.text}) for _, concepts in screener.gate.selectors)
+    candidates = -(-tokens // CODES_PER_SEARCH) + texts
+    per_patient = 1 if caps.everything else 1 + len(screener.needed_types - {"Patient", "Medication"})
+    writes = 4 if write_back else 0  # search, conditional create, Provenance search, Provenance create
+    report.cost = {
+        "patients": patients,
+        "candidates": candidates,
+        "perPatient": per_patient,
+        "writeBackPerPatient": writes,
+        "total": candidates + patients * (per_patient + writes),
+    }
+
+
+def render(report: Report, as_json: bool) -> str:
+    return json.dumps(report.to_json(), indent=2) if as_json else report.render()

@@ -24,6 +24,8 @@ from fhir_adapter import __version__, logs
 from fhir_adapter.errors import AdapterError, ExitCode, UsageError
 from fhir_adapter.settings import (
     AuthSettings,
+    BulkSettings,
+    ExportSettings,
     OutputSettings,
     RuleSettings,
     ScreenSettings,
@@ -39,6 +41,56 @@ def _date(value: str) -> dt.date:
         return dt.date.fromisoformat(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from exc
+
+
+def _instant(value: str) -> dt.datetime:
+    """``--since``: a FHIR instant with its zone (the manifest's transactionTime), or a date (UTC midnight)."""
+    try:
+        if len(value) == 10:
+            return dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.UTC)
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not an instant (e.g. 2026-06-01T00:00:00Z) or a date: {value!r}"
+        ) from exc
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the time zone (Z or +hh:mm): {value!r}")
+    return parsed
+
+
+def _bulk_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Bulk Data export")
+    g.add_argument(
+        "--export-level",
+        choices=["system", "patient"],
+        default="system",
+        help="without --group: $export at system level (default) or Patient/$export",
+    )
+    g.add_argument(
+        "--bulk-storage-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an origin (https://host[:port]) other than the server's that may receive the access token for "
+        "file downloads; repeatable (default: the token goes to the FHIR server's origin only)",
+    )
+    g.add_argument(
+        "--poll-max-wait",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="longest wait between status polls, whatever Retry-After says (default 10)",
+    )
+    g.add_argument(
+        "--export-timeout",
+        type=float,
+        default=7200.0,
+        metavar="S",
+        help="give up polling after this long; the job is kept and the next run resumes it (default 7200)",
+    )
+    g.add_argument(
+        "--downloads", type=int, default=3, metavar="N", help="files downloaded at once (default 3)"
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -134,8 +186,67 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="server: how each record is read (default: $everything when the server offers it)",
     )
+    s.add_argument(
+        "--bulk",
+        action="store_true",
+        help="server: Bulk Data $export (system level, or --group), then screen the files as `screen DIR` does",
+    )
+    s.add_argument(
+        "--bulk-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="--bulk: work folder for the job file and the downloads (default: .fhir-adapter-bulk beside the "
+        "result); a killed run resumes the same export from it",
+    )
+    s.add_argument(
+        "--keep-bulk-files", action="store_true", help="--bulk: keep the downloads after a complete run"
+    )
+    s.add_argument(
+        "--single-pass",
+        action="store_true",
+        help="--bulk: one export of every type the criteria read (default: the gate's Conditions first, "
+        "where the server supports _typeFilter, then the candidates' data)",
+    )
+    _bulk_options(s)
     _server_options(s)
     _common(s)
+
+    e = sub.add_parser("export", help="Bulk Data $export into a folder of NDJSON files (nothing screened)")
+    e.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new or empty folder")
+    e.add_argument("--group", metavar="ID", help="Group/ID/$export (default: system level)")
+    e.add_argument(
+        "--since",
+        type=_instant,
+        default=None,
+        metavar="INSTANT",
+        help="only what changed since then (e.g. the transactionTime of the last export)",
+    )
+    e.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        metavar="TYPE[,TYPE]",
+        help="_type (default: the types the trials' criteria read); repeatable",
+    )
+    e.add_argument(
+        "--trial",
+        action="append",
+        default=[],
+        metavar="ID|FILE.toml",
+        help="the trials whose criteria choose the types (default: mappings/trials.toml's default)",
+    )
+    e.add_argument("--mappings", type=Path, action="append", default=[], metavar="OVERLAY.toml")
+    e.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the job file lives (default: --out); a killed run resumes the same job",
+    )
+    _bulk_options(e)
+    _server_options(e)
+    _common(e)
 
     ld = sub.add_parser("load", help="upload FHIR files to a server as transaction Bundles (PUT Type/id)")
     ld.add_argument(
@@ -224,7 +335,40 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
     )
 
 
+def bulk_settings(
+    args: argparse.Namespace, *, group: str | None, since: dt.datetime | None = None
+) -> BulkSettings:
+    if args.downloads < 1:
+        raise UsageError("--downloads must be at least 1")
+    if args.poll_max_wait <= 0 or args.export_timeout <= 0:
+        raise UsageError("--poll-max-wait and --export-timeout must be positive")
+    types = tuple(t.strip() for arg in getattr(args, "type", []) for t in arg.split(",") if t.strip())
+    return BulkSettings(
+        level="group" if group else args.export_level,
+        group=group,
+        since=since,
+        types=types,
+        storage_origins=tuple(args.bulk_storage_origin),
+        poll_max_wait=float(args.poll_max_wait),
+        export_timeout=float(args.export_timeout),
+        downloads=int(args.downloads),
+        two_pass=not getattr(args, "single_pass", False),
+    )
+
+
+def export_settings(args: argparse.Namespace) -> ExportSettings:
+    return ExportSettings(
+        server=server_settings(args),
+        bulk=bulk_settings(args, group=args.group, since=args.since),
+        rules=RuleSettings(trials=tuple(args.trial), overlays=tuple(args.mappings)),
+        out=args.out,
+        state_dir=args.state_dir,
+    )
+
+
 def screen_settings(args: argparse.Namespace) -> ScreenSettings:
+    if args.bulk and not args.server:
+        raise UsageError("--bulk needs --server URL")
     return ScreenSettings(
         rules=RuleSettings(
             trials=tuple(args.trial), overlays=tuple(args.mappings), mappings_dir=args.mappings_dir
@@ -238,6 +382,9 @@ def screen_settings(args: argparse.Namespace) -> ScreenSettings:
         write_back=args.write_back,
         workers=args.workers,
         strategies=Overrides(records=args.records),
+        bulk=bulk_settings(args, group=args.group) if args.bulk else None,
+        bulk_dir=args.bulk_dir,
+        keep_bulk_files=args.keep_bulk_files,
     )
 
 
@@ -259,6 +406,12 @@ def _load(args: argparse.Namespace) -> int:
         report = load_paths(client, args.paths, args.chunk_size)
     print(report.render(), file=sys.stderr)
     return ExitCode.PARTIAL if report.problems else ExitCode.OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fhir_adapter.export import run_export_command
+
+    return run_export_command(export_settings(args))
 
 
 def _render_report(result: Path, html: Path, csv: Path | None) -> None:
@@ -298,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _screen(args)
         if args.command == "load":
             return _load(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "report":
             _render_report(args.result, args.html, args.csv)
             return ExitCode.OK

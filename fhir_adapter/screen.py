@@ -46,7 +46,9 @@ def run_screen(
     out = out if out is not None else sys.stderr
     screener = load_screener(settings)
     paths = _check_outputs(settings, screener.trials)
-    if settings.server is not None:
+    if settings.server is not None and settings.bulk is not None:
+        problems, lines = _screen_bulk(settings, screener, paths, progress, out)
+    elif settings.server is not None:
         # The server path's modules (requests, JWT, the FHIR models) load only when a server is used.
         from fhir_adapter.client.factory import open_client
         from fhir_adapter.source.server import ServerSource
@@ -93,6 +95,52 @@ def run_screen(
     print("\n".join(lines), file=out)
     _reports(settings, screener.trials, paths)
     return ExitCode.PARTIAL if problems else ExitCode.OK
+
+
+def _screen_bulk(
+    settings: ScreenSettings,
+    screener: Screener,
+    paths: list[Path | None],
+    progress: Progress | None,
+    out: TextIO,
+) -> tuple[list[InputProblem], list[str]]:
+    """Export from the server, then screen the files through the file path (same verdicts as files)."""
+    from fhir_adapter.client.factory import open_client
+    from fhir_adapter.source.bulk import BulkSource
+
+    assert settings.server is not None and settings.bulk is not None
+    if settings.paths:
+        raise UsageError("give PATHs or --server, not both")
+    if settings.patients:
+        raise UsageError("--bulk exports a Group or the whole server: --patient does not go with it")
+    if settings.write_back:
+        raise UsageError(
+            "--write-back does not go with --bulk yet: screen the server without --bulk to write back"
+        )
+    work = settings.bulk_dir or _default_bulk_dir(settings)
+    with (
+        open_client(settings.server) as client,
+        BulkSource(client, screener, settings.bulk, work, keep_files=settings.keep_bulk_files) as source,
+    ):
+        source.prepare()
+        workers = _workers(settings.workers, source.files)
+        if workers > 1:
+            with WorkerPool(workers, settings.rules, settings.as_of, source.files.index_path) as pool:
+                problems = _run(source, screener, paths, [], progress, out, pool)
+        else:
+            problems = _run(source, screener, paths, [], progress, out)
+        lines = [f"Bulk Data from {client.base_url}", *source.summary()]
+    return problems, lines
+
+
+def _default_bulk_dir(settings: ScreenSettings) -> Path:
+    """Beside the result: the folder of ``--out``, or ``--out-dir`` itself, else the working folder."""
+    output = settings.output
+    if output.out_dir is not None:
+        return output.out_dir / ".fhir-adapter-bulk"
+    if output.out is not None:
+        return output.out.parent / ".fhir-adapter-bulk"
+    return Path(".fhir-adapter-bulk")
 
 
 # Below this many candidates, starting processes costs more than it saves.

@@ -83,6 +83,30 @@ class OutputSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkSettings:
+    """A Bulk Data export: where it runs, how long to wait for it, how files are fetched.
+
+    Polls honour ``Retry-After`` but wait at most ``poll_max_wait`` seconds each (HAPI answers a fixed
+    120 s however small the job), and give up after ``export_timeout`` seconds in total (the job is kept
+    and the next run resumes it). ``storage_origins``: origins other than the FHIR server's that may
+    receive the access token for file downloads (``https://host[:port]``).
+    """
+
+    level: Literal["system", "patient", "group"] = "system"
+    group: str | None = None
+    since: dt.datetime | None = None
+    types: tuple[str, ...] = ()  # empty: the types the trials' criteria read
+    storage_origins: tuple[str, ...] = ()
+    poll_initial_wait: float = 1.0
+    poll_max_wait: float = 10.0
+    export_timeout: float = 2 * 3600.0
+    downloads: int = 3  # files fetched at once
+    download_attempts: int = 5  # per file, each resuming where the last one broke
+    patients_per_job: int = 1000  # second pass of the two-pass plan: `patient=` references per kick-off
+    two_pass: bool = True  # gate's Conditions first (_typeFilter), then the candidates' data
+
+
+@dataclass(frozen=True, slots=True)
 class ScreenSettings:
     rules: RuleSettings
     as_of: dt.date
@@ -95,3 +119,19 @@ class ScreenSettings:
     # Processes screening file records; None: every core, once there are enough records to be worth it.
     workers: int | None = 1
     strategies: Overrides = field(default_factory=Overrides)  # forced server strategies (--records ...)
+    # --bulk: export from the server, then screen the files (BulkSource); its work folder and whether
+    # the downloads stay after a complete run.
+    bulk: BulkSettings | None = None
+    bulk_dir: Path | None = None
+    keep_bulk_files: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSettings:
+    """``fhir-adapter export``: files only, into ``out``; the job file in ``state_dir`` (default ``out``)."""
+
+    server: ServerSettings
+    bulk: BulkSettings
+    rules: RuleSettings
+    out: Path
+    state_dir: Path | None = None

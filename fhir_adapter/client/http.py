@@ -325,6 +325,89 @@ class FhirClient:
             )
         return body
 
+    # -- raw exchanges (Bulk Data: status and headers matter, files are streamed) -------------
+
+    def send(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Params | None = None,
+        body: Resource | None = None,
+        headers: Mapping[str, str] | None = None,
+        allow: frozenset[int] = frozenset(),
+    ) -> requests.Response:
+        """One request with the client's retries, auth, logging and error mapping, returning the response
+        itself: for operations whose status and headers are the answer (a Bulk Data kick-off's 202 and
+        ``Content-Location``, a status poll's ``Retry-After`` and ``X-Progress``)."""
+        url = self._resolve(path_or_url)
+        return self._request(method, url, params=params, body=body, headers=headers, allow=allow)
+
+    def open_stream(
+        self,
+        url: str,
+        *,
+        send_auth: bool,
+        allowed_origins: frozenset[tuple[str, str, int]] = frozenset(),
+        headers: Mapping[str, str] | None = None,
+        session: requests.Session | None = None,
+    ) -> requests.Response:
+        """``GET url`` with the body left unread (``stream=True``) for a caller that writes it to disk.
+
+        No retries and no redirects (the caller resumes a file from where it broke, and judges each hop).
+        Credentials go only when ``send_auth``, and then only to the base's origin or one of
+        ``allowed_origins``; without them any https (or loopback) origin may be fetched (signed storage URLs). A 401 with renewable credentials is resent once. ``session`` lets a
+        thread use a session of its own. Close the response when done.
+        """
+        try:
+            origin = origin_of(url)
+        except ValueError:
+            raise ServerError("malformed file URL from the server", url=no_query(url)) from None
+        if send_auth and origin != self._origin and origin not in allowed_origins:
+            raise ServerError(
+                f"refusing to send credentials to {origin[0]}://{origin[1]}:{origin[2]}: not the FHIR "
+                "server's origin and not an allowed storage origin",
+                url=no_query(url),
+            )
+        if origin[0] != "https" and origin[1] not in LOOPBACK and origin != self._origin:
+            raise ServerError("refusing a plain http file URL on another host", url=no_query(url))
+        send_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        renewed = False
+        while True:
+            sent_at = self._monotonic()
+            try:
+                resp = (session or self._session).get(
+                    url,
+                    headers=send_headers,
+                    auth=self._auth if send_auth else None,
+                    timeout=self._timeout,
+                    verify=self._verify,
+                    allow_redirects=False,
+                    stream=True,
+                )
+            except requests.exceptions.SSLError:
+                raise ServerUnreachable(
+                    "TLS error on a file download: check the certificate and the verify setting",
+                    url=no_query(url),
+                ) from None
+            logger.info(
+                "GET %s -> %d (%.0f ms, streamed)",
+                self._display(url),
+                resp.status_code,
+                (self._monotonic() - sent_at) * 1000,
+            )
+            if (
+                resp.status_code == 401
+                and send_auth
+                and not renewed
+                and isinstance(self._auth, InvalidatableAuth)
+            ):
+                resp.close()
+                self._auth.invalidate()
+                renewed = True
+                continue
+            return resp
+
     # -- internals ---------------------------------------------------------------------------
 
     def _pages(self, url: str, params: Params | None) -> Iterator[Resource]:

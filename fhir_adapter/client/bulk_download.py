@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 Kind = Literal["output", "error", "deleted"]
 Origin = tuple[str, str, int]
 
-CHUNK: Final = 256 * 1024
+# What a broken transfer loses at most (a partly received chunk is not handed over by urllib3).
+CHUNK: Final = 64 * 1024
 MAX_REDIRECTS: Final = 5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _RETRY: Final = frozenset({429, 500, 502, 503, 504})

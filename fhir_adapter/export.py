@@ -1,7 +1,7 @@
 """``fhir-adapter export``: a Bulk Data export into a folder, nothing screened.
 
 ``OUT/Type.NNN.ndjson`` per manifest file (``screen OUT`` reads them), the server's error files in
-``OUT/error/``, its deleted files in ``OUT/deleted/``, and ``OUT/export.json``: the request, the
+``OUT/error/``, its deleted files in ``OUT/deleted/``, and ``OUT/export.summary``: the request, the
 ``transactionTime`` (pass it as ``--since`` next time), the files with their line counts, the deleted
 references and every problem. A Patient- or Group-level export cannot carry Medications; the ones the
 exported requests reference are read into ``OUT/Medication.000.ndjson``.
@@ -31,7 +31,7 @@ from fhir_adapter.settings import ExportSettings
 from fhir_adapter.source.bulk import level_of
 from fhir_adapter.source.bulk_plan import MEDICATION_FILE, export_types, fetch_medications
 
-SUMMARY = "export.json"
+SUMMARY = "export.summary"
 
 
 def run_export_command(settings: ExportSettings, *, out: TextIO | None = None) -> int:

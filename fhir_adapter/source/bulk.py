@@ -6,11 +6,11 @@ The plan (``BulkSettings.two_pass``, on by default):
 
 1. **Gate first**: export only the resources a trial's gate can admit (``_type=Condition`` with the
    gate's ``_typeFilter``); their patients are the candidates.
-2. **Candidates' data**: export the types the criteria read for those patients only (``patient=`` in a
-   POSTed kick-off, ``BulkSettings.patients_per_job`` per job; Patient level for a system-level plan,
-   the Group for a Group plan).
+2. **Candidates' data**: export the types the criteria read for those patients only: ``Patient/$export``
+   with ``patient=`` in a POSTed kick-off, ``BulkSettings.patients_per_job`` per job (Patient level for a
+   Group plan too: HAPI 8.8 ignores ``patient`` at Group level and exports the whole Group).
 
-A server that refuses ``_typeFilter`` (or ``patient``) with 400 gets the fallback, one export of every
+A server that refuses ``_typeFilter`` (or ``patient``, or has no ``Patient/$export``) gets the fallback, one export of every
 type the criteria read (the bulk-only profile; most production servers today). A gate every patient can
 pass, or ``_since``, also uses the single export. The two-pass plan lists the candidates only (like the
 server search); the single export lists every patient of the export (like files).
@@ -54,8 +54,9 @@ from fhir_adapter.source.files import FileSource
 
 log = logging.getLogger(__name__)
 
-# How a server says it does not support a kick-off parameter (IG: an error, unless handling=lenient).
-REFUSED: Final = frozenset({400, 422, 501})
+# How a server says it does not support a kick-off parameter (IG: an error, unless handling=lenient)
+# or an export level (404/405: no Patient/$export on a Group-only server).
+REFUSED: Final = frozenset({400, 404, 405, 422, 501})
 PLAN_MAX_AGE: Final = dt.timedelta(hours=24)
 PLAN_PREFIX: Final = "bulk-plan-"
 
@@ -269,7 +270,7 @@ class BulkSource:
                 )
                 return self._run_single(single)
             paths.extend(result.output_paths())
-        return self._with_medications(paths, "patient" if self.level == "system" else self.level)
+        return self._with_medications(paths, "patient")
 
     def _single_request(self) -> ExportRequest:
         types = self.settings.types or export_types(self.screener.needed_types, self.level)
@@ -283,16 +284,12 @@ class BulkSource:
         return self._with_medications(result.output_paths(), self.level)
 
     def _second(self, candidates: list[str]) -> list[ExportRequest]:
-        level: Level = "patient" if self.level == "system" else self.level
-        types = export_types(self.screener.needed_types, level)
+        # Patient level even for a Group plan: the candidates are the Group's members already, and
+        # HAPI 8.8 ignores `patient` at Group level (it exports the whole Group), honours it here.
+        types = export_types(self.screener.needed_types, "patient")
         size = max(1, self.settings.patients_per_job)
         return [
-            ExportRequest(
-                level=level,
-                group=self.settings.group if level == "group" else None,
-                types=types,
-                patients=tuple(candidates[i : i + size]),
-            )
+            ExportRequest(level="patient", types=types, patients=tuple(candidates[i : i + size]))
             for i in range(0, len(candidates), size)
         ]
 

@@ -39,13 +39,13 @@ def test_export_downloads_into_the_folder_and_writes_its_summary(fake: FakeBulk,
 
     assert code == 0, text
     assert (out / "Patient.001.ndjson").read_bytes() == fake.files["p"].body
-    summary = json.loads((out / "export.json").read_text())
+    summary = json.loads((out / "export.summary").read_text())
     assert summary["transactionTime"] == "2026-06-01T10:00:00.123Z"
     assert summary["files"] == [
         {"kind": "output", "type": "Patient", "file": "Patient.001.ndjson", "lines": 4}
     ]
     assert summary["complete"] is True
-    assert stat.S_IMODE((out / "export.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((out / "export.summary").stat().st_mode) == 0o600
     assert "transactionTime 2026-06-01T10:00:00.123Z (the next --since)" in text
 
 
@@ -78,7 +78,7 @@ def test_export_with_an_error_file_exits_3_and_lists_the_entries(fake: FakeBulk,
     code, text = cli("export", "--server", fake.base, "--out", str(out), *FAST)
 
     assert code == 3, text
-    errors = json.loads((out / "export.json").read_text())["errors"]
+    errors = json.loads((out / "export.summary").read_text())["errors"]
     assert errors[0]["reason"] == "export error error/processing" and errors[0]["line"] == 1
 
 

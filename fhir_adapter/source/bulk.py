@@ -36,9 +36,11 @@ from typing import Final
 
 from fhir_adapter.client.bulk import BulkClient, ExportRequest, Level, instant
 from fhir_adapter.client.bulk_download import Downloader
+from fhir_adapter.client.bulk_files import ndjson_lines
 from fhir_adapter.client.bulk_job import ExportResult, cancel_stale_jobs, job_path, run_export
 from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import AuthError, ServerError
+from fhir_adapter.facts.fhirjson import patient_of
 from fhir_adapter.model import InputProblem
 from fhir_adapter.screening import Screener
 from fhir_adapter.settings import BulkSettings
@@ -79,6 +81,17 @@ class BulkChanges:
     transaction_time: dt.datetime
     problems: tuple[InputProblem, ...]
     complete: bool  # every file downloaded (else the job is kept for the next run)
+
+    def patients(self) -> set[str]:
+        """Ids of the patients the changed resources are about (streamed over the files). A deleted
+        resource names no patient: the caller finds it (a vread of the version before) or re-screens."""
+        found: set[str] = set()
+        for path in self.files:
+            for _, resource in ndjson_lines(path):
+                pid = patient_of(resource) if isinstance(resource, dict) else None
+                if pid:
+                    found.add(pid)
+        return found
 
 
 def export_changes(

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from bulkfake import FakeBulk, FileSpec, manifest, ndjson
 
+from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import ServerError
 from fhir_adapter.facts.fhirjson import patient_of
 from fhir_adapter.screen import run_screen
 from fhir_adapter.settings import BulkSettings, OutputSettings, RuleSettings, ScreenSettings, ServerSettings
+from fhir_adapter.source.bulk import export_changes
 from fhir_adapter.source.reader import Item, read_all
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "patients"
@@ -220,3 +222,37 @@ def test_a_run_that_stopped_after_the_first_pass_does_not_export_the_gate_again(
     with_filter = [k for k in fake.kick_offs if any(name == "_typeFilter" for name, _ in k.params())]
     assert len(with_filter) == 1
     assert by_bulk == {p: s for p, s in by_files.items() if p in by_bulk} and by_bulk
+
+
+def test_export_changes_gives_the_sync_files_deletions_patients_and_the_next_since(
+    fake: FakeBulk, tmp_path: Path
+) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": "Observation/gone1"}}],
+    }
+    fake.files["d"] = FileSpec(ndjson([bundle]))
+    fake.files["o"] = FileSpec(
+        ndjson([{"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/dm02"}}])
+    )
+    fake.manifest = manifest(
+        fake,
+        [("Observation", fake.file_url("o"), 1)],
+        deleted=[{"type": "Bundle", "url": fake.file_url("d")}],
+    )
+    since = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+
+    with FhirClient(fake.base) as client:
+        changes = export_changes(
+            client, since, "g1", frozenset({"Observation"}), tmp_path / "state", settings=BulkSettings(**FAST)
+        )
+
+    kick = fake.kick_offs[0]
+    assert kick.path == "/fhir/Group/g1/$export"
+    assert dict(kick.params())["_since"] == "2026-05-01T00:00:00.000Z"
+    assert dict(kick.params())["_type"] == "Observation,Patient"
+    assert changes.deleted == ("Observation/gone1",)
+    assert changes.transaction_time == dt.datetime(2026, 6, 1, 10, 0, 0, 123000, tzinfo=dt.UTC)
+    assert changes.patients() == {"dm02"}
+    assert changes.complete and changes.folder == tmp_path / "state" / "changes"

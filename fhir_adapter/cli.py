@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -343,6 +344,11 @@ def bulk_settings(
     if args.poll_max_wait <= 0 or args.export_timeout <= 0:
         raise UsageError("--poll-max-wait and --export-timeout must be positive")
     types = tuple(t.strip() for arg in getattr(args, "type", []) for t in arg.split(",") if t.strip())
+    for rtype in types:
+        if not re.fullmatch(r"[A-Z][A-Za-z]{1,63}", rtype):
+            raise UsageError(f"--type: {rtype!r} is not a FHIR resource type")
+    if group is not None and (not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", group) or group in (".", "..")):
+        raise UsageError(f"--group: {group!r} is not a FHIR id (A-Z a-z 0-9 - . up to 64 characters)")
     return BulkSettings(
         level="group" if group else args.export_level,
         group=group,

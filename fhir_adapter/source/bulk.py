@@ -262,7 +262,8 @@ class BulkSource:
             if bad:
                 self.problems.append(
                     InputProblem(
-                        "bulk export (first pass)", f"{bad} line(s) of the gate's files are not JSON objects"
+                        "bulk export (first pass)",
+                        f"{bad} line(s) of the gate's files are not JSON objects or name an invalid patient id",
                     )
                 )
             planned = sorted(found)

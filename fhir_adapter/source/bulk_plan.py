@@ -69,7 +69,8 @@ def gate_filters(gate: Gate) -> tuple[str, ...]:
 
 
 def admitted_patients(paths: Iterable[Path], gate: Gate) -> tuple[set[str], int]:
-    """Patients with a resource in ``paths`` that the gate admits, and how many lines were unreadable."""
+    """Patients with a resource in ``paths`` that the gate admits, and how many lines were unreadable
+    (or named a patient whose id is not a FHIR id)."""
     found: set[str] = set()
     bad = 0
     for path in paths:
@@ -78,8 +79,12 @@ def admitted_patients(paths: Iterable[Path], gate: Gate) -> tuple[set[str], int]
                 bad += 1
                 continue
             pid = patient_of(resource)
-            if pid is not None and gate.admits(resource):
-                found.add(pid)
+            if pid is None or not gate.admits(resource):
+                continue
+            try:
+                found.add(check_id(pid))  # it goes into a kick-off: a hostile id must not
+            except ValueError:
+                bad += 1
     return found, bad
 
 

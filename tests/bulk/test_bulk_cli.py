@@ -151,3 +151,11 @@ def test_screen_bulk_puts_its_work_folder_where_asked_and_keeps_files_on_request
     assert list(work.glob("files-*/Patient.001.ndjson"))
     assert stat.S_IMODE(work.stat().st_mode) == 0o700
     assert len(json.loads((tmp_path / "r.json").read_text())["subjects"]) == 4
+
+
+@pytest.mark.parametrize("bad", [["--group", "../x"], ["--type", "patient"], ["--type", "Patient,Obs/x"]])
+def test_a_bad_group_or_type_is_a_usage_error(fake: FakeBulk, tmp_path: Path, bad: list[str]) -> None:
+    code, text = cli("export", "--server", fake.base, "--out", str(tmp_path / "e"), *bad, *FAST)
+
+    assert code == 2, text
+    assert fake.kick_offs == []

@@ -256,3 +256,42 @@ def test_export_changes_gives_the_sync_files_deletions_patients_and_the_next_sin
     assert changes.transaction_time == dt.datetime(2026, 6, 1, 10, 0, 0, 123000, tzinfo=dt.UTC)
     assert changes.patients() == {"dm02"}
     assert changes.complete and changes.folder == tmp_path / "state" / "changes"
+
+
+def test_a_first_pass_patient_with_an_invalid_id_is_reported_not_sent(tmp_path: Path) -> None:
+    from fhir_adapter.config.loader import load_trials
+    from fhir_adapter.screening import Screener
+    from fhir_adapter.source.bulk_plan import admitted_patients
+
+    gate = Screener(load_trials((), (), None), AS_OF).gate
+    dm = {"coding": [{"system": "http://snomed.info/sct", "code": "396230008"}]}
+    path = tmp_path / "Condition.001.ndjson"
+    path.write_bytes(
+        ndjson(
+            [
+                {
+                    "resourceType": "Condition",
+                    "id": "c1",
+                    "code": dm,
+                    "subject": {"reference": "Patient/ok-1"},
+                },
+                {
+                    "resourceType": "Condition",
+                    "id": "c2",
+                    "code": dm,
+                    "subject": {"reference": "Patient/a_b&c"},
+                },
+                {
+                    "resourceType": "Condition",
+                    "id": "c3",
+                    "code": {"text": "asthma"},
+                    "subject": {"reference": "Patient/p3"},
+                },
+            ]
+        )
+        + b"[1]\n"
+    )
+
+    found, bad = admitted_patients([path], gate)
+
+    assert found == {"ok-1"} and bad == 2

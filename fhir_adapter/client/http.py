@@ -356,8 +356,9 @@ class FhirClient:
 
         No retries and no redirects (the caller resumes a file from where it broke, and judges each hop).
         Credentials go only when ``send_auth``, and then only to the base's origin or one of
-        ``allowed_origins``; without them any https (or loopback) origin may be fetched (signed storage URLs). A 401 with renewable credentials is resent once. ``session`` lets a
-        thread use a session of its own. Close the response when done.
+        ``allowed_origins``; without them any https (or loopback) origin may be fetched (signed storage
+        URLs). A 401 with renewable credentials is resent once. ``session`` lets a thread use a session
+        of its own. Close the response when done.
         """
         try:
             origin = origin_of(url)

@@ -36,9 +36,39 @@ class Status(enum.Enum):
 class Evidence:
     reference: str  # "Observation/abc", resolvable on the source
     detail: str  # "CK 812 U/L on 2026-05-02; ULN 200 U/L (reference range)"
+    # The value was read from clinical text (a site let notes decide this concept): the ResearchSubject's
+    # reason says so. Not written to the result: the detail says "from note".
+    from_note: bool = False
 
     def to_json(self) -> dict[str, str]:
         return {"reference": self.reference, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """A value found in clinical text that does not decide anything: the coordinator confirms and records it.
+
+    ``text`` is the sentence it came from (patient data: it goes into the result file, never into logs).
+    """
+
+    concept: str  # "mmt8"
+    value: str  # the number as written: "118", "0.75"
+    unit: str  # the unit the number is in: "{score}", "cm", "mm"
+    date: str  # the note's date, YYYY-MM-DD
+    reference: str  # "DocumentReference/abc" or "DiagnosticReport/abc"
+    match: str  # what was read: "MMT-8: 118/150"
+    text: str  # the sentence, cut to mappings' max_sentence_chars
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "concept": self.concept,
+            "value": self.value,
+            "unit": self.unit,
+            "date": self.date,
+            "reference": self.reference,
+            "match": self.match,
+            "text": self.text,
+        }
 
 
 FactValue = Decimal | bool | str | None
@@ -58,6 +88,8 @@ class Fact:
     comparator: str | None = None
     # An interval [value, upper] when the record allows several values (a year-only birthDate).
     upper: Decimal | None = None
+    # Values found in notes that would be newer than what decided (or that the record lacks): not used.
+    suggestions: tuple[Suggestion, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +100,7 @@ class CriterionResult:
     reason: str
     evidence: tuple[Evidence, ...] = ()
     components: tuple[CriterionResult, ...] = ()
+    suggestions: tuple[Suggestion, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -77,9 +110,16 @@ class CriterionResult:
             "reason": self.reason,
             "evidence": [e.to_json() for e in self.evidence],
         }
+        if self.suggestions:  # absent when empty: results without notes stay as they were
+            out["suggestions"] = [s.to_json() for s in self.suggestions]
         if self.components:
             out["components"] = [c.to_json() for c in self.components]
         return out
+
+    @property
+    def from_notes(self) -> bool:
+        """Its verdict rests on a value read from a note (the site opted in for that concept)."""
+        return self.verdict in (Verdict.MET, Verdict.NOT_MET) and any(e.from_note for e in self.evidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +174,9 @@ class PatientRecord:
     # Resources of a type the source saw for this patient but does not hold here (a patient no trial's
     # gate can admit is carried without its resources): "none among N Conditions" stays true.
     counts: Mapping[str, int] = field(default_factory=dict)
+    # Attachments a server source fetched for ``attachment.url`` (same origin only), by that url as written:
+    # {"contentType": ..., "data": base64}. Files carry none: only inline ``data`` is read there.
+    attachments: Mapping[str, Resource] = field(default_factory=dict)
 
     def of_type(self, resource_type: str) -> tuple[Resource, ...]:
         return self.resources.get(resource_type, ())

@@ -27,9 +27,13 @@ from fhir_adapter.config.types import (
     Glucocorticoid,
     Mappings,
     MedicationRules,
+    NoteRule,
+    NoteSettings,
+    NoteShape,
     UnitTable,
 )
 from fhir_adapter.errors import ConfigError
+from fhir_adapter.facts import units as unit_table
 
 
 # Parameter names that refer to other definitions: checked at load, so a typo fails there, not mid-run.
@@ -324,6 +328,13 @@ def load_trials(
     facts_doc = read(facts_path, "facts_file")
     meds_doc = read(meds_path, "medications_file")
     files += [concepts_path, units_path, facts_path, meds_path]
+    notes_path = base / "notes.toml"
+    # Optional, so a site's own copy of an older mappings/ still loads (notes then stay off).
+    notes_doc = read(notes_path, "notes_file") if notes_path.is_file() else {"notes": {}}
+    if notes_path.is_file():
+        files.append(notes_path)
+    raw_notes: dict[str, Any] = _copy_notes(notes_doc["notes"])
+    notes_paths = dict.fromkeys(raw_notes["rules"], str(notes_path))
     trial_docs = [(path, read(path, "criteria_file")) for path in (criteria_path(t, base) for t in wanted)]
 
     raw_concepts: dict[str, dict[str, Any]] = {k: dict(v) for k, v in concepts_doc["concepts"].items()}
@@ -350,6 +361,7 @@ def load_trials(
             _validate({"facts": {name: merged}}, "facts_file", overlay)
             raw_facts[name] = merged
             fact_paths[name] = overlay
+        _merge_notes(raw_notes, doc.get("notes", {}), overlay, notes_paths)
         units = doc.get("units", {})
         aliases.update(units.get("aliases", {}))
         conversions.extend(units.get("conversions", []))
@@ -369,6 +381,7 @@ def load_trials(
     medications = _build_medications(meds_doc, meds_path)
     _check_medications(medications, concepts, facts, meds_path)
     units_table = _build_units({"aliases": aliases, "conversions": conversions}, str(units_path))
+    notes = _build_notes(raw_notes, notes_paths, concepts, facts, units_table)
 
     shared = hashlib.sha256()
     for path in files:
@@ -389,9 +402,103 @@ def load_trials(
                 trial=trial_obj,
                 files=tuple(str(p) for p in (*files, path)),
                 fingerprint=f"{trial_obj.version}+{digest.hexdigest()[:12]}",
+                notes=notes,
             )
         )
     return out
+
+
+_NOTE_SCALARS = ("enabled", "max_attachment_bytes", "max_text_chars", "max_sentence_chars")
+
+
+def _copy_notes(doc: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: doc[k] for k in _NOTE_SCALARS if k in doc}
+    out["connectors"] = list(doc.get("connectors", []))
+    out["negations"] = list(doc.get("negations", []))
+    out["rules"] = {
+        name: {
+            "phrases": list(body.get("phrases", [])),
+            "shapes": list(body.get("shapes", [])),
+            "decide": bool(body.get("decide", False)),
+        }
+        for name, body in doc.get("rules", {}).items()
+    }
+    return out
+
+
+def _merge_notes(base: dict[str, Any], overlay: Mapping[str, Any], path: Path, paths: dict[str, str]) -> None:
+    """An overlay's ``[notes]``: settings replace, word lists and a rule's phrases and shapes are added,
+    ``decide`` replaces; a rule for a concept without one starts empty."""
+    for key in _NOTE_SCALARS:
+        if key in overlay:
+            base[key] = overlay[key]
+    base["connectors"] += list(overlay.get("connectors", []))
+    base["negations"] += list(overlay.get("negations", []))
+    for name, body in overlay.get("rules", {}).items():
+        rule = base["rules"].setdefault(name, {"phrases": [], "shapes": [], "decide": False})
+        rule["phrases"] += list(body.get("phrases", []))
+        rule["shapes"] += list(body.get("shapes", []))
+        if "decide" in body:
+            rule["decide"] = bool(body["decide"])
+        paths[name] = f"{paths[name]} + {path}" if name in paths else str(path)
+
+
+def _build_notes(
+    raw: Mapping[str, Any],
+    paths: Mapping[str, str],
+    concepts: Mapping[str, Concept],
+    facts: Mapping[str, FactSpec],
+    table: UnitTable,
+) -> NoteSettings:
+    rules: dict[str, NoteRule] = {}
+    for name, body in raw["rules"].items():
+        where = f"{paths[name]}: notes.rules.{name}"
+        if name not in concepts:
+            raise ConfigError(f"{where}: unknown concept (a rule is named after the concept it reads)")
+        if not body["phrases"] or not body["shapes"]:
+            raise ConfigError(f"{where}: a rule needs at least one phrase and one shape")
+        shapes = []
+        for i, shape in enumerate(body["shapes"]):
+            shapes.append(
+                NoteShape(
+                    after="".join(str(shape["after"]).lower().split()),
+                    unit=str(shape["unit"]),
+                    max=_decimal(shape["max"], f"{where}.shapes[{i}].max"),
+                )
+            )
+            _check_note_unit(shapes[-1], i, name, where, facts, table)
+        rules[name] = NoteRule(
+            concept=name,
+            phrases=tuple(dict.fromkeys(p.lower() for p in body["phrases"])),
+            shapes=tuple(sorted(shapes, key=lambda s: -len(s.after))),
+            decide=body["decide"],
+        )
+    caps = {
+        k: int(raw[k]) for k in ("max_attachment_bytes", "max_text_chars", "max_sentence_chars") if k in raw
+    }
+    return NoteSettings(
+        enabled=bool(raw.get("enabled", False)),
+        **caps,
+        connectors=tuple(sorted({c.lower() for c in raw["connectors"]}, key=lambda c: (-len(c), c))),
+        negations=tuple(dict.fromkeys(n.lower() for n in raw["negations"])),
+        rules=rules,
+    )
+
+
+def _check_note_unit(
+    shape: NoteShape, i: int, concept: str, where: str, facts: Mapping[str, FactSpec], table: UnitTable
+) -> None:
+    """A note's number must convert to the unit of every fact that reads the concept, or it could never
+    be used: say so at load, naming the fact."""
+    for fact in facts.values():
+        if fact.get("concept") != concept or fact.get("unit") is None:
+            continue
+        target = str(fact.get("unit"))
+        if unit_table.factor(table, shape.unit, target, concept) is None:
+            raise ConfigError(
+                f"{where}.shapes[{i}].unit: {shape.unit!r} cannot be converted to {target!r}, the unit of "
+                f"facts.{fact.name}"
+            )
 
 
 def _define_new(

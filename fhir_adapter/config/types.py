@@ -83,6 +83,41 @@ class MedicationRules:
     non_systemic_form_concept: str = ""
 
 
+# --- Clinical text (mappings/notes.toml) -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NoteShape:
+    """What follows a number in a note, and what that makes the number: ``after`` "/150" (lower-cased,
+    spaces removed; "" for a bare number), ``unit`` "{score}", ``max`` the largest value the scale allows."""
+
+    after: str
+    unit: str
+    max: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class NoteRule:
+    """How one concept's value is written in clinical text (``[notes.rules.<concept>]``)."""
+
+    concept: str
+    phrases: tuple[str, ...]  # lower-cased
+    shapes: tuple[NoteShape, ...]  # longest ``after`` first
+    # The site lets a value found in a note decide a verdict (else it is only a suggestion).
+    decide: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NoteSettings:
+    """``[notes]``: off by default; caps that bound the work one document can cause."""
+
+    enabled: bool = False
+    max_attachment_bytes: int = 524288
+    max_text_chars: int = 200000
+    max_sentence_chars: int = 200
+    connectors: tuple[str, ...] = ()  # lower-cased, longest first
+    negations: tuple[str, ...] = ()  # lower-cased
+    rules: Mapping[str, NoteRule] = field(default_factory=dict)
+
+
 # --- Rule tree ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Compare:
@@ -162,6 +197,7 @@ class Mappings:
     files: tuple[str, ...] = ()
     fingerprint: str = ""  # hash of every loaded file: goes into the result and the Provenance
     extra: Mapping[str, Any] = field(default_factory=dict)
+    notes: NoteSettings = field(default_factory=NoteSettings)
 
     def concept(self, name: str) -> Concept:
         return self.concepts[name]

@@ -23,6 +23,7 @@ from fhir_adapter.facts.fhirjson import (
     texts,
 )
 from fhir_adapter.facts.observations import in_window
+from fhir_adapter.facts.readings import ref_of, where
 from fhir_adapter.model import Evidence, Fact, Resource
 
 CURRENT = frozenset({"active", "recurrence", "relapse"})
@@ -256,7 +257,7 @@ def condition_class(ctx: Context, spec: FactSpec) -> Fact:
             detail = f"{_describe(cond)}: {class_label} {high_label}"
             return Fact(spec.name, True, evidence=(Evidence(reference_label(cond), detail),), reason=detail)
     observations = in_window(
-        ctx.matching("Observation", str(spec.get("class_observation_concept"))),
+        ctx.observations(str(spec.get("class_observation_concept"))),
         ctx.as_of,
         ctx.window_start(spec),
     )
@@ -267,8 +268,8 @@ def condition_class(ctx: Context, spec: FactSpec) -> Fact:
         if is_high is None:
             continue
         ev = Evidence(
-            reference_label(dated.resource),
-            f"{class_label} {high_label if is_high else low_label} on {dated.date}",
+            ref_of(dated.resource),
+            f"{class_label} {high_label if is_high else low_label} on {dated.date}{where(dated.resource)}",
         )
         return Fact(spec.name, is_high, evidence=(ev, *graded_evidence), reason=ev.detail)
     if graded:

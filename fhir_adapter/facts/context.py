@@ -9,7 +9,11 @@ from typing import Any
 
 from fhir_adapter.config.types import Concept, FactSpec, Mappings
 from fhir_adapter.facts.codes import CodeIndex, matcher_for
+from fhir_adapter.facts.readings import Views, build_views, slot_of
 from fhir_adapter.model import Fact, PatientRecord, Resource
+
+_VIEWS = "observation views"
+_COMPONENTS = "observation components"
 
 
 def months_before(day: dt.date, months: int) -> dt.date:
@@ -52,6 +56,30 @@ class Context:
             matcher = matcher_for(self.mappings.concepts)
             index = self._indexes[resource_type] = CodeIndex(self.record.of_type(resource_type), matcher)
         return index.matching(self.concept(concept))
+
+    def observations(self, concept: str) -> tuple[Resource, ...]:
+        """Every reading of the concept (computed once): whole Observations, those a DiagnosticReport
+        contains, and components (see :mod:`fhir_adapter.facts.readings`)."""
+        views: Views | None = self.cache.get(_VIEWS)
+        if views is None:
+            views = self.cache[_VIEWS] = build_views(self.record)
+        if views.same_as_record:
+            whole = self.matching("Observation", concept)
+        else:
+            index = self._indexes.get(_VIEWS)
+            if index is None:
+                index = self._indexes[_VIEWS] = CodeIndex(views.whole, matcher_for(self.mappings.concepts))
+            whole = index.matching(self.concept(concept))
+        if not views.components:
+            return whole
+        parts = self._indexes.get(_COMPONENTS)
+        if parts is None:
+            parts = self._indexes[_COMPONENTS] = CodeIndex(
+                views.components, matcher_for(self.mappings.concepts)
+            )
+        # A parent coded as the concept is the reading; its components are its parts, not more readings.
+        parents = {slot_of(obs) for obs in whole}
+        return whole + tuple(c for c in parts.matching(self.concept(concept)) if slot_of(c) not in parents)
 
     @property
     def patient_ref(self) -> str:

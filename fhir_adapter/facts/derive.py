@@ -23,6 +23,11 @@ from fhir_adapter.model import Fact, PatientRecord
 log = logging.getLogger(__name__)
 
 
+# Read only when the site turns notes on (mappings/notes.toml `[notes] enabled`), for every fact that reads
+# Observations: DiagnosticReports hold panels and conclusions, DocumentReferences clinical notes.
+NOTE_TYPES = ("DiagnosticReport", "DocumentReference")
+
+
 @dataclass(frozen=True, slots=True)
 class Read:
     """A fact reads resources of ``type``; only those coded in ``concepts`` when given, else all of them."""
@@ -112,6 +117,9 @@ def reads_of(mappings: Mappings, fact_names: Iterable[str]) -> list[Read]:
         pending.extend(fact_dependencies(spec))
         if KINDS[spec.kind].reads is _medication_reads:
             pending.append(mappings.medications.weight_fact)
+    if mappings.notes.enabled and any(r.type == "Observation" for r in out):
+        # Where clinical text is read, readings also come from reports (panels, conclusions) and notes.
+        out.extend(Read(t) for t in NOTE_TYPES)
     return out
 
 

@@ -35,10 +35,14 @@ class Reading:
     comparator: str | None
 
 
+SortKey = tuple[dt.date, dt.datetime, dt.datetime, str]
+
+
 @dataclass(frozen=True, slots=True)
 class Dated:
     resource: Resource
     date: dt.date
+    key: SortKey | None = None  # what ordered it: equal keys are a tie the spec's rule cannot break
 
 
 def _to_decimal(value: Any) -> Decimal | None:
@@ -51,7 +55,7 @@ def in_window(resources: tuple[Resource, ...], as_of: dt.date, start: dt.date | 
 
     Ties on date go to the later ``issued``, then to the larger id (spec section 2).
     """
-    found: list[tuple[tuple[dt.date, dt.datetime, dt.datetime, str], Resource]] = []
+    found: list[tuple[SortKey, Resource]] = []
     for obs in resources:
         if is_ignored(obs):
             continue
@@ -62,7 +66,7 @@ def in_window(resources: tuple[Resource, ...], as_of: dt.date, start: dt.date | 
         key = (date, effective_instant(obs), instant(obs.get("issued")), str(obs.get("id", "")))
         found.append((key, obs))
     found.sort(key=lambda t: t[0], reverse=True)
-    return [Dated(resource=obs, date=key[0]) for key, obs in found]
+    return [Dated(resource=obs, date=key[0], key=key) for key, obs in found]
 
 
 def has_value(obs: Resource) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from fhir_adapter.config.types import (
     Trial,
 )
 from fhir_adapter.facts.labs import fmt
-from fhir_adapter.model import CriterionResult, Evidence, Fact, Status, SubjectResult, Verdict
+from fhir_adapter.model import CriterionResult, Evidence, Fact, Status, SubjectResult, Suggestion, Verdict
 from fhir_adapter.verdicts import logic
 
 MET, NOT_MET, UNKNOWN = Verdict.MET, Verdict.NOT_MET, Verdict.UNKNOWN
@@ -32,6 +33,8 @@ class Outcome:
     verdict: Verdict
     reason: str
     evidence: tuple[Evidence, ...] = ()
+    # Values found in notes for the facts compared here; never part of the verdict.
+    suggestions: tuple[Suggestion, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,11 @@ _WORDS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "is", "!=": "is not"
 
 
 def _leaf(rule: Compare, fact: Fact) -> Outcome:
+    outcome = _compare(rule, fact)
+    return dataclasses.replace(outcome, suggestions=fact.suggestions) if fact.suggestions else outcome
+
+
+def _compare(rule: Compare, fact: Fact) -> Outcome:
     if fact.value is None:
         return Outcome(UNKNOWN, fact.reason or f"{fact.name} unknown")
     if isinstance(rule.value, Decimal) and isinstance(fact.value, Decimal):
@@ -122,6 +130,13 @@ def _leaf(rule: Compare, fact: Fact) -> Outcome:
     if verdict is MET and rule.on_match is not None:
         return Outcome(rule.on_match, f"{reason}: needs review")
     return Outcome(verdict, reason, fact.evidence if verdict is not UNKNOWN else ())
+
+
+def _suggestions(outcomes: Sequence[Outcome]) -> tuple[Suggestion, ...]:
+    found: dict[Suggestion, None] = {}
+    for o in outcomes:
+        found.update(dict.fromkeys(o.suggestions))
+    return tuple(found)
 
 
 _MISSING = re.compile(r"^no (?P<what>.+?) (?P<when>in the last .+)$")
@@ -168,8 +183,16 @@ def evaluate(rule: Rule, facts: FactLookup, components: dict[str, CriterionResul
         return Outcome(c.verdict, f"{rule.id}: {c.reason}", c.evidence)
     if isinstance(rule, Not):
         inner = evaluate(rule.item, facts, components)
-        return Outcome(logic.negate(inner.verdict), f"not ({inner.reason})", inner.evidence)
+        return Outcome(
+            logic.negate(inner.verdict), f"not ({inner.reason})", inner.evidence, inner.suggestions
+        )
     children = [evaluate(item, facts, components) for item in rule.items]
+    outcome = _combine(rule, children)
+    suggestions = _suggestions(children)
+    return dataclasses.replace(outcome, suggestions=suggestions) if suggestions else outcome
+
+
+def _combine(rule: AllOf | AnyOf | AtLeast, children: list[Outcome]) -> Outcome:
     verdicts = [c.verdict for c in children]
     if isinstance(rule, AllOf | AnyOf):
         verdict = logic.all_of(verdicts) if isinstance(rule, AllOf) else logic.any_of(verdicts)
@@ -212,7 +235,9 @@ def evaluate_criterion(criterion: Criterion, facts: FactLookup) -> CriterionResu
         reason = o.reason
         if o.verdict is Verdict.NOT_EVALUABLE and not reason:
             reason = f"{comp.text}: never decidable from the EHR".lstrip(": ")
-        components[comp.id] = CriterionResult(comp.id, "component", o.verdict, reason, o.evidence)
+        components[comp.id] = CriterionResult(
+            comp.id, "component", o.verdict, reason, o.evidence, suggestions=o.suggestions
+        )
     if criterion.applies_when is not None:
         gate = evaluate(criterion.applies_when, facts, components)
         if gate.verdict is NOT_MET:
@@ -222,14 +247,19 @@ def evaluate_criterion(criterion: Criterion, facts: FactLookup) -> CriterionResu
         o = evaluate(criterion.rule, facts, components)
         why = f"applies: {gate.reason}" if gate.verdict is MET else f"may apply ({gate.reason})"
         return CriterionResult(
-            criterion.id, criterion.type, o.verdict, f"{why}; {criterion.text}".strip("; "), gate.evidence
+            criterion.id,
+            criterion.type,
+            o.verdict,
+            f"{why}; {criterion.text}".strip("; "),
+            gate.evidence,
+            suggestions=o.suggestions,
         )
     o = evaluate(criterion.rule, facts, components)
     reason = o.reason or criterion.text
     if o.verdict is Verdict.NOT_EVALUABLE:
         reason = f"{criterion.text}: never decidable from the EHR"
     return CriterionResult(
-        criterion.id, criterion.type, o.verdict, reason, o.evidence, tuple(components.values())
+        criterion.id, criterion.type, o.verdict, reason, o.evidence, tuple(components.values()), o.suggestions
     )
 
 

@@ -84,15 +84,18 @@ def release_of(fhir_version: str) -> Release:
 
 
 def subject_reason(subject: SubjectResult) -> str:
-    """``failing: a, b; unknown: c`` from the criteria (not components), as the status reads them."""
+    """``failing: a, b; unknown: c`` from the criteria (not components), as the status reads them; and
+    ``decided from notes: d`` when a verdict rests on a value read from clinical text (a site opted in)."""
     failing = [c.id for c in subject.criteria if _fails(c)]
     unknown = [c.id for c in subject.criteria if c.verdict is Verdict.UNKNOWN]
+    noted = [c.id for c in subject.criteria if c.from_notes]
     parts = []
     if failing:
         parts.append("failing: " + ", ".join(failing))
     if unknown:
         parts.append("unknown: " + ", ".join(unknown))
-    return "; ".join(parts) or "no failing or unknown criteria"
+    reason = "; ".join(parts) or "no failing or unknown criteria"
+    return f"{reason}; decided from notes: {', '.join(noted)}" if noted else reason
 
 
 def subject_identifier(study: str, patient: str) -> str:

@@ -7,6 +7,7 @@ Run `python examples/make_examples.py` after changing this file; tests check the
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import sys
@@ -181,6 +182,32 @@ class Builder:
         self, code: str, display: str, value: float, unit: str | None, days_before: int = 14
     ) -> Res:
         return self.obs((MYO, code, display), value, unit, days_before)
+
+    def note(self, text: str, days_before: int, content_type: str = "text/plain; charset=utf-8") -> Res:
+        """A clinic note: a DocumentReference with the text inline (base64 ``data``)."""
+        return self.add(
+            {
+                "resourceType": "DocumentReference",
+                "id": self._id("note"),
+                "status": "current",
+                "docStatus": "final",
+                "type": {"coding": [{"system": LOINC, "code": "11506-3", "display": "Progress note"}]},
+                "subject": self.subject,
+                "date": day(days_before) + "T17:30:00+08:00",
+                "content": [
+                    {
+                        "attachment": {
+                            "contentType": content_type,
+                            "language": "zh-CN" if any(ord(c) > 0x2E80 for c in text) else "en",
+                            "data": base64.b64encode(text.encode("utf-8")).decode("ascii"),
+                            "title": "Clinic note",
+                            "creation": day(days_before) + "T17:30:00+08:00",
+                        }
+                    }
+                ],
+                "context": {"period": {"start": day(days_before), "end": day(days_before)}},
+            }
+        )
 
     def bundle(self) -> Res:
         return {
@@ -532,6 +559,146 @@ def patients() -> list[tuple[str, str, Builder]]:
     old["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"]["end"] = day(11)
     b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(10))  # 10 -> 15 mg weekly
     out.append(("ineligible", "methotrexate raised from 10 to 15 mg weekly 10 days ago", b))
+
+    # --- More of the record (docs/record-coverage.md): components, panels, result words, notes -------------
+    b = Builder("dm24", "1982-04-09", "female")
+    b.dm()
+    b.obs(CK, 150, "U/L", 12, high=200)  # 0.75 x ULN: the enzymes do not make the disease active
+    b.normal_labs()
+    b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))
+    b.note(
+        "Myositis clinic, follow-up.\n"
+        "Weakness of hip flexors persists, rash on knuckles improving.\n"
+        "MMT-8: 118/150, PGA 4/10, HAQ-DI 0.75.\n"
+        "Last visit 2026-03-02: MMT-8 not done (patient declined); MMT-8 of the left side 72/80 in 2025.\n"
+        "Next visit 4/10/2026 is not a score.\n"
+        "Plan: continue methotrexate 15 mg weekly.",
+        days_before=14,
+    )
+    out.append(("potential-candidate", "MMT-8, PGA and HAQ only in a clinic note: suggestions", b))
+
+    b = Builder("dm25", "1976-11-30", "male")
+    b.dm()
+    b.add(
+        {
+            "resourceType": "Observation",
+            "id": b._id("obs"),
+            "status": "final",
+            "code": {
+                "coding": [{"system": LIS, "code": "MYO-CSM", "display": "Myositis core set measures"}],
+                "text": "Myositis core set measures",
+            },
+            "subject": b.subject,
+            "effectiveDateTime": day(20),
+            "component": [
+                {
+                    "code": {"coding": [{"system": MYO, "code": "mmt8-total"}], "text": "MMT-8 total"},
+                    "valueInteger": 110,
+                },
+                {
+                    "code": {"text": "Patient global assessment VAS"},
+                    "valueQuantity": {"value": 5, "unit": "cm", "system": UCUM, "code": "cm"},
+                },
+                {
+                    "code": {"text": "Physician global assessment VAS"},
+                    "valueQuantity": {"value": 35, "unit": "mm", "system": UCUM, "code": "mm"},
+                },
+                {
+                    "code": {"coding": [{"system": MYO, "code": "haq-di"}], "text": "HAQ-DI"},
+                    "valueQuantity": {"value": 1.25, "unit": "{score}", "system": UCUM, "code": "{score}"},
+                },
+            ],
+        }
+    )
+    b.obs(CK, 150, "U/L", 12, high=310)
+    b.normal_labs(sex="male")
+    b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))
+    out.append(("candidate", "activity measures as components of one Observation", b))
+
+    b = Builder("dm26", "1971-02-17", "female")
+    b.dm()
+    active_disease(b)
+    b.normal_labs()
+    b.entries = [
+        e for e in b.entries if e.get("code", {}).get("coding", [{}])[0].get("code") not in ("718-7", "777-3")
+    ]
+    creat = next(e for e in b.entries if e.get("code", {}).get("coding", [{}])[0].get("code") == "14682-9")
+    del creat["effectiveDateTime"]  # dated only by the report it belongs to
+    b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))
+    b.add(
+        {
+            "resourceType": "DiagnosticReport",
+            "id": b._id("report"),
+            "status": "final",
+            "category": [
+                {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}
+            ],
+            "code": {
+                "coding": [
+                    {"system": LOINC, "code": "58410-2", "display": "CBC panel - Blood by Automated count"}
+                ]
+            },
+            "subject": b.subject,
+            "effectiveDateTime": day(6),
+            "issued": day(6) + "T16:00:00+08:00",
+            "contained": [
+                {
+                    "resourceType": "Observation",
+                    "id": "hgb",
+                    "status": "final",
+                    "code": {"coding": [{"system": LOINC, "code": HGB[1], "display": HGB[2]}]},
+                    "valueQuantity": {"value": 76, "unit": "g/L", "system": UCUM, "code": "g/L"},
+                },
+                {
+                    "resourceType": "Observation",
+                    "id": "plt",
+                    "status": "final",
+                    "code": {"coding": [{"system": LOINC, "code": PLT[1], "display": PLT[2]}]},
+                    "valueQuantity": {"value": 180, "unit": "10*9/L", "system": UCUM, "code": "10*9/L"},
+                },
+            ],
+            "result": [
+                {"reference": "#hgb"},
+                {"reference": "#plt"},
+                {"reference": f"urn:uuid:{creat['id']}"},
+            ],
+        }
+    )
+    out.append(
+        ("potential-candidate", "blood count only inside a DiagnosticReport panel (hemoglobin 76 g/L)", b)
+    )
+
+    b = Builder("dm27", "1987-06-06", "male")
+    b.dm()
+    active_disease(b)
+    b.normal_labs(sex="male")
+    b.entries = [
+        e
+        for e in b.entries
+        if e.get("code", {}).get("coding", [{}])[0].get("code") not in ("5196-1", "13955-0")
+    ]
+    b.obs(HBSAG, "NEG", None, 60)
+    b.obs(HCV, "弱阳性", None, 60)  # weakly positive: needs confirmation, neither excludes nor clears
+    b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))
+    out.append(
+        ("potential-candidate", 'result words: HBsAg "NEG", anti-HCV "弱阳性" (weakly positive: review)', b)
+    )
+
+    b = Builder("dm28", "1979-09-12", "female")
+    b.dm()
+    b.obs(CK, 150, "U/L", 12, high=200)
+    b.normal_labs()
+    b.med_request("Methotrexate 2.5 MG Oral Tablet", "105586", 6, None, 1, 7, day(300))
+    b.note(
+        "<html><body><h3>皮肌炎专科门诊记录</h3>"
+        "<p>查体：徒手肌力检查(MMT-8)评分118分，患者总体评价VAS 4cm，医生总体评价(PhGA) 3/10。</p>"
+        "<p>HAQ-DI评分0.75分。皮疹较前好转。</p><p>既往MMT-8未做。</p></body></html>",
+        days_before=9,
+        content_type="text/html; charset=utf-8",
+    )
+    out.append(
+        ("potential-candidate", "MMT-8, PGA, PhGA and HAQ only in a Chinese HTML note: suggestions", b)
+    )
     return out
 
 
@@ -561,6 +728,39 @@ SECOND_TRIAL: dict[str, tuple[str, str]] = {
     "pd21": ("ineligible", "cancer-associated myositis; malignancy in the last 5 years"),
     "pd22": ("ineligible", "deep vein thrombosis in the last 12 months"),
     "pd23": ("potential-candidate", "methotrexate dose change 10 days ago: stable-therapy unknown"),
+    "dm24": ("potential-candidate", "MMT-8 and the core set measures only in a note"),
+    "dm25": ("candidate", "MMT-8 110 (< 142), PGA, PhGA and HAQ from components; stable methotrexate"),
+    "dm26": ("candidate", "hemoglobin is not a ProDERM criterion; stable methotrexate"),
+    "dm27": ("candidate", "serology is not a ProDERM criterion; stable methotrexate"),
+    "dm28": ("potential-candidate", "MMT-8 and the core set measures only in a note"),
+}
+
+
+# Statuses that differ from the tables above when a site reads notes (examples/notes-on.toml: suggestions
+# only) or lets note scores decide (examples/notes-decide.toml): (NCT05495321 on, NCT02728752 on,
+# NCT05495321 decide, NCT02728752 decide, why). Every other patient keeps its status in both runs.
+WITH_NOTES: dict[str, tuple[str, str, str, str, str]] = {
+    "dm24": (
+        "potential-candidate",
+        "potential-candidate",
+        "candidate",
+        "candidate",
+        "notes on: MMT-8 118/150, PGA 4/10, HAQ-DI 0.75 are suggestions; decide: they make the disease active",
+    ),
+    "dm26": (
+        "ineligible",
+        "candidate",
+        "ineligible",
+        "candidate",
+        "notes on: the CBC panel is read (hemoglobin 76 g/L < 80: anemia), the creatinine takes the report's date",
+    ),
+    "dm28": (
+        "potential-candidate",
+        "potential-candidate",
+        "candidate",
+        "candidate",
+        "notes on: the Chinese note's MMT-8 118, PGA 4 cm, PhGA 3/10, HAQ-DI 0.75 are suggestions; decide: they count",
+    ),
 }
 
 
@@ -576,11 +776,21 @@ def main() -> int:
         )
         second, second_why = SECOND_TRIAL.get(b.pid, ("?", "?"))
         index.append(f"| {b.pid} | {status} | {second} | {why} | {second_why} |")
+    notes = [
+        "| patient | NCT05495321 notes on | NCT02728752 notes on | NCT05495321 decide | NCT02728752 decide | why |",
+        "|---|---|---|---|---|---|",
+        *(f"| {pid} | {' | '.join(row[:4])} | {row[4]} |" for pid, row in WITH_NOTES.items()),
+    ]
     (Path(__file__).parent / "patients.md").write_text(
         "# Example patients (screen with `--as-of 2026-06-15`)\n\n"
         "Expected status per trial: `--trial NCT05495321` (the default) and `--trial NCT02728752`.\n\n"
         + "\n".join(index)
-        + "\n",
+        + "\n\n## With clinical notes read\n\n"
+        "`--mappings examples/notes-on.toml` reads DocumentReference and DiagnosticReport: values found in notes "
+        "are suggestions (in the result and the worklist) and change no verdict. `--mappings "
+        "examples/notes-decide.toml` also lets the activity scores of notes decide. The patients whose status "
+        "differs from the table above in at least one of these runs (every other patient keeps its status in "
+        "both):\n\n" + "\n".join(notes) + "\n",
         encoding="utf-8",
     )
     return 0

@@ -28,6 +28,7 @@ from fhir_adapter.config.types import (
     Criterion,
     Mappings,
     Not,
+    NoteSettings,
     Rule,
 )
 from fhir_adapter.errors import ConfigError
@@ -103,6 +104,11 @@ class Screener:
     def needed_types(self) -> frozenset[str]:
         """Every resource type the trials' criteria read (what a source must fetch)."""
         return frozenset(r.type for r in self.reads)
+
+    @property
+    def notes(self) -> NoteSettings | None:
+        """The clinical-text settings when the trials read notes (shared by every trial), else None."""
+        return self.trials[0].notes if "DocumentReference" in self.needed_types else None
 
     @property
     def studies(self) -> tuple[str, ...]:

@@ -244,7 +244,7 @@ def test_examples_as_bundles_and_as_ndjson_give_identical_subjects(
     as_ndjson = screen_cli(capsys, tmp_path / "b", _examples_as_ndjson(tmp_path / "ndjson"))
     assert as_bundles.code == as_ndjson.code == 0
     assert as_bundles.result is not None and as_ndjson.result is not None
-    assert len(as_bundles.result["subjects"]) == 23
+    assert len(as_bundles.result["subjects"]) == EXAMPLE_PATIENTS
     assert as_ndjson.result["subjects"] == as_bundles.result["subjects"]
 
 
@@ -515,11 +515,32 @@ def test_result_goes_to_stdout_without_out(capsys: pytest.CaptureFixture[str], t
 STATUS = "candidate|potential-candidate|ineligible"
 
 
+EXAMPLE_PATIENTS = 28
+
+
+def _patients_md() -> tuple[str, str]:
+    """patients.md: the main table, and the table of statuses with clinical notes read."""
+    text = (REPO / "examples" / "patients.md").read_text(encoding="utf-8")
+    main, _, notes = text.partition("## With clinical notes read")
+    return main, notes
+
+
 def _expected_example_statuses(column: int) -> dict[str, str]:
     """patients.md: | patient | NCT05495321 status | NCT02728752 status | ..."""
-    table = (REPO / "examples" / "patients.md").read_text(encoding="utf-8")
-    rows = re.findall(rf"^\| (\w+) \| ({STATUS}) \| ({STATUS}) \|", table, re.MULTILINE)
+    rows = re.findall(rf"^\| (\w+) \| ({STATUS}) \| ({STATUS}) \|", _patients_md()[0], re.MULTILINE)
     return {row[0]: row[column] for row in rows}
+
+
+def _expected_with_notes(column: int) -> dict[str, str]:
+    """Every patient's status in a run with notes read (column 1, 2: notes on; 3, 4: decide), from both tables."""
+    base = _expected_example_statuses(1 if column in (1, 3) else 2)
+    rows = re.findall(
+        rf"^\| (\w+) \| ({STATUS}) \| ({STATUS}) \| ({STATUS}) \| ({STATUS}) \|",
+        _patients_md()[1],
+        re.MULTILINE,
+    )
+    assert rows, "patients.md has no table of statuses with notes read"
+    return base | {row[0]: row[column] for row in rows}
 
 
 @pytest.mark.parametrize(("trial", "column"), [("NCT05495321", 1), ("NCT02728752", 2)])
@@ -527,13 +548,34 @@ def test_examples_screen_to_exactly_the_statuses_in_patients_md(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, trial: str, column: int
 ) -> None:
     expected = _expected_example_statuses(column)
-    assert len(expected) == 23
+    assert len(expected) == EXAMPLE_PATIENTS
     run = screen_cli(capsys, tmp_path, EXAMPLES, "--trial", trial)
     assert run.code == 0 and run.errors == []
     assert run.result is not None and run.result["study"] == trial
     got = {p.removeprefix("Patient/"): s["status"] for p, s in run.subjects.items()}
     assert got == expected
     assert {"candidate", "potential-candidate", "ineligible"} <= set(got.values())
+
+
+@pytest.mark.parametrize(
+    ("trial", "overlay", "column"),
+    [
+        ("NCT05495321", "notes-on.toml", 1),
+        ("NCT02728752", "notes-on.toml", 2),
+        ("NCT05495321", "notes-decide.toml", 3),
+        ("NCT02728752", "notes-decide.toml", 4),
+    ],
+)
+def test_examples_with_notes_read_change_status_only_where_patients_md_says(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, trial: str, overlay: str, column: int
+) -> None:
+    expected = _expected_with_notes(column)
+    assert len(expected) == EXAMPLE_PATIENTS
+    overlay_path = REPO / "examples" / overlay
+    run = screen_cli(capsys, tmp_path, EXAMPLES, "--trial", trial, "--mappings", str(overlay_path))
+    assert run.code == 0 and run.errors == []
+    got = {p.removeprefix("Patient/"): s["status"] for p, s in run.subjects.items()}
+    assert got == expected
 
 
 def test_examples_are_current_with_make_examples(tmp_path: Path) -> None:

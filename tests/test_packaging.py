@@ -98,4 +98,4 @@ def test_the_installed_wheel_screens_the_examples_from_another_directory(wheel: 
         )
         assert run.returncode == 0, run.stderr[-2000:]
         result = json.loads((elsewhere / "result.json").read_text(encoding="utf-8"))
-        assert result["study"] == trial and len(result["subjects"]) == 23
+        assert result["study"] == trial and len(result["subjects"]) == 28

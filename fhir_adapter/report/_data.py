@@ -51,6 +51,11 @@ def evidence(criterion: Criterion) -> list[Mapping[str, Any]]:
     return _mappings(criterion.get("evidence"))
 
 
+def suggestions(criterion: Criterion) -> list[Mapping[str, Any]]:
+    """Values found in notes for the criterion or component (``suggestions``; absent means none)."""
+    return _mappings(criterion.get("suggestions"))
+
+
 def patient(subject: Subject) -> str:
     return text(subject.get("patient"))
 

@@ -15,6 +15,7 @@ from fhir_adapter.report._data import (
     patient,
     status,
     subjects,
+    suggestions,
     text,
     verdict,
 )
@@ -40,8 +41,19 @@ def _criterion_row(c: Criterion, component: bool) -> str:
     return (
         f'<tr class="{"component" if component else "criterion"}{mark}" data-criterion="{esc(cid)}">'
         f'<td><code>{esc(cid)}</code><span class="crit-type">{esc(ctype)}</span></td>'
-        f"<td>{verdict_badge(c)}</td><td>{esc(c.get('reason'))}</td><td>{_evidence_list(c)}</td></tr>"
+        f"<td>{verdict_badge(c)}</td><td>{esc(c.get('reason'))}{_suggestion_list(c)}</td>"
+        f"<td>{_evidence_list(c)}</td></tr>"
     )
+
+
+def _suggestion_list(criterion: Criterion) -> str:
+    """Values found in notes: shown under the reason, never as evidence (they decided nothing)."""
+    items = [
+        f'<li><span class="tag">in a note</span><code>{esc(s.get("reference"))}</code> of {esc(s.get("date"))} '
+        f"says {esc(s.get('match'))}: <q>{esc(s.get('text'))}</q></li>"
+        for s in suggestions(criterion)
+    ]
+    return f'<ul class="suggest">{"".join(items)}</ul>' if items else ""
 
 
 def _patient_section(s: Subject, anchor: str, rank: Mapping[str, int]) -> str:

@@ -78,6 +78,12 @@ svg.funnel .f-unknown { fill: var(--unk-ink); }
 ul.resolve, ul.ev { margin: 0; padding-left: 0; list-style: none; }
 ul.resolve li, ul.ev li { margin: 0 0 3px; overflow-wrap: anywhere; }
 ul.resolve code { color: var(--accent); margin-right: 8px; }
+ul.from-notes { margin-top: 4px; }
+ul.suggest { margin: 6px 0 0; padding-left: 0; list-style: none; font-size: 12.5px; }
+ul.suggest li { margin: 0 0 3px; overflow-wrap: anywhere; }
+ul.suggest code { color: var(--muted); margin-right: 6px; }
+.tag { display: inline-block; font-size: 11px; border: 1px solid var(--rule); border-radius: 3px;
+  padding: 0 4px; margin-right: 6px; color: var(--accent); background: var(--soft); }
 ul.ev code { color: var(--muted); margin-right: 6px; }
 td.patient-ref { white-space: nowrap; }
 table.components { width: auto; min-width: 60%; }

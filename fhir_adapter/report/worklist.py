@@ -15,6 +15,7 @@ from fhir_adapter.report._data import (
     patient,
     status,
     subjects,
+    suggestions,
     text,
     verdict,
 )
@@ -35,6 +36,23 @@ class ToResolve:
 
 
 @dataclass(frozen=True, slots=True)
+class FromNote:
+    """A value a note holds that the record does not: ``criterion`` as in :class:`ToResolve`."""
+
+    criterion: str
+    date: str
+    match: str
+    reference: str
+
+    @property
+    def advice(self) -> str:
+        return f"note of {self.date} says {self.match}: confirm and record"
+
+    def __str__(self) -> str:
+        return f"{self.criterion}: {self.advice} ({self.reference})"
+
+
+@dataclass(frozen=True, slots=True)
 class WorklistEntry:
     patient: str
     status: str
@@ -42,6 +60,7 @@ class WorklistEntry:
     verdicts: dict[str, str]  # criterion id -> verdict ("" when the subject lacks it)
     to_resolve: tuple[ToResolve, ...]
     recheck_on: str
+    from_notes: tuple[FromNote, ...] = ()
 
 
 def _to_resolve(criterion: Any) -> list[ToResolve]:
@@ -53,6 +72,16 @@ def _to_resolve(criterion: Any) -> list[ToResolve]:
             ToResolve(f"{cid}/{text(c.get('id'))}", text(c.get("reason")) or NO_REASON) for c in unknown_parts
         ]
     return [ToResolve(cid, text(criterion.get("reason")) or NO_REASON)]
+
+
+def _from_notes(criterion: Any) -> list[FromNote]:
+    cid = text(criterion.get("id"))
+    found = [(cid, s) for s in suggestions(criterion)]
+    found += [(f"{cid}/{text(c.get('id'))}", s) for c in components(criterion) for s in suggestions(c)]
+    return [
+        FromNote(path, text(s.get("date")), text(s.get("match")), text(s.get("reference")))
+        for path, s in found
+    ]
 
 
 def worklist(result: Result, order: Sequence[str] | None = None) -> list[WorklistEntry]:
@@ -76,6 +105,11 @@ def worklist(result: Result, order: Sequence[str] | None = None) -> list[Worklis
                 verdicts={cid: verdict(table[cid]) if cid in table else "" for cid in ids},
                 to_resolve=tuple(item for c in unknown for item in _to_resolve(c)),
                 recheck_on=text(s.get("recheckOn")),
+                from_notes=tuple(
+                    item
+                    for c in sorted(criteria(s), key=lambda c: rank.get(text(c.get("id")), len(rank)))
+                    for item in _from_notes(c)
+                ),
             )
         )
     entries.sort(key=lambda e: (e.unknown_count, e.patient))
@@ -89,15 +123,18 @@ def csv_columns(result: Result, order: Sequence[str] | None = None) -> list[str]
         "unknown_count",
         *(s.id for s in criterion_order(result, order)),
         "to_resolve",
+        "from_notes",
     ]
 
 
 def worklist_rows(result: Result, order: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The worklist as flat rows, keyed by :func:`csv_columns` (``to_resolve`` joined with "; ")."""
+    """The worklist as flat rows, keyed by :func:`csv_columns` (``to_resolve`` and ``from_notes`` joined
+    with "; ")."""
     rows: list[dict[str, Any]] = []
     for e in worklist(result, order):
         row: dict[str, Any] = {"patient": e.patient, "status": e.status, "unknown_count": e.unknown_count}
         row.update(e.verdicts)
         row["to_resolve"] = "; ".join(str(item) for item in e.to_resolve)
+        row["from_notes"] = "; ".join(str(item) for item in e.from_notes)
         rows.append(row)
     return rows

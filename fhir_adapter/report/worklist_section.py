@@ -12,7 +12,9 @@ def worklist_section(entries: Sequence[WorklistEntry], anchors: Mapping[str, str
     head = (
         '<section id="worklist" aria-labelledby="worklist-h"><h2 id="worklist-h">Worklist</h2>'
         '<p class="muted small">Candidates and potential candidates, fewest unknown criteria first. '
-        "Each line under \u201cTo resolve\u201d is data that would settle one unknown.</p>"
+        "Each line under \u201cTo resolve\u201d is data that would settle one unknown; a line marked "
+        "\u201cin a note\u201d is a value a clinical note holds and the record does not: confirm it and "
+        "record it.</p>"
     )
     if not entries:
         return (
@@ -26,6 +28,13 @@ def worklist_section(entries: Sequence[WorklistEntry], anchors: Mapping[str, str
         resolve = (
             f'<ul class="resolve">{items}</ul>' if items else '<span class="muted">nothing unknown</span>'
         )
+        if e.from_notes:
+            notes = "".join(
+                f'<li><code>{esc(n.criterion)}</code><span class="tag">in a note</span>{esc(n.advice)} '
+                f'<span class="muted small">({esc(n.reference)})</span></li>'
+                for n in e.from_notes
+            )
+            resolve += f'<ul class="resolve from-notes">{notes}</ul>'
         if e.recheck_on:
             resolve += f'<div class="muted small">Recheck on {esc(e.recheck_on)}</div>'
         rows.append(

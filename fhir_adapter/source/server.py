@@ -18,6 +18,7 @@ from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import AuthError, ServerError, UsageError
 from fhir_adapter.model import InputProblem
 from fhir_adapter.screening import Screener
+from fhir_adapter.source.attachments import fetch_attachments
 from fhir_adapter.source.base import Absent, Screenable, SourceItem
 from fhir_adapter.source.candidates import Candidates, find_candidates, given_patients, group_members
 from fhir_adapter.source.records import Strategy, fetch_record
@@ -109,9 +110,14 @@ class ServerSource:
         candidates = self.prepare()
         assert self.strategy is not None
         where = self.client.base_url
+        notes = self.screener.notes
         for pid in candidates.patient_ids:
+            before = self.client.request_count
             try:
                 fetched = fetch_record(self.client, pid, self.strategy, self.screener.needed_types)
+                record = fetched.record if fetched is not None else None
+                if record is not None and notes is not None:
+                    record = fetch_attachments(self.client, record, notes)
             except AuthError:
                 raise
             except ServerError as exc:
@@ -127,8 +133,10 @@ class ServerSource:
                         where, f"Patient/{pid}: no such patient on the server", resource=f"Patient/{pid}"
                     )
                 continue
-            self.requests_per_patient.append(fetched.requests)
-            yield Screenable(fetched.record, fetched.versions, fetched.requests)
+            assert record is not None
+            requests = self.client.request_count - before
+            self.requests_per_patient.append(requests)
+            yield Screenable(record, fetched.versions, requests)
 
     def summary(self) -> list[str]:
         counts = self.requests_per_patient

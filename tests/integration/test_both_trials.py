@@ -97,7 +97,7 @@ def test_the_server_screen_gives_the_file_results_for_both_trials(
     assert code == 0, err
     by_server = results(tmp_path)
     assert by_server == without_refused(by_files, ids)
-    assert len(by_server["NCT02728752"]) == len(ids) == 23
+    assert len(by_server["NCT02728752"]) == len(ids) == 28
 
 
 def test_sync_keeps_the_file_results_of_every_candidate_for_both_trials(

@@ -232,7 +232,7 @@ def test_explicit_order_reorders_funnel_table_and_csv(tmp_path: Path) -> None:
     assert all(expected[s.id]["unknown"] == s.unknown for s in steps)
     write_report(result, tmp_path / "r.html", tmp_path / "w.csv", order=order)
     header = (tmp_path / "w.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
-    assert header[3:-1] == list(expected)
+    assert header[3:-2] == list(expected) and header[-2:] == ["to_resolve", "from_notes"]
     rows = ET.fromstring((tmp_path / "r.html").read_text(encoding="utf-8").split("\n", 1)[1])
     table = next(t for t in rows.iter("table") if t.get("id") == "funnel-table")
     assert [r.get("data-criterion") for r in table.findall("./tbody/tr")] == list(expected)
@@ -385,7 +385,7 @@ def test_empty_result_page() -> None:
     assert not ids & {"funnel-table", "worklist-table", "patients", "errors-table"}
     assert worklist_rows(result) == []
     assert funnel(result) == []
-    assert worklist_csv(result).splitlines() == ["patient,status,unknown_count,to_resolve"]
+    assert worklist_csv(result).splitlines() == ["patient,status,unknown_count,to_resolve,from_notes"]
 
 
 def test_empty_result_with_errors_shows_them() -> None:
@@ -467,7 +467,7 @@ def test_csv_rows_and_columns(tmp_path: Path) -> None:
     raw = csv_path.read_bytes()
     assert not raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
-    assert rows[0] == ["patient", "status", "unknown_count", *PROTOCOL, "to_resolve"]
+    assert rows[0] == ["patient", "status", "unknown_count", *PROTOCOL, "to_resolve", "from_notes"]
     body = [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
     assert [(int(r["unknown_count"]), r["patient"]) for r in body] == oracle_worklist(result)
     subjects = {s["patient"]: s for s in result["subjects"]}

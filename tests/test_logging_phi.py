@@ -86,9 +86,18 @@ def all_log_text(
     monkeypatch.setattr(fhir_adapter.logs, "setup", setup_keeping_caplog)
     caplog.set_level(logging.DEBUG)
 
-    def run(tmp_path: Path, *paths: Path) -> tuple[str, int]:
+    def run(tmp_path: Path, *paths: Path, extra: tuple[str, ...] = ()) -> tuple[str, int]:
         code = main(
-            ["screen", *map(str, paths), "--as-of", "2026-06-15", "--out", str(tmp_path / "r.json"), "-vv"]
+            [
+                "screen",
+                *map(str, paths),
+                "--as-of",
+                "2026-06-15",
+                "--out",
+                str(tmp_path / "r.json"),
+                "-vv",
+                *extra,
+            ]
         )
         captured = capsys.readouterr()
         formatter = logging.Formatter()
@@ -116,6 +125,27 @@ def test_vv_logs_of_the_examples_hold_no_name_mrn_or_birth_date(all_log_text: An
     _assert_absent(text, names)
     _assert_absent(text, mrns)
     _assert_absent(text, births)
+
+
+def test_vv_logs_hold_no_note_text_when_notes_are_read(all_log_text: Any, tmp_path: Path) -> None:
+    # Clinical text is patient data: it may reach the result file (a suggestion's sentence), never a log.
+    overlay = REPO / "examples" / "notes-decide.toml"
+    text, code = all_log_text(tmp_path, EXAMPLES, extra=("--mappings", str(overlay)))
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    sentences = [
+        e["detail"]
+        for s in result["subjects"]
+        for c in s["criteria"]
+        for comp in c.get("components", [])
+        for e in comp["evidence"]
+        if "from note" in e["detail"]
+    ]
+    assert sentences, "no value was read from a note: the test would prove nothing"
+    fragments = ["118/150", "Weakness of hip flexors", "皮疹较前好转", "徒手肌力", "HAQ-DI评分", "declined"]
+    _assert_absent(text, fragments)
+    names, mrns, births = _example_phi()
+    _assert_absent(text, names + mrns + births)
 
 
 def test_vv_logs_hold_no_phi_even_when_facts_fail_and_inputs_are_bad(

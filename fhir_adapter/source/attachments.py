@@ -78,7 +78,13 @@ def fetch_attachments(client: FhirClient, record: PatientRecord, settings: NoteS
             continue
         try:
             response = client.read("Binary", bid)
-        except (AuthError, ServerUnreachable):
+        except AuthError as exc:
+            if exc.status != 403:
+                raise  # credentials refused: the run stops, as for any request
+            # Forbidden: the token's scopes may not cover Binary. The note goes unread, not the patient.
+            skipped[owner] = "HTTP 403"
+            continue
+        except ServerUnreachable:
             raise  # the server, not this attachment: the patient's fetch fails as a whole
         except ServerError as exc:
             skipped[owner] = f"HTTP {exc.status}" if exc.status else "no answer"

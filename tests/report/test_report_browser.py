@@ -140,6 +140,20 @@ def test_rendered_dom_has_funnel_and_worklist(chromium: str, tmp_path: Path) -> 
     assert "no CK, aldolase, LDH, ALT or AST in the last 90 days" in text
 
 
+def test_rendered_worklist_shows_values_found_in_notes(chromium: str, tmp_path: Path) -> None:
+    html, result = _report(tmp_path, "notes")
+    out = _run(chromium, tmp_path, "--dump-dom", html.as_uri()).stdout
+    dom = _Dom()
+    dom.feed(out)
+    text = " ".join("".join(dom.text).split())
+    assert "note of 2026-06-01 says MMT-8: 118/150: confirm and record" in text
+    assert "in a note" in text and "(DocumentReference/dm24-note12)" in text
+    lists = [a.get("class", "") for t, a in dom.elements if t == "ul"]
+    assert "resolve from-notes" in lists and "suggest" in lists
+    worklist = [a["data-patient"] for t, a in dom.elements if t == "tr" and "data-patient" in a]
+    assert worklist == _expected_worklist(result)
+
+
 def test_screenshot_and_print(chromium: str, tmp_path: Path) -> None:
     html, _ = _report(tmp_path)
     shot = tmp_path / "report.png"

@@ -120,7 +120,7 @@ def oracle_reasons(subject: dict[str, Any]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("name", ["normal", "with_errors", "empty"])
+@pytest.mark.parametrize("name", ["normal", "with_errors", "empty", "notes"])
 def test_fixtures_follow_the_result_schema(name: str) -> None:
     schema = json.loads((Path(__file__).parents[2] / "profiles" / "screening-result.schema.json").read_text())
     jsonschema.validate(load(name), schema)
@@ -508,3 +508,54 @@ def test_csv_unicode_and_formula_cells() -> None:
     assert rows[0]["to_resolve"] == "anemia: 近90天无血红蛋白结果"
     assert rows[0]["patient"] == "'=HYPERLINK(1)"
     assert "近90天无血红蛋白结果" in render_html(result)
+
+
+# --- values found in notes (suggestions) --------------------------------------------------------------
+
+
+def _oracle_suggestions(result: dict[str, Any]) -> dict[str, list[str]]:
+    """patient -> "criterion[/component]: date match" for every suggestion of a worklist patient."""
+    out: dict[str, list[str]] = {}
+    for s in result["subjects"]:
+        if s["status"] not in WORKLIST:
+            continue
+        lines = out.setdefault(s["patient"], [])
+        for c in s["criteria"]:
+            lines += [f"{c['id']}: {x['date']} {x['match']}" for x in c.get("suggestions", [])]
+            for comp in c.get("components", []):
+                lines += [
+                    f"{c['id']}/{comp['id']}: {x['date']} {x['match']}" for x in comp.get("suggestions", [])
+                ]
+    return out
+
+
+def test_the_worklist_lists_every_suggestion_of_its_patients_to_confirm_and_record() -> None:
+    result = load("notes")
+    expected = _oracle_suggestions(result)
+    assert sum(len(v) for v in expected.values()) >= 6  # the fixture really has them
+    rows = {r["patient"]: r for r in worklist_rows(result)}
+    for patient, lines in expected.items():
+        cell = rows[patient]["from_notes"]
+        for line in lines:
+            criterion_path, rest = line.split(": ", 1)
+            date, match = rest.split(" ", 1)
+            assert f"{criterion_path}: note of {date} says {match}: confirm and record" in cell
+        assert cell.count("confirm and record") == len(lines)
+    dm24 = rows["Patient/dm24"]["from_notes"]
+    assert "active-disease/mmt8: note of 2026-06-01 says MMT-8: 118/150: confirm and record" in dm24
+    text = all_text(page(result).find(".//*[@id='worklist']"))  # type: ignore[arg-type]
+    assert "in a note" in text and "note of 2026-06-01 says MMT-8: 118/150: confirm and record" in text
+
+
+def test_patient_sections_quote_the_sentence_under_the_reason_not_as_evidence() -> None:
+    result = load("notes")
+    html = render_html(result)
+    assert "MMT-8: 118/150, PGA 4/10, HAQ-DI 0.75." in html
+    root = page(result)
+    for ul in root.iter("ul"):
+        if ul.get("class") == "ev":
+            assert "in a note" not in all_text(ul)
+
+
+def test_a_result_without_suggestions_has_an_empty_from_notes_column() -> None:
+    assert all(r["from_notes"] == "" for r in worklist_rows(load("normal")))

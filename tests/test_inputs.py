@@ -248,6 +248,21 @@ def test_examples_as_bundles_and_as_ndjson_give_identical_subjects(
     assert as_ndjson.result["subjects"] == as_bundles.result["subjects"]
 
 
+def test_examples_as_ndjson_with_notes_read_give_the_bundles_subjects(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Bulk NDJSON (one file per type, DocumentReference and DiagnosticReport among them) reads notes too.
+    overlay = str(REPO / "examples" / "notes-decide.toml")
+    as_bundles = screen_cli(capsys, tmp_path / "a", EXAMPLES, "--mappings", overlay)
+    as_ndjson = screen_cli(
+        capsys, tmp_path / "b", _examples_as_ndjson(tmp_path / "ndjson"), "--mappings", overlay
+    )
+    assert as_bundles.result is not None and as_ndjson.result is not None
+    assert (tmp_path / "ndjson" / "DocumentReference.000.ndjson").exists()
+    assert as_ndjson.result["subjects"] == as_bundles.result["subjects"]
+    assert "from note" in json.dumps(as_ndjson.result["subjects"])
+
+
 def test_examples_as_gzipped_ndjson_give_identical_subjects(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

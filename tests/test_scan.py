@@ -94,4 +94,4 @@ def test_escaped_json_screens_exactly_like_plain_json(tmp_path: Path) -> None:
         assert main(["screen", str(folder), "--as-of", "2026-06-15", "--out", str(out)]) == 0
         results[name] = json.loads(out.read_text())["subjects"]
     assert results["escaped"] == results["plain"]
-    assert len(results["plain"]) == 23
+    assert len(results["plain"]) == 28

@@ -92,7 +92,7 @@ def test_a_single_export_gives_the_verdicts_of_the_same_data_as_files(
     code, by_bulk, summary = screen_bulk(fake, tmp_path, two_pass=False)
 
     assert code == 0
-    assert by_bulk == by_files and len(by_bulk) == 23
+    assert by_bulk == by_files and len(by_bulk) == 28
     kick = fake.kick_offs[0]
     assert kick.method == "GET" and kick.path == "/fhir/$export"
     types = dict(kick.params())["_type"].split(",")

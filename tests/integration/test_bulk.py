@@ -115,7 +115,7 @@ def test_group_export_then_screen_gives_the_file_verdicts(
     )  # fmt: skip
 
     assert code == 0, err
-    assert subjects(out) == by_files and len(by_files) == len(ids) == 23
+    assert subjects(out) == by_files and len(by_files) == len(ids) == 28
     assert "one export of every type" in err
     assert not (tmp_path / ".fhir-adapter-bulk").exists()  # downloads removed after a complete run
 

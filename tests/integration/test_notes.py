@@ -88,6 +88,40 @@ def test_the_server_screen_with_notes_gives_the_file_results(
         assert dm24["status"] == "candidate" and "from note" in mmt8["evidence"][0]["detail"]
 
 
+def test_a_bulk_export_with_notes_gives_the_file_results(
+    loaded: tuple[str, Path, list[str]], tmp_path: Path
+) -> None:
+    # _type asks for DocumentReference and DiagnosticReport too; inline attachments are read as in files.
+    url, data, ids = loaded
+    group = f"{ids[0].rsplit('-', 1)[0]}-group"
+    with FhirClient(url, max_retries=2) as client:
+        client.update(
+            {
+                "resourceType": "Group",
+                "id": group,
+                "type": "person",
+                "actual": True,
+                "member": [{"entity": {"reference": f"Patient/{pid}"}} for pid in ids],
+            }
+        )
+    overlay = ["--mappings", str(NOTES_DECIDE), "--as-of", AS_OF]
+    code, err = cli("screen", str(data), *overlay, "--out", str(tmp_path / "files.json"))
+    assert code == 0, err
+    code, err = cli(
+        "screen", "--server", url, "--bulk", "--single-pass", "--group", group, *overlay,
+        "--out", str(tmp_path / "bulk.json"), "--poll-max-wait", "1",
+    )  # fmt: skip
+    assert code == 0, err
+
+    def subjects(name: str) -> dict[str, Res]:
+        doc = json.loads((tmp_path / name).read_text(encoding="utf-8"))
+        return {s["patient"]: {k: v for k, v in s.items() if k != "requests"} for s in doc["subjects"]}
+
+    files, bulk = subjects("files.json"), subjects("bulk.json")
+    assert bulk == {p: s for p, s in files.items() if p in bulk} and len(bulk) == len(ids)
+    assert "from note" in json.dumps(bulk)
+
+
 def _note_patient(client: FhirClient, pid: str, url: str) -> None:
     """A DM patient whose MMT-8 and two core set measures are only in a note held as a Binary."""
     text = "Myositis clinic. MMT-8: 110/150, PGA 5/10, HAQ-DI 1.0."

@@ -232,7 +232,14 @@ launch_hapi() {
 await_hapi() {
 	local name="$1" stem pid port t0
 	stem="$(hapi_stem "$name")"
-	pid="$(hapi_pid "$name")" || die "$name: not running"
+	# The launched child is a shell until setsid/nohup have exec'd java, so its command line does
+	# not name the jar yet; on a busy machine that takes a moment.
+	local tries=0
+	until pid="$(hapi_pid "$name")"; do
+		tries=$((tries + 1))
+		((tries <= 50)) || die "$name: not running"
+		sleep 0.1
+	done
 	port="$(state_field "$stem" 1 "")"
 	t0="$(cat "$stem.t0" 2>/dev/null || date +%s)"
 	if ! wait_ready "$port" "$START_TIMEOUT" "$pid" "$stem.log"; then

@@ -31,6 +31,7 @@ from fhir_adapter.settings import (
     RuleSettings,
     ScreenSettings,
     ServerSettings,
+    SparkSettings,
 )
 from fhir_adapter.source.strategies import Overrides
 
@@ -139,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("screen", help="screen FHIR files or a FHIR server; write the result JSON")
     s.add_argument(
-        "paths", nargs="*", type=Path, metavar="PATH", help="files or folders (JSON, Bundles, NDJSON, .gz)"
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="files or folders (JSON, Bundles, NDJSON, .gz); with --engine spark also URIs (s3a://, hdfs://)",
     )
     s.add_argument(
         "--trial",
@@ -162,10 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="result JSON of one trial (default: stdout)")
     s.add_argument(
         "--out-dir",
-        type=Path,
         default=None,
         metavar="DIR",
-        help="one DIR/<study>.json and DIR/<study>.html per trial (needed for several trials)",
+        help="one DIR/<study>.json and DIR/<study>.html per trial (needed for several trials); "
+        "--engine spark: the manifest and part files (a path or URI)",
     )
     s.add_argument(
         "--report", type=Path, default=None, metavar="HTML", help="also write the coordinator report"
@@ -210,6 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
         "where the server supports _typeFilter, then the candidates' data)",
     )
     _bulk_options(s)
+    g = s.add_argument_group("engine (files only)")
+    g.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default="local",
+        help="local (default): this machine; spark: Apache Spark (pip install 'fhir-adapter[spark]')",
+    )
+    g.add_argument(
+        "--master",
+        metavar="URL",
+        default=None,
+        help="spark: the Spark master (default: spark-submit's, else local[*])",
+    )
+    g.add_argument(
+        "--merge",
+        action="store_true",
+        help="spark: also merge the parts into DIR/<study>.json and DIR/<study>.html (a local DIR)",
+    )
     _server_options(s)
     _common(s)
 
@@ -287,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _server_options(c)
     _common(c)
+
+    m = sub.add_parser(
+        "merge-results", help="merge a result in parts (screen --engine spark) into standard result files"
+    )
+    m.add_argument(
+        "folder", type=Path, metavar="DIR", help="the --out-dir of the Spark run (with manifest.json)"
+    )
+    m.add_argument("--out", type=Path, default=None, help="the result file (a run of one trial)")
+    m.add_argument(
+        "--out-dir", type=Path, default=None, metavar="OUT", help="OUT/<study>.json per trial (default: DIR)"
+    )
+    _common(m)
 
     r = sub.add_parser("report", help="render a result JSON as an HTML page (and a CSV worklist)")
     r.add_argument("result", type=Path)
@@ -375,13 +409,24 @@ def export_settings(args: argparse.Namespace) -> ExportSettings:
 def screen_settings(args: argparse.Namespace) -> ScreenSettings:
     if args.bulk and not args.server:
         raise UsageError("--bulk needs --server URL")
+    spark = None
+    if args.engine == "spark":
+        spark = SparkSettings(
+            inputs=tuple(args.paths), out_dir=args.out_dir, master=args.master, merge=args.merge
+        )
+    elif args.master is not None or args.merge:
+        raise UsageError("--master and --merge are options of --engine spark")
+    local = spark is None
     return ScreenSettings(
         rules=RuleSettings(
             trials=tuple(args.trial), overlays=tuple(args.mappings), mappings_dir=args.mappings_dir
         ),
         as_of=args.as_of or dt.date.today(),
-        output=OutputSettings(out=args.out, out_dir=args.out_dir, report=args.report),
-        paths=tuple(args.paths),
+        output=OutputSettings(
+            out=args.out, out_dir=Path(args.out_dir) if local and args.out_dir else None, report=args.report
+        ),
+        paths=tuple(Path(p) for p in args.paths) if local else (),
+        spark=spark,
         server=server_settings(args) if args.server else None,
         patients=tuple(args.patient),
         group=args.group,
@@ -418,6 +463,16 @@ def _export(args: argparse.Namespace) -> int:
     from fhir_adapter.export import run_export_command
 
     return run_export_command(export_settings(args))
+
+
+def _merge_results(args: argparse.Namespace) -> int:
+    from fhir_adapter.output.parts import merge_results
+
+    if args.out is not None and args.out_dir is not None:
+        raise UsageError("give --out FILE or --out-dir DIR, not both")
+    for path in merge_results(args.folder, args.out, args.out_dir):
+        print(f"result written to {path}", file=sys.stderr)
+    return ExitCode.OK
 
 
 def _render_report(result: Path, html: Path, csv: Path | None) -> None:
@@ -459,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _load(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "merge-results":
+            return _merge_results(args)
         if args.command == "report":
             _render_report(args.result, args.html, args.csv)
             return ExitCode.OK

@@ -44,6 +44,10 @@ def run_screen(
 ) -> int:
     """Screen, write the results (and reports), print the summary to ``out`` (default stderr)."""
     out = out if out is not None else sys.stderr
+    if settings.spark is not None:
+        from fhir_adapter.spark.run import run_spark_screen
+
+        return run_spark_screen(settings, settings.spark, out)
     screener = load_screener(settings)
     paths = _check_outputs(settings, screener.trials)
     if settings.server is not None and settings.bulk is not None:

@@ -107,6 +107,16 @@ class BulkSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SparkSettings:
+    """``screen --engine spark``: inputs and the result folder exactly as given (paths or URIs)."""
+
+    inputs: tuple[str, ...] = ()
+    out_dir: str | None = None  # part files + manifest; required
+    master: str | None = None  # None: spark-submit's master, else local[*]
+    merge: bool = False  # also write the standard <study>.json (+ .html) into out_dir (local folders)
+
+
+@dataclass(frozen=True, slots=True)
 class ScreenSettings:
     rules: RuleSettings
     as_of: dt.date
@@ -124,6 +134,7 @@ class ScreenSettings:
     bulk: BulkSettings | None = None
     bulk_dir: Path | None = None
     keep_bulk_files: bool = False
+    spark: SparkSettings | None = None  # None: the local engine
 
 
 @dataclass(frozen=True, slots=True)

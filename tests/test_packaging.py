@@ -48,6 +48,7 @@ def test_the_wheel_carries_the_mappings_and_profiles(wheel: Path) -> None:
         assert f"fhir_adapter/_mappings/{path.relative_to(REPO / 'mappings')}" in names
     for path in (REPO / "profiles").glob("*.json"):
         assert f"fhir_adapter/_profiles/{path.name}" in names
+    assert "fhir_adapter/spark/log4j2.properties" in names  # the Spark engine's quiet local logging
     assert wheel.name == f"fhir_adapter-{__version__}-py3-none-any.whl"  # one version, in one place
 
 

@@ -88,15 +88,12 @@ def spark_skips(name: str) -> bool:
 
 def plan_inputs(fs: FileSystem, paths: Sequence[str], threads: int = 16) -> InputPlan:
     """Every input file in the local engine's order, each with how Spark reads it."""
-    found: list[tuple[str, Entry]] = []
-    problems: list[tuple[int, InputProblem]] = []
+    found: list[tuple[str, Entry] | InputProblem] = []
     seen: set[str] = set()
-    position = 0
     for path in paths:
         top = fs.stat(path)
         if top is None:
-            problems.append((position, InputProblem(_display(path, ()), "no such file or folder")))
-            position += 1
+            found.append(InputProblem(_display(path, ()), "no such file or folder"))
             continue
         walked = _walk(fs, top, ()) if top.is_dir else iter([((), top)])
         for rel, entry in walked:
@@ -104,17 +101,26 @@ def plan_inputs(fs: FileSystem, paths: Sequence[str], threads: int = 16) -> Inpu
             if entry.uri not in seen:
                 seen.add(entry.uri)
                 found.append((_display(path, rel), entry))
-    heads = _heads(fs, [e for _, e in found if _may_be_lines(e)], threads)
-    files = []
-    for display, entry in found:
+    heads = _heads(fs, [f[1] for f in found if isinstance(f, tuple) and _may_be_lines(f[1])], threads)
+    files: list[InputFile] = []
+    problems: list[tuple[int, InputProblem]] = []
+    for position, item in enumerate(found):
+        if isinstance(item, InputProblem):
+            problems.append((position, item))
+            continue
+        display, entry = item
         how = _how(entry, heads)
         if how == "driver" and entry.size > DRIVER_READ_LIMIT:
-            reason = "not read: Spark skips names starting with '_' or '.', and the file is too large to read on the driver; rename it"
-            problems.append((position, InputProblem(display, reason)))
+            problems.append((position, InputProblem(display, _TOO_LARGE)))
         else:
             files.append(InputFile(position, entry.uri, display, entry.name, entry.size, how))
-        position += 1
     return InputPlan(tuple(files), tuple(problems))
+
+
+_TOO_LARGE = (
+    "not read: Spark skips names starting with '_' or '.', and the file is too large to read on the "
+    "driver; rename it"
+)
 
 
 def _walk(fs: FileSystem, folder: Entry, rel: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Entry]]:

@@ -55,7 +55,9 @@ def test_a_corrupt_line_and_a_missing_patient_exit_3_and_are_listed_as_locally(
     out = tmp_path / "spark"
     scratch_before = set(Path(tempfile.gettempdir()).glob("fhir-adapter-spark-*"))
     env = {k: v for k, v in os.environ.items() if k != "SPARK_LOCAL_DIRS"}
-    run = _cli("--engine", "spark", "--master", "local[1]", str(export), "--out-dir", str(out), "--merge", env=env)
+    run = _cli(
+        "--engine", "spark", "--master", "local[1]", str(export), "--out-dir", str(out), "--merge", env=env
+    )
     assert run.returncode == 3, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
     assert 'could not be read (listed under "errors"' in run.stderr
@@ -82,7 +84,9 @@ def test_a_corrupt_line_and_a_missing_patient_exit_3_and_are_listed_as_locally(
 
 def test_a_master_spark_cannot_use_exits_4_without_a_traceback(spark: Any, tmp_path: Path) -> None:
     export = _export(tmp_path / "export")
-    run = _cli("--engine", "spark", "--master", "no-such-master", str(export), "--out-dir", str(tmp_path / "o"))
+    run = _cli(
+        "--engine", "spark", "--master", "no-such-master", str(export), "--out-dir", str(tmp_path / "o")
+    )
     assert run.returncode == 4, run.stderr[-2000:]
     assert "could not start Spark" in run.stderr
     assert "Traceback" not in run.stderr

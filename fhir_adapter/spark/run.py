@@ -148,13 +148,18 @@ def _forget(fs: HadoopFs, uri: str) -> None:
 
 
 def _private(folder: Path) -> None:
-    """Owner-only modes on a local result folder (Hadoop's umask covers files; this covers the rest)."""
+    """Owner-only modes on a local parts folder (Hadoop's umask covers most; this covers the rest), and
+    without the ``.crc`` checksum files Hadoop's local file system writes beside each part."""
     for root, dirs, files in os.walk(folder):
         os.chmod(root, 0o700)
         for name in dirs:
             os.chmod(os.path.join(root, name), 0o700)
         for name in files:
-            os.chmod(os.path.join(root, name), 0o600)
+            path = os.path.join(root, name)
+            if name.startswith(".") and name.endswith(".crc"):
+                os.unlink(path)
+            else:
+                os.chmod(path, 0o600)
 
 
 def _from_spark(exc: BaseException) -> bool:

@@ -95,8 +95,6 @@ def _start(session_class: Any, master: str | None, scratch: str | None) -> Any:
             builder = builder.config(
                 "spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile=file:{log4j}"
             )
-            # Local part files without Hadoop's .crc companions.
-            builder = builder.config("spark.hadoop.fs.file.impl", "org.apache.hadoop.fs.RawLocalFileSystem")
             if scratch is not None:
                 os.environ["SPARK_LOCAL_DIRS"] = scratch  # read by the JVM about to start
     try:

@@ -302,3 +302,10 @@ def test_a_run_of_good_inputs_exits_0_and_its_parts_merge_again(
     assert main(["merge-results", str(tmp_path / "spark"), "--out", str(again)]) == 0
     merged = json.loads(again.read_text(encoding="utf-8"))
     assert merged["subjects"] == other.results["NCT05495321"]["subjects"]
+    # A second run into the same folder replaces the first: one manifest, the parts it names, no others.
+    folder = tmp_path / "spark"
+    assert (
+        main(["screen", "--engine", "spark", str(EXAMPLES), "--as-of", AS_OF, "--out-dir", str(folder)]) == 0
+    )
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert [p.name for p in folder.glob("parts-*")] == [manifest["studies"][0]["parts"].split("/")[0]]

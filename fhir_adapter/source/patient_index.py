@@ -18,26 +18,22 @@ candidate's corrupt line is reported (file and line) when its record is built.
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import orjson
-
-from fhir_adapter.facts.fhirjson import patient_of
-from fhir_adapter.model import InputProblem, PatientRecord, Resource
+from fhir_adapter.model import InputProblem, PatientRecord
 from fhir_adapter.screening import Gate
 from fhir_adapter.settings import ReadLimits
 from fhir_adapter.source.grouping import RawRecord, Row, build
 from fhir_adapter.source.reader import Item, Line, parse_line, read_raw
+from fhir_adapter.source.routing import gate_hits, take
 from fhir_adapter.source.scan import scan
 
 log = logging.getLogger(__name__)
 
-_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
 # Counts of the gate's types are flushed to disk in batches, so pass 1 holds no per-patient table.
 _FLUSH_EVERY = 50_000
 # Candidates' rows stay in memory up to this many bytes, then everything moves to the SQLite file: a small
@@ -174,21 +170,9 @@ class PatientIndex:
         for item in read_raw(paths, line_filter=line_filter(types), limits=self.limits):
             if isinstance(item, InputProblem):
                 continue  # problems are reported by pass 2, which reads every line
-            if isinstance(item, Line):
-                hit = scan(item.data)
-                if hit is not None and hit.resource_type not in types:
-                    continue  # the type's name only appears in a reference or a text
-                resources = [r.resource for r in parse_line(item) if isinstance(r, Item)]
-            else:
-                resources = [item.resource]
-            for resource in resources:
-                if resource.get("resourceType") not in types:
-                    continue
-                pid = patient_of(resource)
-                if pid is None:
-                    continue
-                counts[(pid, resource["resourceType"])] += 1
-                if self.gate.admits(resource):
+            for pid, rtype, admitted in gate_hits(item, self.gate):
+                counts[(pid, rtype)] += 1
+                if admitted:
                     found.add(pid)
             if len(counts) > _FLUSH_EVERY:
                 self._flush_counts(counts)
@@ -207,43 +191,19 @@ class PatientIndex:
         return frozenset(r[0] for r in self.db.execute("SELECT pid FROM candidate"))
 
     def _take(self, item: Item, candidates: frozenset[str] | None, patients: list[tuple[str]]) -> None:
-        resource = item.resource
-        rtype = resource["resourceType"]
-        where = f" line {item.line}" if item.line else ""
-        if not _TYPE_NAME.fullmatch(rtype):
-            self.problems.append(
-                InputProblem(
-                    item.file, f"resourceType {rtype[:40]!r} is not a FHIR resource type", line=item.line
-                )
-            )
-            return
-        body = _dumped(resource)
-        if body is None:
-            self.problems.append(
-                InputProblem(
-                    item.file, f"{rtype}/{_shown_id(resource)} is nested too deeply: skipped", line=item.line
-                )
-            )
-            return
-        if rtype == "Medication":
-            rid = resource.get("id")
-            if isinstance(rid, str):
-                self.db.execute("INSERT OR REPLACE INTO med VALUES (?, ?)", (f"Medication/{rid}", body))
-            return
-        if self.types is not None and rtype not in self.types and rtype != "Patient":
-            self.skipped_types[rtype] += 1
-            return
-        pid = patient_of(resource)
-        if pid is None:
-            what = "has no valid id" if rtype == "Patient" else "has no patient reference"
-            self.problems.append(
-                InputProblem(item.file, f"{rtype}/{_shown_id(resource)} {what}{where}", line=item.line)
-            )
-            return
-        if rtype == "Patient":
-            patients.append((pid,))
-        if candidates is None or pid in candidates:
-            self._spool(pid, Row(rtype, body, item.file, item.line))
+        kind, key, value = take(item, self.types)
+        if kind == "problem":
+            self.problems.append(value)
+        elif kind == "medication":
+            self.db.execute("INSERT OR REPLACE INTO med VALUES (?, ?)", (key, value))
+        elif kind == "skip":
+            if key:
+                self.skipped_types[key] += 1
+        else:
+            if kind == "patient":
+                patients.append((key,))
+            if candidates is None or key in candidates:
+                self._spool(key, value)
 
     def patients(self) -> Iterator[tuple[str, bool]]:
         """(patient id, is a candidate) of every patient in the input, sorted by id.
@@ -291,17 +251,3 @@ class PatientIndex:
     def record(self, pid: str) -> tuple[PatientRecord, list[InputProblem]]:
         """The patient's record, and the problems of its lines (spooled unparsed, parsed only now)."""
         return build(self.raw(pid), self.medication)
-
-
-def _dumped(resource: Resource) -> bytes | None:
-    """The resource as JSON again, or None when it nests deeper than a writer allows (a parser accepts
-    1,024 levels, orjson writes 255: no real resource comes near either)."""
-    try:
-        return orjson.dumps(resource)
-    except orjson.JSONEncodeError:
-        return None
-
-
-def _shown_id(resource: Resource) -> str:
-    rid = resource.get("id")
-    return rid[:64] if isinstance(rid, str) and rid else "?"

@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -177,8 +177,10 @@ class _NotRegular(Exception):
     pass
 
 
-def _open(path: Path, limits: ReadLimits) -> tuple[IO[bytes], _Capped | None]:
-    buffered, size = _open_regular(path)
+def _open(
+    opener: Callable[[], tuple[IO[bytes], int]], limits: ReadLimits
+) -> tuple[IO[bytes], _Capped | None]:
+    buffered, size = opener()
     if not isinstance(buffered, io.BufferedReader) or buffered.peek(2)[:2] != b"\x1f\x8b":
         return buffered, None
     limit = min(limits.max_decompressed_bytes, max(size, 1) * limits.max_compression_ratio)
@@ -186,8 +188,8 @@ def _open(path: Path, limits: ReadLimits) -> tuple[IO[bytes], _Capped | None]:
     return io.BufferedReader(capped, _CHUNK), capped
 
 
-def _is_ndjson(path: Path, first_line: bytes) -> bool:
-    name = path.name.lower().removesuffix(".gz")
+def _is_ndjson(filename: str, first_line: bytes) -> bool:
+    name = filename.lower().removesuffix(".gz")
     if name.endswith((".ndjson", ".jsonl")):
         return True
     # A .json file that is really NDJSON: the first line is a complete object.
@@ -206,17 +208,42 @@ def read_file(
 ) -> Iterator[Item | Line | InputProblem]:
     """Resources of one file. ``line_filter``: NDJSON lines containing none of these byte strings are
     skipped unparsed. ``raw``: NDJSON lines come as ``Line`` bytes, unparsed (see ``parse_line``)."""
+    return _read(display(path), path.name, lambda: _open_regular(path), line_filter, limits, raw)
+
+
+def read_bytes(
+    name: str,
+    filename: str,
+    data: bytes,
+    line_filter: LineFilter = None,
+    limits: ReadLimits | None = None,
+    raw: bool = False,
+) -> Iterator[Item | Line | InputProblem]:
+    """A whole file already in memory, read exactly as :func:`read_file` reads it from disk (the Spark
+    engine hands files over as bytes). ``name``: how problems cite it; ``filename``: its base name."""
+    return _read(
+        name, filename, lambda: (io.BufferedReader(io.BytesIO(data)), len(data)), line_filter, limits, raw
+    )
+
+
+def _read(
+    name: str,
+    filename: str,
+    opener: Callable[[], tuple[IO[bytes], int]],
+    line_filter: LineFilter,
+    limits: ReadLimits | None,
+    raw: bool,
+) -> Iterator[Item | Line | InputProblem]:
     limits = limits or ReadLimits()
-    name = display(path)
     capped: _Capped | None = None
     try:
-        fh, capped = _open(path, limits)
+        fh, capped = _open(opener, limits)
         with fh:
             first = fh.readline(limits.max_line_bytes + 1).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM
             if b"\x00" in first[:1024]:
                 yield InputProblem(name, "binary file, not FHIR JSON")
                 return
-            if _is_ndjson(path, first):
+            if _is_ndjson(filename, first):
                 yield from _ndjson(name, first, fh, line_filter, limits, raw)
             else:
                 data = first + fh.read(limits.max_document_bytes + 1 - len(first))

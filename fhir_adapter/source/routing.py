@@ -1,0 +1,105 @@
+"""Where one resource read from a file export goes: the rules the local index and the Spark engine share.
+
+:func:`gate_hits` is pass 1 (which resources can make their patient a candidate, and the counts of the
+gate's types a non-candidate's stub carries); :func:`take` is pass 2 for a parsed resource (a problem,
+a Medication, a type no criterion reads, or a row of its patient). The local engine
+(:mod:`fhir_adapter.source.patient_index`) and the Spark engine (:mod:`fhir_adapter.spark.partitions`)
+both call them, so a resource cannot be routed one way on one machine and another way on a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Literal
+
+import orjson
+
+from fhir_adapter.facts.fhirjson import patient_of
+from fhir_adapter.model import InputProblem, Resource
+from fhir_adapter.screening import Gate
+from fhir_adapter.source.grouping import Row
+from fhir_adapter.source.reader import Item, Line, parse_line
+from fhir_adapter.source.scan import scan
+
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
+
+Taken = (
+    tuple[Literal["problem"], str, InputProblem]
+    | tuple[Literal["medication"], str, bytes]
+    | tuple[Literal["skip"], str, None]
+    | tuple[Literal["patient", "resource"], str, Row]
+)
+
+
+def gate_hits(item: Item | Line, gate: Gate) -> Iterator[tuple[str, str, bool]]:
+    """Pass 1: ``(patient id, type, admitted by the gate)`` of each resource of the gate's types."""
+    types = gate.types
+    if isinstance(item, Line):
+        hit = scan(item.data)
+        if hit is not None and hit.resource_type not in types:
+            return  # the type's name only appears in a reference or a text
+        resources = [r.resource for r in parse_line(item) if isinstance(r, Item)]
+    else:
+        resources = [item.resource]
+    for resource in resources:
+        rtype = resource.get("resourceType")
+        if rtype not in types:
+            continue
+        pid = patient_of(resource)
+        if pid is not None:
+            yield pid, rtype, gate.admits(resource)
+
+
+def take(item: Item, types: frozenset[str] | None) -> Taken:
+    """Pass 2, one parsed resource: ``("problem", "", problem)``; ``("medication", "Medication/x", json)``;
+    ``("skip", type, None)`` for a type no criterion reads (``""``: a Medication without an id);
+    ``("patient" | "resource", patient id, row)`` for a kept resource (a Patient's own row, or another)."""
+    resource = item.resource
+    rtype = resource["resourceType"]
+    where = f" line {item.line}" if item.line else ""
+    if not _TYPE_NAME.fullmatch(rtype):
+        return (
+            "problem",
+            "",
+            InputProblem(
+                item.file, f"resourceType {rtype[:40]!r} is not a FHIR resource type", line=item.line
+            ),
+        )
+    body = _dumped(resource)
+    if body is None:
+        return (
+            "problem",
+            "",
+            InputProblem(
+                item.file, f"{rtype}/{_shown_id(resource)} is nested too deeply: skipped", line=item.line
+            ),
+        )
+    if rtype == "Medication":
+        rid = resource.get("id")
+        return ("medication", f"Medication/{rid}", body) if isinstance(rid, str) else ("skip", "", None)
+    if types is not None and rtype not in types and rtype != "Patient":
+        return ("skip", rtype, None)
+    pid = patient_of(resource)
+    if pid is None:
+        what = "has no valid id" if rtype == "Patient" else "has no patient reference"
+        return (
+            "problem",
+            "",
+            InputProblem(item.file, f"{rtype}/{_shown_id(resource)} {what}{where}", line=item.line),
+        )
+    return ("patient" if rtype == "Patient" else "resource", pid, Row(rtype, body, item.file, item.line))
+
+
+def _dumped(resource: Resource) -> bytes | None:
+    """The resource as JSON again, or None when it nests deeper than a writer allows (a parser accepts
+    1,024 levels, orjson writes 255: no real resource comes near either)."""
+    try:
+        return orjson.dumps(resource)
+    except orjson.JSONEncodeError:
+        return None
+
+
+def _shown_id(resource: Resource) -> str:
+    rid = resource.get("id")
+    return rid[:64] if isinstance(rid, str) and rid else "?"

@@ -414,6 +414,10 @@ def screen_settings(args: argparse.Namespace) -> ScreenSettings:
         spark = SparkSettings(
             inputs=tuple(args.paths), out_dir=args.out_dir, master=args.master, merge=args.merge
         )
+        if args.workers is not None:
+            raise UsageError(
+                "--workers is for the local engine; Spark's are --master local[N] or the cluster's"
+            )
     elif args.master is not None or args.merge:
         raise UsageError("--master and --merge are options of --engine spark")
     local = spark is None

@@ -17,10 +17,11 @@ from fhir_adapter.errors import UsageError
 from fhir_adapter.model import InputProblem
 from fhir_adapter.output.parts import MANIFEST, merge_results
 from fhir_adapter.screening import Gate
-from fhir_adapter.source.reader import input_files, read_file
+from fhir_adapter.source.patient_index import PatientIndex
+from fhir_adapter.source.reader import input_files
 from fhir_adapter.spark import partitions
 from fhir_adapter.spark.inputs import Entry, plan_inputs
-from fhir_adapter.spark.partitions import ReadContext, read_lines, resolve_problems
+from fhir_adapter.spark.partitions import SMALL, ReadContext, line_counts, read_lines, small_outputs
 
 
 class LocalFs:
@@ -107,41 +108,36 @@ def test_uris_are_cited_as_given(tmp_path: Path) -> None:
     assert [f.display for f in plan.files] == [f"s3a://bucket{root}/b/sub/deeper.ndjson"]
 
 
-def _ctx(path: str) -> ReadContext:
-    return ReadContext(
-        by_path={path: (0, "export/Observation.ndjson", "Observation.ndjson")},
-        by_index={0: ("export/Observation.ndjson", "Observation.ndjson")},
-        types=frozenset({"Patient", "Observation"}),
-        gate=Gate(everyone=True),
-    )
-
-
-def test_line_numbers_are_rebuilt_across_blocks_as_the_local_reader_counts_them(tmp_path: Path) -> None:
+def test_lines_read_in_blocks_give_the_local_indexs_problems_and_line_numbers(tmp_path: Path) -> None:
     good = json.dumps({"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/a"}})
     orphan = json.dumps({"resourceType": "Observation", "id": "lost"})
-    text = [good, "{cut", "", good, orphan, "[1]", good, "{cut"]
+    text = [good, "{cut", "", good, orphan, "[1]", good, '{"resourceType": "Observation", "id": "cu']
     file = tmp_path / "Observation.ndjson"
     file.write_text("\n".join(text) + "\n")
-    # Spark's blocks: rows 1-3 in the block at 0, rows 4-8 in another, handed over in another order.
-    rows = [(t.encode(), "F", 100) for t in text[3:]] + [(t.encode(), "F", 0) for t in text[:3]]
-    out = list(read_lines(rows, _ctx("F"), None))
-    keyed, read, seen = resolve_problems(o for o in out if o[0] in {"read", "lines", "problem", "orphan"})
-    got = [p for _, p in sorted(keyed, key=lambda kv: kv[0])]
-    local = [
-        InputProblem("export/Observation.ndjson", p.reason, p.line, p.resource)
-        for p in read_file(file)
-        if isinstance(p, InputProblem)
-    ]
-    local.insert(
-        1, InputProblem("export/Observation.ndjson", "Observation/lost has no patient reference line 5")
+    types = frozenset({"Patient", "Observation"})
+    with PatientIndex(tmp_path, Gate(everyone=True), types) as index:
+        index.build([file])
+        local = index.problems
+    # Spark's blocks: rows 1-3 in the block at 0, rows 4-8 in the block at 100, handed over in that order
+    # in one partition and counted by the JVM beforehand.
+    ctx = ReadContext(
+        by_path={"F": (0, str(file), file.name)},
+        by_index={0: (str(file), file.name)},
+        types=types,
+        gate=Gate(everyone=True),
+        before=line_counts([("F", 100, 5), ("F", 0, 3)]),
     )
+    rows = [(t.encode(), "F", 0) for t in text[:3]] + [(t.encode(), "F", 100) for t in text[3:]]
+    out = list(read_lines(rows, ctx, None))
+    keyed, read, skipped, seen = small_outputs(o for o in out if o[0] in SMALL)
+    got = [p for _, p in sorted(keyed, key=lambda kv: kv[0])]
     assert got == local
-    assert [p.line for p in got] == [2, None, 6, 8]
-    assert read == 4 and seen == {0}
+    assert [p.line for p in got] == [2, 5, 6, 8]
+    assert read == 4 and not skipped and not seen
 
 
 def test_the_medication_read_last_wins() -> None:
-    first, last = ((0, 0, 1, 0), b"first"), ((1, 0, 1, 0), b"last")
+    first, last = ((0, 1, 0), b"first"), ((1, 1, 0), b"last")
     assert partitions.later(first, last) == partitions.later(last, first) == last
 
 
@@ -190,6 +186,7 @@ def test_merge_results_without_a_manifest_exits_2(tmp_path: Path, capsys: pytest
         ["screen", "--engine", "spark", "examples/patients", "--out", "r.json"],
         ["screen", "examples/patients", "--merge"],
         ["screen", "examples/patients", "--master", "local[1]"],
+        ["screen", "--engine", "spark", "examples/patients", "--out-dir", "o", "--workers", "2"],
     ],
 )
 def test_spark_options_that_do_not_fit_are_usage_errors_before_spark_starts(

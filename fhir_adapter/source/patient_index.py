@@ -192,11 +192,11 @@ class PatientIndex:
 
     def _take(self, item: Item, candidates: frozenset[str] | None, patients: list[tuple[str]]) -> None:
         kind, key, value = take(item, self.types)
-        if kind == "problem":
+        if isinstance(value, InputProblem):
             self.problems.append(value)
-        elif kind == "medication":
+        elif isinstance(value, bytes):  # a Medication
             self.db.execute("INSERT OR REPLACE INTO med VALUES (?, ?)", (key, value))
-        elif kind == "skip":
+        elif value is None:  # a type no criterion reads
             if key:
                 self.skipped_types[key] += 1
         else:

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from fhir_adapter.model import InputProblem
-from fhir_adapter.source.reader import BOM, FHIR_SUFFIXES, is_binary
+from fhir_adapter.source.reader import FHIR_SUFFIXES
+
+BOM = b"\xef\xbb\xbf"
 
 How = Literal["lines", "whole", "driver"]
 DRIVER_READ_LIMIT = 256 * 1024 * 1024
@@ -159,6 +161,8 @@ def _how(entry: Entry, heads: dict[str, bytes]) -> How:
     if head is None:
         return "whole"
     first = head.split(b"\n", 1)[0]
-    if head.startswith((b"\x1f\x8b", BOM)) or is_binary(first):
+    # What read_file treats apart: gzip bytes (it sniffs them), a byte order mark (it strips it), a NUL
+    # in the first line (one "binary file" problem): all read whole, by read_file's own code.
+    if head.startswith((b"\x1f\x8b", BOM)) or b"\x00" in first[:1024]:
         return "whole"
     return "lines"

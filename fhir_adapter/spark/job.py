@@ -18,8 +18,9 @@ import functools
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fhir_adapter.model import InputProblem
@@ -31,7 +32,6 @@ from fhir_adapter.spark.hadoop import HadoopFs
 from fhir_adapter.spark.inputs import InputPlan
 
 log = logging.getLogger(__name__)
-_SMALL = frozenset({"read", "lines", "seen", "problem", "orphan"})
 _GLOB = re.compile(r"([\\*?\[\]{}])")
 
 
@@ -39,6 +39,7 @@ _GLOB = re.compile(r"([\\*?\[\]{}])")
 class JobResult:
     problems: list[InputProblem]
     resources_read: int
+    skipped_types: Counter[str]  # resources of types no criterion reads, by type (as locally)
     tallies: list[Tally]
     parts: list[list[str]]  # per trial, the part files in patient order
 
@@ -55,6 +56,7 @@ def run_job(spark: Any, plan: InputPlan, screener: Screener, parts_uris: Sequenc
     sc = spark.sparkContext
     fs = HadoopFs(spark)
     gate = screener.gate
+    started = time.monotonic()
     lines_files = plan.by_how("lines")
     block_files = plan.by_how("whole")
     driver_files = plan.by_how("driver")
@@ -65,16 +67,19 @@ def run_job(spark: Any, plan: InputPlan, screener: Screener, parts_uris: Sequenc
         gate=gate,
         line_filter=None if gate.everyone else line_filter(gate.types),
     )
-    started = time.monotonic()
+    lines = None
+    if lines_files:
+        lines = spark.read.option("lineSep", "\n").text([literal(f.uri) for f in lines_files])
+        # Line numbers: every block's line count first (the JVM alone, no Python), so that pass 2 cites
+        # lines exactly as the local reader counts them.
+        counted = lines.groupBy(F.col("_metadata.file_path"), F.col("_metadata.file_block_start")).count()
+        ctx = replace(ctx, before=part.line_counts(tuple(r) for r in counted.collect()))
+        log.info("lines counted in %d block(s) (%.1f s)", len(ctx.before or ()), time.monotonic() - started)
     ctx_bc = sc.broadcast(ctx)
     screener_bc = sc.broadcast(screener)
     broadcasts = [ctx_bc, screener_bc]
     keep = StorageLevel.MEMORY_AND_DISK
     persisted: list[Any] = []
-
-    lines = None
-    if lines_files:
-        lines = spark.read.option("lineSep", "\n").text([literal(f.uri) for f in lines_files])
     whole = None
     if block_files or driver_files:
         rdds = []
@@ -119,10 +124,13 @@ def run_job(spark: Any, plan: InputPlan, screener: Screener, parts_uris: Sequenc
             read.append(whole.mapPartitions(lambda it: part.read_whole(it, ctx_bc.value, cand_bc.value)))
         out = _union(sc, read).persist(keep)
         persisted.append(out)
-        keyed, resources_read, seen = part.resolve_problems(out.filter(lambda o: o[0] in _SMALL).collect())
-        keyed.extend(((i, 0, 0, 0), p) for i, p in plan.problems)
+        keyed, resources_read, skipped, seen = part.small_outputs(
+            out.filter(lambda o: o[0] in part.SMALL).collect()
+        )
+        keyed.extend(((i, 0, 0), p) for i, p in plan.problems)
+        seen |= {ctx.by_path[path][0] for path, _ in ctx.before or {} if path in ctx.by_path}
         keyed.extend(
-            ((f.index, 0, 0, -1), InputProblem(f.display, "not read: Spark's file source left this file out"))
+            ((f.index, -1, 0), InputProblem(f.display, "not read: Spark's file source left this file out"))
             for f in plan.files
             if f.index not in seen and (f.how != "lines" or f.size > 0)
         )
@@ -163,7 +171,7 @@ def run_job(spark: Any, plan: InputPlan, screener: Screener, parts_uris: Sequenc
             subjects.map(lambda kv, t=t: kv[1][0][t].decode("utf-8")).saveAsTextFile(uri)
             written.append(_part_names(fs, uri))
         log.info("results written (%.1f s)", time.monotonic() - started)
-        return JobResult(problems, resources_read, tallies, written)
+        return JobResult(problems, resources_read, skipped, tallies, written)
     finally:
         for rdd in persisted:
             rdd.unpersist()

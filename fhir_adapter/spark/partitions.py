@@ -3,44 +3,39 @@
 Nothing here imports ``pyspark``: the functions take and yield plain tuples, so they are tested without
 Spark and the plan in :mod:`fhir_adapter.spark.job` only wires them together.
 
-Positions: every resource and problem carries ``(file position, block start, row, entry)``, which sorts
-like the local engine's reading order (files in order, lines in order, a Bundle's entries in order).
-Lines read by Spark in blocks know only their row within the block; the driver turns that into the
-line number once every block's line count is known (:func:`line_numbers`).
+Each function mirrors one loop of the local index (:class:`fhir_adapter.source.patient_index.PatientIndex`)
+and calls the same functions it calls: the reader (``read_bytes``, ``parse_line``), the byte scan
+(``scan``), the routing (``gate_hits``, ``take``), the record and its evaluation (``workers.evaluate``).
+Lines Spark read in blocks get their true line number from the per-block line counts the driver
+collected first (``ReadContext.before``), so every problem is made, and worded, exactly as locally.
+
+Positions: every resource and problem carries ``(file position, line or item, entry)``, which sorts like
+the local engine's reading order (files in order, lines in order, a Bundle's entries in order).
 """
 
 from __future__ import annotations
 
-import io
-import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from fhir_adapter.facts.fhirjson import patient_of
-from fhir_adapter.model import InputProblem, Resource
+from fhir_adapter.model import InputProblem
 from fhir_adapter.output.result_file import Tally
-from fhir_adapter.pipeline import _internal as internal_problem
 from fhir_adapter.screening import Gate, Screener
-from fhir_adapter.source.assemble import (
-    MEDICATION_TYPES,
-    assemble_record,
-    medication_refs,
-    missing_patient_problem,
-    orphan_problem,
-    route,
-    stub_record,
-)
-from fhir_adapter.source.reader import Item, LineFilter, read_line, read_stream
+from fhir_adapter.settings import ReadLimits
+from fhir_adapter.source.grouping import MED_TYPES, RawRecord, Row, medication_keys
+from fhir_adapter.source.reader import Item, Line, LineFilter, parse_line, read_bytes
+from fhir_adapter.source.routing import gate_hits, take
+from fhir_adapter.source.scan import scan
+from fhir_adapter.workers import Evaluated, evaluate
 
-log = logging.getLogger(__name__)
-
-Position = tuple[int, int, int, int]
+Position = tuple[int, int, int]
 Out = tuple[Any, ...]  # (tag, ...): see read_lines
 GateCounts = tuple[dict[str, int], bool]  # per patient: resources of the gate's types, any admitted
+SMALL = frozenset({"read", "skipped", "seen", "problem"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +47,8 @@ class ReadContext:
     types: frozenset[str] | None  # resource types worth keeping; None keeps all
     gate: Gate
     line_filter: LineFilter = None
+    before: Mapping[tuple[str, int], int] | None = None  # (Spark path, block start) -> lines before it
+    limits: ReadLimits = field(default_factory=ReadLimits)
 
 
 # --- pass 1: who can pass a gate, and how many of the gate's types every patient has -----------------
@@ -61,9 +58,7 @@ def gate_lines(values: Iterable[Any], ctx: ReadContext) -> Iterator[tuple[str, G
     """Lines Spark already kept with the local line filter (pass 1 reads nothing else)."""
     acc: dict[str, GateCounts] = {}
     for value in values:
-        for item in read_line("", bytes(value), 0):
-            if isinstance(item, Item):
-                _gate_item(item.resource, ctx.gate, acc)
+        _gate(Line(bytes(value), "", 0), ctx.gate, acc)
     yield from acc.items()
 
 
@@ -71,22 +66,17 @@ def gate_whole(files: Iterable[tuple[int, bytes]], ctx: ReadContext) -> Iterator
     acc: dict[str, GateCounts] = {}
     for index, content in files:
         display, name = ctx.by_index[index]
-        for item in read_stream(display, name, _buffer(content), ctx.line_filter):
-            if isinstance(item, Item):
-                _gate_item(item.resource, ctx.gate, acc)
+        for item in read_bytes(display, name, bytes(content), ctx.line_filter, ctx.limits, raw=True):
+            if not isinstance(item, InputProblem):  # problems are reported by pass 2
+                _gate(item, ctx.gate, acc)
     yield from acc.items()
 
 
-def _gate_item(resource: Resource, gate: Gate, acc: dict[str, GateCounts]) -> None:
-    rtype = resource.get("resourceType")
-    if rtype not in gate.types:
-        return  # problems are reported by pass 2, which reads every line
-    pid = patient_of(resource)
-    if pid is None:
-        return
-    counts, admitted = acc.get(pid) or ({}, False)
-    counts[rtype] = counts.get(rtype, 0) + 1
-    acc[pid] = (counts, admitted or gate.admits(resource))
+def _gate(item: Item | Line, gate: Gate, acc: dict[str, GateCounts]) -> None:
+    for pid, rtype, admitted in gate_hits(item, gate):
+        counts, before = acc.get(pid) or ({}, False)
+        counts[rtype] = counts.get(rtype, 0) + 1
+        acc[pid] = (counts, before or admitted)
 
 
 def merge_gate(a: GateCounts, b: GateCounts) -> GateCounts:
@@ -98,172 +88,190 @@ def merge_gate(a: GateCounts, b: GateCounts) -> GateCounts:
 
 # --- pass 2: every line; problems, patients, the candidates' resources, Medications -------------------
 #
-# Tags: ("read", n) resources read; ("lines", position, block start, n) lines of one block;
-# ("seen", position) a whole file was read; ("problem", key, InputProblem, line unknown);
-# ("orphan", key, display, stub) a kept resource without a patient, line unknown;
-# ("patient", pid); ("res", pid, key, body); ("medref", "Medication/x", pid); ("med", "Medication/x", key,
-# body). A line-unknown problem's key is (position, block start, row in block, entry).
+# Tags: ("read", n) resources read; ("skipped", Counter) types no criterion reads; ("seen", position) a
+# whole file was read; ("problem", key, InputProblem); ("patient", pid); ("res", pid, key, Row);
+# ("medref", "Medication/x", pid); ("med", "Medication/x", key, json).
+
+
+class _Pass2:
+    """One partition's pass 2, the loop of ``PatientIndex.build`` over items already read."""
+
+    def __init__(self, ctx: ReadContext, candidates: frozenset[str] | None) -> None:
+        self.ctx = ctx
+        self.candidates = candidates
+        self.read = 0
+        self.skipped: Counter[str] = Counter()
+
+    def item(self, item: Item | Line | InputProblem, key: Position) -> Iterator[Out]:
+        if isinstance(item, InputProblem):
+            yield ("problem", key, item)
+            return
+        if isinstance(item, Line):
+            hit = scan(item.data)
+            if hit is not None and hit.patient is not None:
+                self.read += 1
+                if self.ctx.types is not None and hit.resource_type not in self.ctx.types:
+                    self.skipped[hit.resource_type] += 1
+                elif self.candidates is None or hit.patient in self.candidates:
+                    yield from self._keep(
+                        hit.patient, key, Row(hit.resource_type, item.data, item.file, item.line)
+                    )
+                return
+            parsed: Iterable[Item | InputProblem] = parse_line(item)
+        else:
+            parsed = (item,)
+        for entry, one in enumerate(parsed):
+            at = (key[0], key[1], entry)
+            if isinstance(one, InputProblem):
+                yield ("problem", at, one)
+                continue
+            self.read += 1
+            kind, ref, value = take(one, self.ctx.types)
+            if isinstance(value, InputProblem):
+                yield ("problem", at, value)
+            elif isinstance(value, bytes):
+                yield ("med", ref, at, value)
+            elif value is None:
+                if ref:
+                    self.skipped[ref] += 1
+            else:
+                if kind == "patient":
+                    yield ("patient", ref)
+                if self.candidates is None or ref in self.candidates:
+                    yield from self._keep(ref, at, value)
+
+    def _keep(self, pid: str, key: Position, row: Row) -> Iterator[Out]:
+        yield ("res", pid, key, row)
+        if row.rtype in MED_TYPES:
+            # The record is built later, elsewhere: which Medications it will look up is read now.
+            try:
+                resource = orjson.loads(row.body)
+            except orjson.JSONDecodeError:
+                return  # reported when the record is built
+            if isinstance(resource, dict):
+                for ref in medication_keys({row.rtype: [resource]}):
+                    yield ("medref", ref, pid)
+
+    def totals(self) -> Iterator[Out]:
+        yield ("read", self.read)
+        if self.skipped:
+            yield ("skipped", self.skipped)
 
 
 def read_lines(
     rows: Iterable[tuple[Any, str, int]], ctx: ReadContext, candidates: frozenset[str] | None
 ) -> Iterator[Out]:
     """Rows ``(line bytes, Spark file path, block start)`` of plain NDJSON, in file order per block."""
+    assert ctx.before is not None
+    run = _Pass2(ctx, candidates)
+    limit = ctx.limits.max_line_bytes
     block: tuple[str, int] | None = None
-    index, display, row, read = -1, "", 0, 0
+    index, display, lineno = -1, "", 0
     for value, path, start in rows:
         if (path, start) != block:
-            if block is not None:
-                yield ("lines", index, block[1], row)
-            block, row = (path, start), 0
+            block = (path, start)
             index, display, _ = ctx.by_path[path]
-        row += 1
-        for entry, item in enumerate(read_line(display, bytes(value), 0)):
-            key = (index, start, row, entry)
-            if isinstance(item, InputProblem):
-                yield ("problem", key, item, True)
-                continue
-            read += 1
-            yield from _take(item, key, ctx, candidates, line_known=False)
-    if block is not None:
-        yield ("lines", index, block[1], row)
-    yield ("read", read)
+            lineno = ctx.before[block]
+        lineno += 1
+        data = bytes(value)
+        if len(data) > limit:  # the local reader reads past such a line in chunks
+            problem = InputProblem(display, f"line longer than {limit} bytes: skipped", line=lineno)
+            yield ("problem", (index, lineno, 0), problem)
+            continue
+        if not data.strip():
+            continue
+        yield from run.item(Line(data, display, lineno), (index, lineno, 0))
+    yield from run.totals()
 
 
 def read_whole(
     files: Iterable[tuple[int, bytes]], ctx: ReadContext, candidates: frozenset[str] | None
 ) -> Iterator[Out]:
     """Whole files ``(position, content)``, read by the local reader exactly as locally."""
-    read = 0
+    run = _Pass2(ctx, candidates)
     for index, content in files:
         yield ("seen", index)
         display, name = ctx.by_index[index]
-        for n, item in enumerate(read_stream(display, name, _buffer(content))):
-            key = (index, 0, n, 0)
-            if isinstance(item, InputProblem):
-                yield ("problem", key, item, False)
-                continue
-            read += 1
-            yield from _take(item, key, ctx, candidates, line_known=True)
-    yield ("read", read)
-
-
-def _take(
-    item: Item, key: Position, ctx: ReadContext, candidates: frozenset[str] | None, *, line_known: bool
-) -> Iterator[Out]:
-    resource = item.resource
-    kind, ref = route(resource, ctx.types)
-    if kind == "medication":
-        yield ("med", ref, key, orjson.dumps(resource))
-    elif kind == "orphan":
-        if line_known:
-            yield ("problem", key, orphan_problem(item.file, resource, item.line), False)
-        else:
-            stub = {k: resource[k] for k in ("resourceType", "id") if k in resource}
-            yield ("orphan", key, item.file, stub)
-    elif kind != "skip":
-        if kind == "patient":
-            yield ("patient", ref)
-        if candidates is None or ref in candidates:
-            yield ("res", ref, key, orjson.dumps(resource))
-            if resource.get("resourceType") in MEDICATION_TYPES:
-                for med in medication_refs(resource):
-                    yield ("medref", med, ref)
-
-
-def _buffer(content: bytes | bytearray) -> io.BufferedReader:
-    return io.BufferedReader(io.BytesIO(bytes(content)))
+        for n, item in enumerate(read_bytes(display, name, bytes(content), limits=ctx.limits, raw=True)):
+            yield from run.item(item, (index, n, 0))
+    yield from run.totals()
 
 
 def later(a: tuple[Position, bytes], b: tuple[Position, bytes]) -> tuple[Position, bytes]:
-    """Of two copies of one Medication, the one read last wins (as locally)."""
+    """Of two copies of one Medication, the one read last wins (as locally: INSERT OR REPLACE)."""
     return a if a[0] > b[0] else b
 
 
-# --- on the driver: line numbers of the problems of lines read in blocks -----------------------------
-
-
-def line_numbers(blocks: Iterable[tuple[int, int, int]]) -> dict[tuple[int, int], int]:
-    """(position, block start) -> lines before the block, from every block's (position, start, lines)."""
-    per_file: dict[int, list[tuple[int, int]]] = {}
-    for index, start, n in blocks:
-        per_file.setdefault(index, []).append((start, n))
-    before: dict[tuple[int, int], int] = {}
-    for index, found in per_file.items():
+def line_counts(blocks: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:
+    """(Spark path, block start) -> lines before the block, from every block's (path, start, lines)."""
+    per_file: dict[str, list[tuple[int, int]]] = {}
+    for path, start, n in blocks:
+        per_file.setdefault(path, []).append((start, n))
+    before: dict[tuple[str, int], int] = {}
+    for path, found in per_file.items():
         total = 0
         for start, n in sorted(found):
-            before[(index, start)] = total
+            before[(path, start)] = total
             total += n
     return before
 
 
-def resolve_problems(small: Iterable[Out]) -> tuple[list[tuple[Position, InputProblem]], int, set[int]]:
-    """Pass 2's problems with their line numbers, keyed by reading order; resources read; the block
-    counts' files and the whole files that were read (positions)."""
-    blocks, problems, seen, read = [], [], set(), 0
+def small_outputs(
+    small: Iterable[Out],
+) -> tuple[list[tuple[Position, InputProblem]], int, Counter[str], set[int]]:
+    """Pass 2's problems keyed by reading order, resources read, skipped types, whole files read."""
+    problems: list[tuple[Position, InputProblem]] = []
+    read, skipped, seen = 0, Counter[str](), set()
     for out in small:
-        tag = out[0]
-        if tag == "lines":
-            blocks.append((out[1], out[2], out[3]))
-            seen.add(out[1])
-        elif tag == "read":
+        if out[0] == "read":
             read += out[1]
-        elif tag == "seen":
+        elif out[0] == "skipped":
+            skipped.update(out[1])
+        elif out[0] == "seen":
             seen.add(out[1])
         else:
-            problems.append(out)
-    before = line_numbers(blocks)
-    resolved: list[tuple[Position, InputProblem]] = []
-    for out in problems:
-        tag, key = out[0], out[1]
-        if tag == "problem" and not out[3]:
-            resolved.append((key, out[2]))
-            continue
-        line = before.get((key[0], key[1]), 0) + key[2]
-        at = (key[0], 0, line, key[3])
-        if tag == "orphan":
-            resolved.append((at, orphan_problem(out[2], out[3], line)))
-        else:
-            resolved.append((at, replace(out[2], line=line)))
-    return resolved, read, seen
+            problems.append((out[1], out[2]))
+    return problems, read, skipped, seen
 
 
-# --- evaluation: the local engine's record assembly and Screener.screen ------------------------------
+# --- evaluation: the local engine's record assembly and screening ------------------------------------
 
-Evaluated = tuple[tuple[bytes, ...] | None, tuple[InputProblem, ...]]
+Screened = tuple[tuple[bytes, ...] | None, tuple[InputProblem, ...]]
 
 
 def evaluate_candidate(
     pid: str,
-    rows: Iterable[tuple[Position, bytes]],
+    rows: Iterable[tuple[Position, Row]],
     medications: Iterable[tuple[str, bytes]],
     screener: Screener,
-) -> Evaluated:
-    """One candidate: its resources in reading order, the Medications they reference, every trial."""
-    resources = [orjson.loads(body) for _, body in sorted(rows, key=lambda r: r[0])]
-    meds = {key: orjson.loads(body) for key, body in medications}
+) -> Screened:
+    """One candidate: its rows in reading order, the Medications they reference, every trial."""
+    ordered = tuple(row for _, row in sorted(rows, key=lambda r: r[0]))
+    meds = dict(medications)
     problems: list[InputProblem] = []
-    if not any(r.get("resourceType") == "Patient" for r in resources):
-        problems.append(missing_patient_problem(pid))
-    record = assemble_record(pid, resources, meds.get)
-    return _screen(pid, record, screener, problems)
+    if not any(row.rtype == "Patient" for row in ordered):
+        problems.append(InputProblem("(input)", f"Patient/{pid} is referenced but not in the input"))
+    return _screened(evaluate(RawRecord(pid, ordered), screener, meds.get), problems)
 
 
-def evaluate_stub(pid: str, counts: Mapping[str, int] | None, screener: Screener) -> Evaluated:
-    """A patient no gate can admit: listed with the gate criterion, from the counts pass 1 made."""
-    return _screen(pid, stub_record(pid, counts or {}, screener.gate.types), screener, [])
+def evaluate_stub(pid: str, counts: Mapping[str, int] | None, screener: Screener) -> Screened:
+    """A patient no gate can admit: listed with the gate criterion, from the counts pass 1 made (as
+    ``PatientIndex.stub``: every gate type counted, 0 when the patient has none)."""
+    full = dict(counts or {})
+    for rtype in screener.gate.types:
+        full.setdefault(rtype, 0)
+    return _screened(evaluate(RawRecord(pid, (), full), screener, lambda _: None), [])
 
 
-def _screen(pid: str, record: Any, screener: Screener, problems: list[InputProblem]) -> Evaluated:
-    try:
-        results = screener.screen(record)
-    except Exception as exc:  # a bug in one evaluation must not sink the run (as in the pipeline)
-        problems.append(internal_problem(f"Patient/{pid}", "screening", exc))
-        return None, tuple(problems)
-    return tuple(orjson.dumps(r.to_json()) for r in results), tuple(problems)
+def _screened(done: Evaluated, problems: list[InputProblem]) -> Screened:
+    problems.extend(done.problems)
+    if done.results is None:
+        assert done.failure is not None
+        return None, (*problems, done.failure)
+    return tuple(orjson.dumps(r.to_json()) for r in done.results), tuple(problems)
 
 
-def tally(rows: Iterable[tuple[str, Evaluated]], trials: int) -> Iterator[list[Tally]]:
+def tally(rows: Iterable[tuple[str, Screened]], trials: int) -> Iterator[list[Tally]]:
     """One partition's counts per trial (in patient order: criteria keep the local first-seen order)."""
     tallies = [Tally() for _ in range(trials)]
     for _, (subjects, _) in rows:

@@ -173,3 +173,6 @@ def _print_summary(screener: Screener, result: JobResult, out: TextIO) -> None:
         heading = f"{m.trial.study}: " if len(screener.trials) > 1 else ""
         print(heading + summary.render(tally, result.problems, order), file=out)
     print(f"Read {result.resources_read} resource(s).", file=out)
+    if result.skipped_types:  # as FileSource.summary words it
+        shown = ", ".join(f"{t} {n}" for t, n in sorted(result.skipped_types.items()))
+        print(f"Skipped {sum(result.skipped_types.values())} of types no criterion reads: {shown}", file=out)

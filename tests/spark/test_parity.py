@@ -197,6 +197,10 @@ def _break(folder: Path) -> None:
     lines.insert(4000, b"\n")  # a blank line: not a problem, but it counts for the lines after it
     lines.insert(5000, b'{"id": "no-type"}\n')
     lines[-20] = b"{broken\n"  # in the file's last Spark block
+    # Lines the byte scan places without parsing, then cut short: a candidate's is reported when its
+    # record is built; a non-candidate's is never parsed, so never reported (locally neither).
+    lines.insert(6000, b'{"resourceType":"Observation","subject":{"reference":"Patient/p0000200"},"id":"c\n')
+    lines.insert(6001, b'{"resourceType":"Observation","subject":{"reference":"Patient/p0000201"},"id":"c\n')
     obs.write_bytes(b"".join(lines))
     patients = folder / "Patient.000.ndjson"
     # A candidate whose Patient resource is missing (p0000100 has dermatomyositis: every hundredth does).
@@ -264,6 +268,7 @@ def test_population_with_bad_inputs_gives_the_local_results(
     # The faults planted above are all there (so the comparison compared something).
     assert ("X/Observation.000.ndjson", 1500) in where
     assert ("X/Observation.000.ndjson", 5001) in where
+    assert ("X/Observation.000.ndjson", 6001) in where and ("X/Observation.000.ndjson", 6002) not in where
     assert max(line or 0 for file, line in where if file == "X/Observation.000.ndjson") > 100_000
     assert ("(input)", None) in where  # Patient/p0000100 is referenced but not in the input
     assert ("X/extra/binary.ndjson", None) in where

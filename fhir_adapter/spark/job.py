@@ -1,5 +1,6 @@
 """The Spark plan of one screen: the local engine's two passes, with a shuffle instead of an index.
 
+0. The JVM counts every block's lines of the plain NDJSON files, so the passes know true line numbers.
 1. Pass 1 (only when a gate can reject patients): the lines that mention a gate's resource type (the
    local line filter, applied in the JVM) and the whole files; per patient, how many resources of the
    gate's types it has and whether one is admitted (``reduceByKey``). The candidates' ids are collected

@@ -24,6 +24,8 @@ from pathlib import Path
 from fhir_adapter import __version__, logs
 from fhir_adapter.errors import AdapterError, ExitCode, UsageError
 from fhir_adapter.settings import (
+    DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    MIB,
     AuthSettings,
     BulkSettings,
     ExportSettings,
@@ -124,7 +126,54 @@ def _server_options(p: argparse.ArgumentParser) -> None:
         "--smart-scope", metavar="SCOPES", help="default: read all, write the resources write-back needs"
     )
     g.add_argument("--ca-bundle", metavar="PATH", help="custom CA bundle for TLS verification")
-    g.add_argument("--timeout", type=float, default=60.0, help="read timeout in seconds (default 60)")
+    g.add_argument(
+        "--timeout", type=_positive, default=60.0, help="read timeout per socket read, seconds (default 60)"
+    )
+    limits = ServerSettings("https://x")
+    g.add_argument(
+        "--allow-plain-http",
+        action="store_true",
+        help="allow http:// to a host that is not loopback (patient data and tokens travel unencrypted)",
+    )
+    g.add_argument(
+        "--request-deadline",
+        type=_positive,
+        default=limits.request_deadline,
+        metavar="SECONDS",
+        help=f"deadline of one whole HTTP exchange, body included (default {limits.request_deadline:.0f})",
+    )
+    g.add_argument(
+        "--max-response-mb",
+        type=_positive,
+        default=limits.max_response_bytes / MIB,
+        metavar="MB",
+        help=f"largest response body read (default {limits.max_response_bytes // MIB})",
+    )
+    g.add_argument(
+        "--max-pages",
+        type=int,
+        default=limits.max_pages,
+        metavar="N",
+        help=f"most pages followed in one search (default {limits.max_pages})",
+    )
+    g.add_argument(
+        "--throttle-budget",
+        type=float,
+        default=limits.throttle_budget,
+        metavar="SECONDS",
+        help="total time a run may wait on 429/503 answers before it stops with exit 4 "
+        f"(default {limits.throttle_budget:.0f})",
+    )
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {value!r}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fhir-adapter",
         description="Prescreen FHIR patients for clinical trials whose criteria are data (mappings/).",
         epilog="exit codes: 0 ok; 3 finished, but some inputs or writes failed (see errors); 2 usage or "
-        "configuration error; 4 fatal (server unreachable, authentication failed); 5 sync lock held; "
+        "configuration error; 4 fatal (server unreachable at the start, authentication failed after a "
+        "token refresh, K patients in a row failed, throttling budget spent); 5 sync lock held; "
         "70 internal error",
     )
     parser.add_argument("--version", action="version", version=f"fhir-adapter {__version__}")
@@ -212,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--bulk: one export of every type the criteria read (default: the gate's Conditions first, "
         "where the server supports _typeFilter, then the candidates' data)",
+    )
+    s.add_argument(
+        "--max-consecutive-failures",
+        type=int,
+        default=DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        metavar="K",
+        help="stop (exit 4) after K patients in a row fail; 0 never stops "
+        f"(default {DEFAULT_MAX_CONSECUTIVE_FAILURES})",
     )
     _bulk_options(s)
     g = s.add_argument_group("engine (files only)")
@@ -351,6 +409,10 @@ class _Progress:
 def server_settings(args: argparse.Namespace) -> ServerSettings:
     if not args.server:
         raise UsageError("--server URL is required")
+    if args.max_pages < 1:
+        raise UsageError("--max-pages must be at least 1")
+    if args.throttle_budget < 0:
+        raise UsageError("--throttle-budget must be >= 0")
     return ServerSettings(
         url=args.server,
         auth=AuthSettings(
@@ -367,6 +429,11 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         ),
         ca_bundle=Path(args.ca_bundle) if args.ca_bundle else None,
         timeout=float(args.timeout),
+        allow_plain_http=args.allow_plain_http,
+        request_deadline=float(args.request_deadline),
+        max_response_bytes=int(args.max_response_mb * MIB),
+        max_pages=args.max_pages,
+        throttle_budget=float(args.throttle_budget),
     )
 
 
@@ -440,7 +507,14 @@ def screen_settings(args: argparse.Namespace) -> ScreenSettings:
         bulk=bulk_settings(args, group=args.group) if args.bulk else None,
         bulk_dir=args.bulk_dir,
         keep_bulk_files=args.keep_bulk_files,
+        max_consecutive_failures=_non_negative(args.max_consecutive_failures, "--max-consecutive-failures"),
     )
+
+
+def _non_negative(value: int, option: str) -> int:
+    if value < 0:
+        raise UsageError(f"{option} must be >= 0")
+    return value
 
 
 def _screen(args: argparse.Namespace) -> int:

@@ -46,14 +46,28 @@ class InputError(AdapterError):
 
 
 class ServerError(AdapterError):
-    """A FHIR server answered with an error or could not be reached after retries."""
+    """A FHIR server answered with an error or could not be reached after retries.
+
+    The message is built from the method, the path without its query, the status and the
+    OperationOutcome's issue severity/code only: it goes to logs, the terminal, the sync state and
+    manifests. ``server_text`` is the OperationOutcome's free text (diagnostics, details.text), which
+    can quote patient data; only the result file's ``errors`` (mode 0600) carry it (docs/security.md).
+    """
 
     exit_code = ExitCode.FATAL
 
-    def __init__(self, message: str, status: int | None = None, url: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        url: str | None = None,
+        *,
+        server_text: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.url = url
+        self.server_text = server_text
 
 
 class ServerUnreachable(ServerError):
@@ -68,8 +82,32 @@ class OutcomeUnknown(ServerUnreachable):
     """A write was sent and no answer came back: the server may or may not have stored it."""
 
 
+class DeadlineExceeded(ServerUnreachable):
+    """The whole exchange (connect, headers, body) took longer than the request deadline: a server
+    trickling its answer is cut off, not waited for."""
+
+
+class UnsafeUrl(ServerError):
+    """A URL the server handed us (a next link, a redirect, a Location, a token endpoint) is on another
+    origin or is ambiguous (backslash, userinfo, control characters): refused, never requested."""
+
+
+class ResponseTooLarge(ServerError):
+    """A response body is larger than the configured maximum; reading stopped there."""
+
+
+class OperationNotSupported(ServerError):
+    """The server advertises an operation (``$everything``) but answers as if it did not exist."""
+
+
 class AuthError(ServerError):
-    """Authentication against the FHIR server or its token endpoint failed."""
+    """Authentication failed for good: the token endpoint refused us, or the FHIR server still answers
+    401 after a token refresh. Every later request would fail too, so the run stops."""
+
+
+class AccessDenied(ServerError):
+    """HTTP 403 (or a 401 the client cannot renew credentials for) on one request: that resource or
+    patient is closed to us; the others may not be."""
 
 
 class PreconditionFailed(ServerError):
@@ -86,6 +124,11 @@ class SystemicFailure(AdapterError):
     """So many patients failed in a row that the server, not the patients, is the problem: stop."""
 
     exit_code = ExitCode.FATAL
+
+
+class ThrottleBudgetExhausted(SystemicFailure):
+    """The run has waited on 429/503 answers for longer than its throttling budget: stop, so a server
+    that keeps throttling ends the run in bounded time."""
 
 
 class LockedError(AdapterError):

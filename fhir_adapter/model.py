@@ -146,19 +146,27 @@ class SubjectResult:
 
 @dataclass(frozen=True, slots=True)
 class InputProblem:
-    """An input that could not be read. Never carries resource content (it may hold PHI)."""
+    """An input that could not be read. Never carries resource content (it may hold PHI).
+
+    ``server_text`` is the exception: a server's OperationOutcome free text about this failure, which
+    can quote patient data. Only the result file (mode 0600) writes it (``to_json(server_text=True)``);
+    logs, the terminal, the sync state and manifests use ``reason`` alone (docs/security.md).
+    """
 
     file: str
     reason: str
     line: int | None = None
     resource: str | None = None  # "Observation/abc" when known
+    server_text: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, server_text: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.file, "reason": self.reason}
         if self.line is not None:
             out["line"] = self.line
         if self.resource is not None:
             out["resource"] = self.resource
+        if server_text and self.server_text:
+            out["serverText"] = self.server_text
         return out
 
 

@@ -22,13 +22,14 @@ from fhir_adapter import logs
 from fhir_adapter.errors import AdapterError, AuthError, LockedError, SystemicFailure
 from fhir_adapter.model import InputProblem, PatientRecord, SubjectResult
 from fhir_adapter.screening import Screener
+from fhir_adapter.settings import DEFAULT_MAX_CONSECUTIVE_FAILURES
 from fhir_adapter.source.base import Absent, Screenable, Source, SourceItem, Unbuilt
 from fhir_adapter.workers import Evaluated, WorkerPool, evaluate
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
+__all__ = ["DEFAULT_MAX_CONSECUTIVE_FAILURES", "Sink", "run"]
 
 
 @dataclass(frozen=True, slots=True)

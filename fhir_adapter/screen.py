@@ -81,7 +81,9 @@ def run_screen(
             writeback = WriteBackSink(writebacks, out)
             writeback.prepare()
             source.prepare()
-            problems = _run(source, screener, paths, [writeback], progress, out)
+            problems = _run(
+                source, screener, paths, [writeback], progress, out, settings.max_consecutive_failures
+            )
             lines = [f"FHIR {release} server {client.base_url}", *source.summary(), *writeback.summary()]
     else:
         if not settings.paths:
@@ -90,11 +92,12 @@ def run_screen(
             raise UsageError("--write-back, --patient and --group need --server")
         with FileSource(settings.paths, screener) as files:
             workers = _workers(settings.workers, files)
+            failures = settings.max_consecutive_failures
             if workers > 1:
                 with WorkerPool(workers, settings.rules, settings.as_of, files.index_path) as pool:
-                    problems = _run(files, screener, paths, [], progress, out, pool)
+                    problems = _run(files, screener, paths, [], progress, out, failures, pool)
             else:
-                problems = _run(files, screener, paths, [], progress, out)
+                problems = _run(files, screener, paths, [], progress, out, failures)
             lines = files.summary()
     print("\n".join(lines), file=out)
     _reports(settings, screener.trials, paths)
@@ -128,11 +131,12 @@ def _screen_bulk(
     ):
         source.prepare()
         workers = _workers(settings.workers, source.files)
+        failures = settings.max_consecutive_failures
         if workers > 1:
             with WorkerPool(workers, settings.rules, settings.as_of, source.files.index_path) as pool:
-                problems = _run(source, screener, paths, [], progress, out, pool)
+                problems = _run(source, screener, paths, [], progress, out, failures, pool)
         else:
-            problems = _run(source, screener, paths, [], progress, out)
+            problems = _run(source, screener, paths, [], progress, out, failures)
         lines = [f"Bulk Data from {client.base_url}", *source.summary()]
     return problems, lines
 
@@ -177,11 +181,19 @@ def _run(
     sinks: list[Sink],
     progress: Progress | None,
     out: TextIO,
+    max_consecutive_failures: int,
     pool: WorkerPool | None = None,
 ) -> list[InputProblem]:
     results = ResultSink(screener.trials, paths, screener.as_of, source.description)
     try:
-        problems = run(source, screener, [results, *sinks], progress=progress, pool=pool)
+        problems = run(
+            source,
+            screener,
+            [results, *sinks],
+            progress=progress,
+            pool=pool,
+            max_consecutive_failures=max_consecutive_failures,
+        )
         results.close(problems)
     except BaseException:
         results.abort()  # never leave half a result where a scheduled job would read it

@@ -17,6 +17,10 @@ from fhir_adapter.source.strategies import Overrides
 
 AuthMethod = Literal["none", "bearer", "basic", "smart"]
 
+# Stop a run (exit 4) after this many patients in a row fail: the server, not the patients, is the problem.
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
+MIB = 1024 * 1024
+
 CLI_NAMES: Mapping[str, str] = {
     "token": "--token",
     "basic_user": "--basic-user",
@@ -25,6 +29,7 @@ CLI_NAMES: Mapping[str, str] = {
     "smart_key": "--smart-key",
     "smart_token_url": "--smart-token-url",
     "url": "--server",
+    "allow_plain_http": "--allow-plain-http",
 }
 
 
@@ -44,10 +49,18 @@ class AuthSettings:
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
+    """How to reach one FHIR server, and the limits on what it can make us do (docs/security.md)."""
+
     url: str
     auth: AuthSettings = field(default_factory=AuthSettings)
     ca_bundle: Path | None = None
-    timeout: float = 60.0  # read timeout per request, seconds
+    timeout: float = 60.0  # read timeout per socket operation, seconds
+    # Plain http:// to a host that is not loopback is refused unless this is set.
+    allow_plain_http: bool = False
+    request_deadline: float = 300.0  # seconds for one whole exchange: connect to the last body byte
+    max_response_bytes: int = 64 * MIB  # one response body (decoded)
+    max_pages: int = 1000  # pages of one search
+    throttle_budget: float = 900.0  # seconds a run may spend waiting on 429/503 answers in total
     names: Mapping[str, str] = field(default_factory=lambda: dict(CLI_NAMES))
 
     def name(self, key: str) -> str:
@@ -135,6 +148,7 @@ class ScreenSettings:
     bulk_dir: Path | None = None
     keep_bulk_files: bool = False
     spark: SparkSettings | None = None  # None: the local engine
+    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES  # 0: never stop early
 
 
 @dataclass(frozen=True, slots=True)

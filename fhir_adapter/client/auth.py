@@ -8,12 +8,12 @@ calls on a 401 before resending once (see ``fhir_adapter.client.http.Invalidatab
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 import jwt
 import requests
@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from fhir_adapter.client.secrets import resolve_secret
-from fhir_adapter.errors import AuthError, ConfigError
+from fhir_adapter.client.transport import BodyTooLarge, DeadlinePassed, exchange, watched_session
+from fhir_adapter.client.urls import check_configured_url, check_server_url, origin_of
+from fhir_adapter.errors import AuthError, ConfigError, UnsafeUrl
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,11 @@ DEFAULT_SCOPE: Final = (
 ASSERTION_LIFETIME_S: Final = 300
 # Used when a token response omits expires_in; SMART recommends 300 s, so assume no more.
 _DEFAULT_EXPIRES_IN: Final = 300.0
-_MAX_ERROR_TEXT: Final = 300
+# A token or configuration answer is small; anything bigger is not one.
+_MAX_BODY: Final = 1024 * 1024
+_DEADLINE_S: Final = 60.0
+# RFC 6749 error codes are ASCII words (invalid_client); anything else is server free text, not repeated.
+_OAUTH_ERROR_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 Algorithm = Literal["RS384", "ES384"]
 
@@ -95,12 +101,11 @@ class SmartBackendAuth(requests.auth.AuthBase):
         refresh_margin_s: float = 60,
         timeout: tuple[float, float] = (10, 30),
         verify: bool | str = True,
+        allow_plain_http: bool = False,
+        deadline_seconds: float = _DEADLINE_S,
     ) -> None:
-        parts = urlsplit(token_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"token_url: must be an absolute http(s) URL, got {token_url!r}")
-        if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
-            logger.warning("token_url %s is plain http: the access token would travel unencrypted", token_url)
+        # Credentials in the URL, plain http to a remote host: refused, as for the FHIR base URL.
+        check_configured_url(token_url, "token_url", allow_plain_http=allow_plain_http)
         if not client_id:
             raise ConfigError("client_id: is empty")
         if refresh_margin_s < 0:
@@ -112,7 +117,8 @@ class SmartBackendAuth(requests.auth.AuthBase):
         self.jku = jku
         self.scope = scope
         self._key = _load_signing_key(private_key_pem, algorithm)
-        self._session = session if session is not None else requests.Session()
+        self._session = session if session is not None else watched_session()
+        self._deadline = deadline_seconds
         self._clock = clock
         self._refresh_margin = refresh_margin_s
         self._timeout = timeout
@@ -169,15 +175,19 @@ class SmartBackendAuth(requests.auth.AuthBase):
             "client_assertion": self.client_assertion(),
         }
         try:
-            resp = self._session.post(
+            # Never redirected: the client assertion goes to the configured endpoint only.
+            resp = exchange(
+                self._session,
+                "POST",
                 self.token_url,
+                deadline=self._deadline,
+                max_bytes=_MAX_BODY,
                 data=form,
                 headers={"Accept": "application/json"},
                 timeout=self._timeout,
                 verify=self._verify,
-                allow_redirects=False,
             )
-        except requests.exceptions.RequestException as exc:
+        except (requests.exceptions.RequestException, DeadlinePassed, BodyTooLarge) as exc:
             # The exception text is harmless here, but keep one rule for all transport errors.
             raise AuthError(
                 f"token endpoint {self.token_url} unreachable ({type(exc).__name__})", url=self.token_url
@@ -210,13 +220,12 @@ class SmartBackendAuth(requests.auth.AuthBase):
         return token
 
     def _describe_failure(self, status: int, body: dict[str, Any] | None) -> str:
+        """The status and the OAuth ``error`` code; ``error_description`` is the server's free text
+        and, like every server's error text, is not repeated in messages and logs."""
         message = f"token endpoint {self.token_url} rejected client {self.client_id}: HTTP {status}"
         error = body.get("error") if body else None
-        description = body.get("error_description") if body else None
-        if isinstance(error, str) and error:
-            message += f": {_clip(error)}"
-            if isinstance(description, str) and description:
-                message += f": {_clip(description)}"
+        if isinstance(error, str) and _OAUTH_ERROR_RE.fullmatch(error):
+            message += f": {error}"
         return message
 
 
@@ -226,16 +235,31 @@ def discover_token_url(
     *,
     timeout: tuple[float, float] = (10, 30),
     verify: bool | str = True,
+    deadline_seconds: float = _DEADLINE_S,
 ) -> str:
     """The ``token_endpoint`` from ``[base]/.well-known/smart-configuration``.
 
     Takes a session rather than a ``FhirClient`` because the client needs its auth, and so the
     token URL, before it exists; the document is public and needs no credentials.
+
+    The endpoint is a URL the server hands us, so it must be on the FHIR base's origin and
+    unambiguous (:func:`fhir_adapter.client.urls.check_server_url`): the client assertion is a
+    credential. A token endpoint on another host (a separate authorization server) is trusted only
+    when the operator configures it (``--smart-token-url`` / ``server.auth.token_url``).
     """
     url = base_url.rstrip("/") + "/.well-known/smart-configuration"
     try:
-        resp = session.get(url, headers={"Accept": "application/json"}, timeout=timeout, verify=verify)
-    except requests.exceptions.RequestException as exc:
+        resp = exchange(
+            session,
+            "GET",
+            url,
+            deadline=deadline_seconds,
+            max_bytes=_MAX_BODY,
+            headers={"Accept": "application/json"},
+            timeout=timeout,
+            verify=verify,
+        )
+    except (requests.exceptions.RequestException, DeadlinePassed, BodyTooLarge) as exc:
         raise AuthError(f"SMART configuration {url} unreachable ({type(exc).__name__})", url=url) from None
     body = _json_object(resp)
     if resp.status_code != 200 or body is None:
@@ -247,7 +271,14 @@ def discover_token_url(
     token_url = body.get("token_endpoint")
     if not isinstance(token_url, str) or not token_url:
         raise AuthError(f"SMART configuration {url} has no token_endpoint", resp.status_code, url)
-    return token_url
+    try:
+        return check_server_url(token_url, origin_of(base_url))
+    except UnsafeUrl as exc:
+        raise ConfigError(
+            f"SMART configuration {url}: its token_endpoint is not used ({exc}); if that endpoint is your "
+            "authorization server, set it explicitly as the token URL (--smart-token-url / "
+            "server.auth.token_url)"
+        ) from None
 
 
 def _load_signing_key(pem: bytes, algorithm: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
@@ -273,8 +304,3 @@ def _json_object(resp: requests.Response) -> dict[str, Any] | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
-
-
-def _clip(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _MAX_ERROR_TEXT else flat[: _MAX_ERROR_TEXT - 1] + "…"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import requests
 import requests.auth
 
 from fhir_adapter.client.auth import (
@@ -14,6 +13,8 @@ from fhir_adapter.client.auth import (
 )
 from fhir_adapter.client.http import FhirClient
 from fhir_adapter.client.secrets import resolve_secret
+from fhir_adapter.client.transport import watched_session
+from fhir_adapter.client.urls import check_configured_url, normalise_base
 from fhir_adapter.errors import ConfigError
 from fhir_adapter.settings import ServerSettings
 
@@ -21,7 +22,19 @@ from fhir_adapter.settings import ServerSettings
 def open_client(settings: ServerSettings) -> FhirClient:
     verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle else True
     timeout = (10.0, float(settings.timeout))
-    return FhirClient(settings.url, auth=_auth(settings, verify, timeout), timeout=timeout, verify=verify)
+    # The base URL is checked (credentials, plain http) before anything, the token URL included, is used.
+    normalise_base(settings.url, allow_plain_http=settings.allow_plain_http, what=settings.name("url"))
+    return FhirClient(
+        settings.url,
+        auth=_auth(settings, verify, timeout),
+        timeout=timeout,
+        verify=verify,
+        deadline_seconds=settings.request_deadline,
+        max_response_bytes=settings.max_response_bytes,
+        max_pages=settings.max_pages,
+        throttle_budget_seconds=settings.throttle_budget,
+        allow_plain_http=settings.allow_plain_http,
+    )
 
 
 def _auth(
@@ -40,9 +53,17 @@ def _auth(
         raise ConfigError(f"SMART auth needs {name('smart_client_id')} and {name('smart_key')}")
     key = resolve_secret(auth.smart_key, setting=name("smart_key")).encode("utf-8")
     token_url = auth.smart_token_url
-    if not token_url:
-        with requests.Session() as session:
-            token_url = discover_token_url(session, settings.url, timeout=timeout, verify=verify)
+    if token_url:
+        check_configured_url(token_url, name("smart_token_url"), allow_plain_http=settings.allow_plain_http)
+    else:
+        with watched_session() as session:
+            token_url = discover_token_url(
+                session,
+                settings.url,
+                timeout=timeout,
+                verify=verify,
+                deadline_seconds=settings.request_deadline,
+            )
     return SmartBackendAuth(
         token_url,
         auth.smart_client_id,
@@ -52,4 +73,6 @@ def _auth(
         scope=auth.smart_scope or DEFAULT_SCOPE,
         timeout=timeout,
         verify=verify,
+        allow_plain_http=settings.allow_plain_http,
+        deadline_seconds=settings.request_deadline,
     )

@@ -1,9 +1,18 @@
-"""FHIR REST client: one ``requests.Session``, budgeted retries, readable FHIR errors.
+"""FHIR REST client: one ``requests.Session``, budgeted retries, bounded exchanges, readable errors.
 
 PHI rule for this module: query strings carry patient identifiers (MRNs, names, birth dates), and
 bodies carry clinical data. Logs and exception messages therefore hold only the method, the path
-without its query, query parameter *names*, status codes and OperationOutcome text. Transport
-exceptions are re-raised ``from None`` because their text embeds the full URL with its query.
+without its query, query parameter *names*, status codes and OperationOutcome issue codes; the
+OperationOutcome's free text rides on the exception as ``server_text`` for the result file only.
+Transport exceptions are re-raised ``from None`` because their text embeds the full URL with its query.
+
+Credentials go only to the base's origin: every URL the server hands us (next links, redirects,
+Location headers) is checked with urllib3's parser, the one that opens the connection
+(:mod:`fhir_adapter.client.urls`), and redirects are followed by this client, never by ``requests``.
+
+Limits on what a server controls: a deadline over each whole exchange and a cap on the body size
+(:mod:`fhir_adapter.client.transport`), a cap on the pages of one search, the retry budget of one
+request (a ``Retry-After`` beyond it gives up at once), and a throttling budget for the whole run.
 
 Not thread-safe: use one client per thread (``requests.Session`` and the counters are shared state).
 """
@@ -29,7 +38,9 @@ from fhir_adapter import __version__
 from fhir_adapter.client.http_errors import http_error, issue_codes, json_or_none
 from fhir_adapter.client.retry import (
     POST_RETRY_STATUSES,
+    REDIRECT_STATUSES,
     RETRY_STATUSES,
+    THROTTLE_STATUSES,
     TRANSPORT_ERRORS,
     backoff,
     describe_transport_error,
@@ -37,16 +48,27 @@ from fhir_adapter.client.retry import (
     http_date,
     retry_after_seconds,
 )
+from fhir_adapter.client.transport import BodyTooLarge, DeadlinePassed, exchange, watched_session
 from fhir_adapter.client.urls import (
     LOOPBACK,
     check_id,
+    check_server_url,
     check_type,
     no_query,
     no_query_path,
     normalise_base,
     origin_of,
 )
-from fhir_adapter.errors import ConfigError, OutcomeUnknown, ServerError, ServerUnreachable
+from fhir_adapter.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    OutcomeUnknown,
+    ResponseTooLarge,
+    ServerError,
+    ServerUnreachable,
+    ThrottleBudgetExhausted,
+    UnsafeUrl,
+)
 from fhir_adapter.model import Resource
 
 logger = logging.getLogger(__name__)
@@ -62,6 +84,13 @@ _ABSENT: Final = frozenset({404, 410})
 
 
 USER_AGENT: Final = f"fhir-adapter/{__version__}"
+
+# Defaults of the limits (ServerSettings, site.toml [server], CLI flags; docs/security.md).
+DEFAULT_DEADLINE_S: Final = 300.0
+DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_PAGES: Final = 1000
+DEFAULT_THROTTLE_BUDGET_S: Final = 900.0
+MAX_REDIRECTS: Final = 5
 
 
 @runtime_checkable
@@ -113,6 +142,11 @@ class FhirClient:
         backoff_base: float = 0.5,
         backoff_max: float = 30,
         retry_budget_seconds: float = 300,
+        deadline_seconds: float = DEFAULT_DEADLINE_S,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        throttle_budget_seconds: float = DEFAULT_THROTTLE_BUDGET_S,
+        allow_plain_http: bool = False,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -120,11 +154,20 @@ class FhirClient:
     ) -> None:
         """``verify`` is True, False (explicit opt-out, logged) or the path of a CA bundle.
 
+        ``deadline_seconds`` bounds each whole exchange (connect to last body byte), ``max_response_bytes``
+        each body, ``max_pages`` each search, ``throttle_budget_seconds`` the time this client may spend
+        waiting on 429/503 answers in total. Plain ``http://`` to a host that is not loopback is refused
+        unless ``allow_plain_http``.
+
         ``sleep``, ``monotonic`` and ``rng`` exist so tests can drive retries without waiting.
         """
-        self.base_url = normalise_base(base_url)
+        self.base_url = normalise_base(base_url, allow_plain_http=allow_plain_http)
         if max_retries < 0 or backoff_base < 0 or backoff_max < 0 or retry_budget_seconds < 0:
             raise ValueError("max_retries, backoff_base, backoff_max and retry_budget_seconds must be >= 0")
+        if deadline_seconds <= 0 or max_response_bytes <= 0 or max_pages <= 0 or throttle_budget_seconds < 0:
+            raise ValueError(
+                "deadline, max response size and max pages must be > 0, the throttle budget >= 0"
+            )
         if verify is False:
             logger.warning(
                 "TLS certificate verification is DISABLED for %s (verify=False); "
@@ -133,9 +176,11 @@ class FhirClient:
             )
         elif isinstance(verify, str) and not os.path.exists(verify):
             raise ConfigError(f"verify: CA bundle {verify} does not exist")
-        host = urlsplit(self.base_url).hostname or ""
-        if self.base_url.startswith("http:") and host not in LOOPBACK:
-            logger.warning("FHIR base %s is plain http: patient data would travel unencrypted", self.base_url)
+        if self.base_url.startswith("http:") and allow_plain_http:
+            logger.warning(
+                "FHIR base %s is plain http (allowed by allow_plain_http): patient data travels unencrypted",
+                self.base_url,
+            )
 
         self._auth = auth
         self._timeout = timeout
@@ -144,8 +189,13 @@ class FhirClient:
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._budget = retry_budget_seconds
+        self._deadline = deadline_seconds
+        self._max_bytes = max_response_bytes
+        self._max_pages = max_pages
+        self._throttle_budget = throttle_budget_seconds
+        self._throttled = 0.0
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
+        self._session = session if session is not None else watched_session()
         self._session.verify = verify
         self._sleep = sleep
         self._monotonic = monotonic
@@ -171,6 +221,15 @@ class FhirClient:
     def retry_count(self) -> int:
         """How many of ``request_count`` were re-sends."""
         return self._retry_count
+
+    @property
+    def throttled_seconds(self) -> float:
+        """Seconds this client has waited because the server answered 429 or 503."""
+        return self._throttled
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return self._origin
 
     @property
     def last_server_date(self) -> datetime | None:
@@ -312,10 +371,20 @@ class FhirClient:
         return self._fhir_response(resp, "DELETE", path)
 
     def transaction(self, bundle: Resource) -> Resource:
-        """POST a ``transaction`` or ``batch`` Bundle to the base; returns the response Bundle."""
+        """POST a ``transaction`` or ``batch`` Bundle to the base; returns the response Bundle.
+
+        Retried like a PUT when every entry is a PUT, GET or DELETE (resending changes nothing), else
+        like a create (only when the server cannot have processed it).
+        """
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") not in ("transaction", "batch"):
             raise ValueError("transaction() needs a Bundle of type 'transaction' or 'batch'")
-        resp = self._request("POST", self.base_url, body=bundle)
+        methods = {
+            str((e.get("request") or {}).get("method", "")).upper()
+            for e in bundle.get("entry") or []
+            if isinstance(e, dict)
+        }
+        idempotent = bool(methods) and methods <= {"PUT", "GET", "DELETE", "HEAD"}
+        resp = self._request("POST", self.base_url, body=bundle, idempotent=idempotent)
         body = self._json(resp, "POST", self.base_url)
         if body is None or body.get("resourceType") != "Bundle":
             raise ServerError(
@@ -324,6 +393,12 @@ class FhirClient:
                 self.base_url,
             )
         return body
+
+    def check_url(self, url: str) -> str:
+        """A URL the server handed us (relative to the base, or absolute), resolved and checked: on the
+        base's origin and unambiguous, else ``UnsafeUrl``. For callers that fetch server-given URLs
+        (bulk export status and file URLs)."""
+        return self._resolve_link(url, self.base_url)
 
     # -- raw exchanges (Bulk Data: status and headers matter, files are streamed) -------------
 
@@ -414,7 +489,14 @@ class FhirClient:
     def _pages(self, url: str, params: Params | None) -> Iterator[Resource]:
         seen = {url}
         next_url: str | None = url
+        pages = 0
         while next_url is not None:
+            pages += 1
+            if pages > self._max_pages:
+                raise ServerError(
+                    f"search {self._display(url)} has more than {self._max_pages} pages (max_pages); stopped",
+                    url=no_query(url),
+                )
             resp = self._request("GET", next_url, params=params)
             bundle = self._json(resp, "GET", next_url)
             if bundle is None or bundle.get("resourceType") != "Bundle":
@@ -423,14 +505,15 @@ class FhirClient:
                     resp.status_code,
                     no_query(next_url),
                 )
+            _check_bundle(bundle, self._display(next_url))
             yield bundle
-            link = _next_link(bundle)
+            link = _next_link(bundle, self._display(next_url))
             if link is None:
                 return
-            next_url = self._resolve_link(link)
+            next_url = self._resolve_link(link, self.base_url)
             if next_url in seen:
                 raise ServerError(
-                    f"paging loop: next link {self._display(next_url)} repeats an earlier page",
+                    f"paging loop: the next link of {self._display(url)} repeats an earlier page",
                     url=no_query(next_url),
                 )
             seen.add(next_url)
@@ -445,8 +528,13 @@ class FhirClient:
         body: Resource | None = None,
         headers: Mapping[str, str] | None = None,
         allow: frozenset[int] = frozenset(),
+        idempotent: bool | None = None,
     ) -> requests.Response:
-        """Send with retries; return a 2xx (or an ``allow``-ed status) response, else raise."""
+        """Send with retries; return a 2xx (or an ``allow``-ed status) response, else raise.
+
+        GET follows redirects on the base's origin (at most ``MAX_REDIRECTS``); other methods never do
+        (a redirected PUT/POST would silently turn into a GET or lose its body).
+        """
         display = self._display(url)
         send_headers = {"Accept": FHIR_JSON, "User-Agent": USER_AGENT}
         data: bytes | None = None
@@ -460,36 +548,43 @@ class FhirClient:
             if names:
                 logger.debug("%s %s query parameters: %s", method, display, ", ".join(names))
 
-        retry_statuses = POST_RETRY_STATUSES if method == "POST" else RETRY_STATUSES
+        safe_to_resend = method != "POST" if idempotent is None else idempotent
+        retry_statuses = RETRY_STATUSES if safe_to_resend else POST_RETRY_STATUSES
         started = self._monotonic()
         retries = 0
+        redirects = 0
         reauthenticated = False
         while True:
             self._request_count += 1
             sent_at = self._monotonic()
             try:
-                resp = self._session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=data,
-                    headers=send_headers,
-                    auth=self._auth,
-                    timeout=self._timeout,
-                    verify=self._verify,
-                    # A redirected PUT/POST would silently turn into a GET or lose its body.
-                    allow_redirects=method == "GET",
-                )
+                resp = self._exchange(method, url, params, data, send_headers)
             except requests.exceptions.SSLError:
                 raise ServerUnreachable(
                     f"TLS error on {method} {display}: check the server certificate and the verify setting",
                     url=no_query(url),
                 ) from None
+            except DeadlinePassed:
+                message = (
+                    f"no complete answer to {method} {display} within the {self._deadline:.0f} s deadline"
+                )
+                if not safe_to_resend:
+                    raise OutcomeUnknown(
+                        message + "; the server may have processed it", url=no_query(url)
+                    ) from None
+                # Not retried: a server that trickles its answer will trickle the next one too.
+                raise DeadlineExceeded(message, url=no_query(url)) from None
+            except BodyTooLarge:
+                raise ResponseTooLarge(
+                    f"the answer to {method} {display} is larger than {self._max_bytes} bytes "
+                    "(max_response_bytes); not read further",
+                    url=no_query(url),
+                ) from None
             except TRANSPORT_ERRORS as exc:
                 reason = describe_transport_error(exc)
-                if method == "POST" and not failed_before_sending(exc):
+                if not safe_to_resend and not failed_before_sending(exc):
                     raise OutcomeUnknown(
-                        f"{reason} on POST {display}; not retried because the server may have processed it",
+                        f"{reason} on {method} {display}; not retried because the server may have processed it",
                         url=no_query(url),
                     ) from None
                 delay = self._backoff(retries)
@@ -513,6 +608,21 @@ class FhirClient:
 
             self._note_response(resp, method, display, sent_at)
             status = resp.status_code
+            if method == "GET" and status in REDIRECT_STATUSES:
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise ServerError(
+                        f"more than {MAX_REDIRECTS} redirects on GET {display}", status, no_query(url)
+                    )
+                location = resp.headers.get("Location")
+                if not location:
+                    raise ServerError(
+                        f"HTTP {status} on GET {display} without a Location", status, no_query(url)
+                    )
+                url = self._resolve_link(location, url)
+                display = self._display(url)
+                params = None  # the Location is the whole URL
+                continue
             if 200 <= status < 300 or status in allow:
                 return resp
             if status == 401 and not reauthenticated and isinstance(self._auth, InvalidatableAuth):
@@ -521,23 +631,75 @@ class FhirClient:
                 reauthenticated = True
                 self._retry_count += 1
                 continue
+            note = None
             if status in retry_statuses:
-                retry_after = retry_after_seconds(resp, self._backoff_max)
-                delay = self._backoff(retries) if retry_after is None else retry_after
-                if self._may_retry(retries, started, delay):
-                    logger.warning(
-                        "%s %s -> %d; retry %d/%d in %.1fs",
-                        method,
-                        display,
-                        status,
-                        retries + 1,
-                        self._max_retries,
-                        delay,
+                retry_after = retry_after_seconds(resp)
+                left = self._budget - (self._monotonic() - started)
+                if retry_after is not None and retry_after > left:
+                    note = (
+                        f"the server asked to wait {_seconds(retry_after)}, more than the {left:.0f} s left "
+                        "of the retry budget"
                     )
-                    self._wait(delay)
-                    retries += 1
-                    continue
-            raise http_error(resp, method, display, url, attempts=retries + 1)
+                else:
+                    delay = self._backoff(retries) if retry_after is None else retry_after
+                    if self._may_retry(retries, started, delay):
+                        if status in THROTTLE_STATUSES:
+                            self._note_throttle(status, delay)
+                        logger.warning(
+                            "%s %s -> %d; retry %d/%d in %.1fs",
+                            method,
+                            display,
+                            status,
+                            retries + 1,
+                            self._max_retries,
+                            delay,
+                        )
+                        self._wait(delay)
+                        retries += 1
+                        continue
+            raise http_error(
+                resp, method, display, url, attempts=retries + 1, renewed=reauthenticated, note=note
+            )
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        params: Params | None,
+        data: bytes | None,
+        headers: Mapping[str, str],
+    ) -> requests.Response:
+        """One HTTP exchange under the deadline, its body read (at most ``max_response_bytes``)."""
+        connect, read = self._timeout
+        try:
+            return exchange(
+                self._session,
+                method,
+                url,
+                deadline=self._deadline,
+                max_bytes=self._max_bytes,
+                params=params,
+                data=data,
+                headers=headers,
+                auth=self._auth,
+                timeout=(connect, min(read, self._deadline)),
+                verify=self._verify,
+            )
+        except requests.exceptions.ContentDecodingError:
+            raise ServerError(
+                f"the answer to {method} {self._display(url)} cannot be decoded (Content-Encoding)",
+                url=no_query(url),
+            ) from None
+
+    def _note_throttle(self, status: int, delay: float) -> None:
+        if self._throttled + delay > self._throttle_budget:
+            raise ThrottleBudgetExhausted(
+                f"the server keeps throttling (HTTP {status}): {self._throttled:.0f} s waited on 429/503 "
+                f"answers this run and the next wait ({_seconds(delay)}) would pass the throttling budget "
+                f"of {self._throttle_budget:.0f} s; stopping. Run again later, or raise "
+                "throttle_budget_seconds (--throttle-budget)"
+            )
+        self._throttled += delay
 
     def _may_retry(self, retries: int, started: float, delay: float) -> bool:
         # The budget bounds the whole call, so a delay that would end past it is not worth taking.
@@ -564,6 +726,8 @@ class FhirClient:
             body = resp.json()
         except ValueError:
             body = None
+        except RecursionError:  # a body nested thousands of levels deep
+            body = None
         if not isinstance(body, dict):
             raise ServerError(
                 f"HTTP {resp.status_code} on {method} {self._display(url)}: the body is not a JSON object",
@@ -580,11 +744,13 @@ class FhirClient:
             # An allowed 404/410 may carry an OperationOutcome, an HTML page or nothing at all.
             parsed = json_or_none(resp)
             body = parsed if isinstance(parsed, dict) else None
+        location = headers.get("Location") or headers.get("Content-Location")
         return FhirResponse(
             status=resp.status_code,
             body=body,
             etag=headers.get("ETag"),
-            location=headers.get("Location") or headers.get("Content-Location"),
+            # A Location elsewhere is never used, not even to read an id from.
+            location=self._resolve_link(location, self.base_url) if location else None,
             last_modified=http_date(headers.get("Last-Modified")),
             date=http_date(headers.get("Date")),
         )
@@ -592,27 +758,20 @@ class FhirClient:
     def _resolve(self, path_or_url: str) -> str:
         """Caller paths are base-relative even with a leading ``/``; absolute URLs must share its origin."""
         if "://" in path_or_url:
-            return self._check_origin(path_or_url)
+            return check_server_url(path_or_url, self._origin)
         return self.base_url + path_or_url.lstrip("/")
 
-    def _resolve_link(self, link: str) -> str:
-        """Server links follow RFC 3986 (a leading ``/`` means the host root), then the origin check."""
-        return self._check_origin(urljoin(self.base_url, link))
+    def _resolve_link(self, link: str, against: str) -> str:
+        """A URL from the server, relative ones joined with ``against`` (RFC 3986: a leading ``/`` means
+        the host root), then checked with urllib3's parser on the joined string we will request.
 
-    def _check_origin(self, url: str) -> str:
-        # The Authorization header goes wherever we send the request; a link to another host
-        # (often a proxy's internal name) must not receive the token.
-        try:
-            origin = origin_of(url)
-        except ValueError:
-            raise ServerError("malformed URL from server link", url=no_query(url)) from None
-        if origin != self._origin:
-            raise ServerError(
-                f"refusing to follow {origin[0]}://{origin[1]}:{origin[2]}, which is not the origin of the "
-                f"FHIR base {self.base_url}; fix the server's public base address setting",
-                url=no_query(url),
-            )
-        return url
+        The raw link is checked first: a backslash or a control character is refused before any
+        joining can normalise it away.
+        """
+        problem = _raw_problem(link)
+        if problem is not None:
+            raise UnsafeUrl(f"refusing a URL from the server: {problem}")
+        return check_server_url(urljoin(against, link), self._origin)
 
     def _display(self, url: str) -> str:
         path = urlsplit(url).path
@@ -627,6 +786,21 @@ class FhirClient:
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.0f} s" if value < 1e9 else "for ever"
+
+
+def _raw_problem(link: object) -> str | None:
+    """What makes a link ambiguous before it is joined (joining could normalise it away)."""
+    if not isinstance(link, str) or not link:
+        return "it is not a non-empty string"
+    if "\\" in link:
+        return "it contains a backslash"
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F or c.isspace() for c in link):
+        return "it contains whitespace or control characters"
+    return None
+
+
 def _param_names(url: str, params: Params | None) -> list[str]:
     names = [name for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)]
     if isinstance(params, Mapping):
@@ -636,18 +810,30 @@ def _param_names(url: str, params: Params | None) -> list[str]:
     return sorted(set(names))
 
 
+def _check_bundle(bundle: Resource, display: str) -> None:
+    for key in ("entry", "link"):
+        value = bundle.get(key)
+        if value is not None and not isinstance(value, list):
+            raise ServerError(f"malformed Bundle from GET {display}: {key} is not a list")
+
+
 def _entries(bundle: Resource) -> Iterator[Resource]:
-    for entry in bundle.get("entry") or []:
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
         if isinstance(entry, dict):
             yield entry
 
 
-def _next_link(bundle: Resource) -> str | None:
-    for link in bundle.get("link") or []:
+def _next_link(bundle: Resource, display: str) -> str | None:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, dict) and link.get("relation") == "next":
             url = link.get("url")
-            if isinstance(url, str) and url:
-                return url
+            if url is None or url == "":
+                return None
+            if not isinstance(url, str):
+                raise ServerError(f"malformed Bundle from GET {display}: the next link's url is not a string")
+            return url
     return None
 
 

@@ -2,7 +2,8 @@
 
 Which statuses and transport failures are worth a resend (a POST only when the server cannot have
 processed it), full-jitter exponential backoff, and the server's ``Retry-After`` (seconds or an
-HTTP-date). The budget and the counting stay with the client, which owns the clock.
+HTTP-date; anything else is ignored). The budgets and the counting stay with the client, which owns the
+clock: a ``Retry-After`` longer than what is left of the retry budget means giving up at once.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
-# POST (create, transaction) is not idempotent: after a 500/502/504 the server or a backend behind
-# the gateway may already have committed it, and a blind resend would create a duplicate
-# ResearchSubject. 429 and 503 mean the request was turned away before processing, so they are safe.
-POST_RETRY_STATUSES: Final = frozenset({429, 503})
+# POST (create) is not idempotent: after a 5xx the server or a backend behind the gateway may already
+# have committed it, and a blind resend would create a duplicate (a 503 from a gateway says nothing
+# about the backend behind it). Only 429 means "turned away before processing". The write-back resends
+# a create itself, after searching for what the first attempt may have stored.
+POST_RETRY_STATUSES: Final = frozenset({429})
+# Answers that mean "slow down": their waits count against the run's throttling budget.
+THROTTLE_STATUSES: Final = frozenset({429, 503})
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 
 TRANSPORT_ERRORS: Final = (
     requests.exceptions.ConnectionError,
@@ -34,12 +39,14 @@ def backoff(retries: int, base: float, maximum: float, rng: random.Random) -> fl
     return rng.uniform(0.0, cap)
 
 
-def retry_after_seconds(resp: requests.Response, maximum: float) -> float | None:
+def retry_after_seconds(resp: requests.Response) -> float | None:
+    """The wait the server asks for, in seconds (>= 0); None when absent or not a valid value
+    (RFC 9110: delta-seconds or an HTTP-date). Not capped: the caller compares it with its budget."""
     value = resp.headers.get("Retry-After")
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         seconds = float(value)
     else:
         when = http_date(value)
@@ -48,7 +55,7 @@ def retry_after_seconds(resp: requests.Response, maximum: float) -> float | None
         # Measure against the server's own Date so clock skew between us and it does not matter.
         now = http_date(resp.headers.get("Date")) or datetime.now(UTC)
         seconds = (when - now).total_seconds()
-    return min(max(seconds, 0.0), maximum)
+    return max(seconds, 0.0)
 
 
 def http_date(value: str | None) -> datetime | None:
@@ -56,7 +63,7 @@ def http_date(value: str | None) -> datetime | None:
         return None
     try:
         parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     # HTTP-dates are always GMT; a naive result only means the zone was written as "-0000".
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -97,7 +97,9 @@ class ResultWriter:
 
     def close(self, errors: list[InputProblem]) -> None:
         self._fh.write(b'\n],\n"errors": ')
-        self._fh.write(orjson.dumps([e.to_json() for e in errors], option=orjson.OPT_INDENT_2))
+        self._fh.write(
+            orjson.dumps([e.to_json(server_text=True) for e in errors], option=orjson.OPT_INDENT_2)
+        )
         self._fh.write(b',\n"summary": ' + orjson.dumps(self.tally.to_json()) + b"\n}\n")
         self._fh.flush()
         if self._tmp is not None and self.path is not None:

@@ -4,6 +4,11 @@ Two ways, chosen from the CapabilityStatement: ``Patient/ID/$everything`` (one r
 when the server lists the operation, else one search per resource type the criteria read
 (``patient=ID``), with ``_include`` of the Medications that orders and statements reference.
 
+A CapabilityStatement can lie: ``$everything`` listed but answered with 405/501 (or 400/404 for a
+patient the server does have, which one typed read of the Patient tells apart from a missing
+patient) raises ``OperationNotSupported``, and the source switches to typed searches for the rest of
+the run.
+
 The typed searches are not narrowed to the codes the criteria need, although servers support
 ``code=``: the value sets also match by text pattern (``code.text`` / ``display``) for local codes, and
 a code-restricted search would drop exactly those resources, so the verdicts would differ from the
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from fhir_adapter.client.http import FhirClient
-from fhir_adapter.errors import ServerError
+from fhir_adapter.errors import OperationNotSupported, ServerError
 from fhir_adapter.facts.fhirjson import patient_of, ref_id
 from fhir_adapter.model import PatientRecord, Resource
 from fhir_adapter.source.strategies import read_capabilities
@@ -30,6 +35,9 @@ Strategy = Literal["everything", "typed"]
 PAGE_SIZE: Final = 500
 _MEDICATION_TYPES: Final = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
 _ABSENT: Final = frozenset({404, 410})
+# Answers to $everything that say "no such operation"; 400/404/410 may instead mean "no such patient".
+_NOT_SUPPORTED: Final = frozenset({405, 501})
+_AMBIGUOUS: Final = frozenset({400, 404, 410})
 _IDS_PER_SEARCH: Final = 50
 
 
@@ -132,12 +140,27 @@ def build_record(
 
 
 def _everything(client: FhirClient, patient_id: str) -> list[Resource] | None:
+    path = f"Patient/{patient_id}/$everything"
     try:
-        return list(client.search(f"Patient/{patient_id}/$everything", [("_count", PAGE_SIZE)]))
+        return list(client.search(path, [("_count", PAGE_SIZE)]))
     except ServerError as exc:
-        if exc.status in _ABSENT:
-            return None
-        raise
+        if exc.status in _NOT_SUPPORTED:
+            raise OperationNotSupported(
+                f"GET Patient/[id]/$everything answered HTTP {exc.status} although the CapabilityStatement "
+                "lists it",
+                exc.status,
+                exc.url,
+            ) from None
+        if exc.status not in _AMBIGUOUS:
+            raise
+    # HAPI answers 404 (with an OperationOutcome) for an unknown patient; a server without the
+    # operation may answer 400 or 404 too. One typed read tells which.
+    if client.read("Patient", patient_id) is None:
+        return None
+    raise OperationNotSupported(
+        f"GET Patient/[id]/$everything failed for Patient/{patient_id}, which exists: the server does not "
+        "really offer $everything"
+    )
 
 
 def _medications_by_id(client: FhirClient, ids: list[str]) -> Iterable[Resource]:

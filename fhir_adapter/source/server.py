@@ -3,8 +3,14 @@ then each candidate's record (``$everything`` or typed searches, chosen from the
 
 Failures: the server unreachable or refusing our credentials while the run is being set up (metadata,
 the candidate search) is raised, since nothing can be screened; one patient whose record cannot be
-fetched (an error status, a timeout after the retries) is an ``InputProblem`` for that patient, and the
-pipeline stops the run only when many fail in a row.
+fetched (an error status, 403, a timeout after the retries, a malformed or oversized answer, even a
+bug in handling what the server sent) is an ``InputProblem`` for that patient, and the pipeline stops
+the run only when many fail in a row. Authentication failing after a token refresh and an exhausted
+throttling budget are raised: they doom every later patient.
+
+``$everything`` that the server advertises but does not answer switches the run to typed searches
+(once, logged); an ``$everything`` answer larger than the response limit falls back to typed
+searches for that patient.
 """
 
 from __future__ import annotations
@@ -14,14 +20,15 @@ import statistics
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
+from fhir_adapter import logs
 from fhir_adapter.client.http import FhirClient
-from fhir_adapter.errors import AuthError, ServerError, UsageError
+from fhir_adapter.errors import AuthError, OperationNotSupported, ResponseTooLarge, ServerError, UsageError
 from fhir_adapter.model import InputProblem
 from fhir_adapter.screening import Screener
 from fhir_adapter.source.attachments import fetch_attachments
 from fhir_adapter.source.base import Absent, Screenable, SourceItem
 from fhir_adapter.source.candidates import Candidates, find_candidates, given_patients, group_members
-from fhir_adapter.source.records import Strategy, fetch_record
+from fhir_adapter.source.records import Fetched, Strategy, fetch_record
 from fhir_adapter.source.strategies import (
     Capabilities,
     Overrides,
@@ -66,6 +73,7 @@ class ServerSource:
         self.candidates: Candidates | None = None
         self.requests_per_patient: list[int] = []
         self.warnings: list[str] = []
+        self.oversized = 0  # patients whose $everything was too large (fetched with typed searches)
 
     @property
     def description(self) -> str:
@@ -108,13 +116,13 @@ class ServerSource:
 
     def records(self) -> Iterator[SourceItem]:
         candidates = self.prepare()
-        assert self.strategy is not None
         where = self.client.base_url
         notes = self.screener.notes
         for pid in candidates.patient_ids:
             before = self.client.request_count
+            patient = f"Patient/{pid}"
             try:
-                fetched = fetch_record(self.client, pid, self.strategy, self.screener.needed_types)
+                fetched = self._fetch(pid)
                 record = fetched.record if fetched is not None else None
                 if record is not None and notes is not None:
                     record = fetch_attachments(self.client, record, notes)
@@ -122,21 +130,47 @@ class ServerSource:
                 raise
             except ServerError as exc:
                 yield InputProblem(
-                    where, f"Patient/{pid}: cannot fetch the record: {exc}", resource=f"Patient/{pid}"
+                    where,
+                    f"{patient}: cannot fetch the record: {exc}",
+                    resource=patient,
+                    server_text=exc.server_text,
+                )
+                continue
+            except Exception as exc:  # whatever the server sent, it is this patient's problem, not exit 70
+                log.warning("%s: fetching the record failed: %s", patient, logs.where(exc))
+                yield InputProblem(
+                    where,
+                    f"{patient}: cannot fetch the record: internal error ({type(exc).__name__})",
+                    resource=patient,
                 )
                 continue
             if fetched is None:
                 if self.missing == "absent":
                     yield Absent(pid)
                 else:
-                    yield InputProblem(
-                        where, f"Patient/{pid}: no such patient on the server", resource=f"Patient/{pid}"
-                    )
+                    yield InputProblem(where, f"{patient}: no such patient on the server", resource=patient)
                 continue
             assert record is not None
             requests = self.client.request_count - before
             self.requests_per_patient.append(requests)
             yield Screenable(record, fetched.versions, requests)
+
+    def _fetch(self, pid: str) -> Fetched | None:
+        assert self.strategy is not None
+        types = self.screener.needed_types
+        if self.strategy == "everything":
+            try:
+                return fetch_record(self.client, pid, "everything", types)
+            except OperationNotSupported as exc:
+                self.strategy = "typed"
+                note = f"{exc}; switched to typed searches for the rest of the run"
+                log.warning("%s", note)
+                self.warnings.append(note)
+            except ResponseTooLarge:
+                log.warning("Patient/%s: $everything is larger than the response limit; typed searches", pid)
+                self.oversized += 1
+                return fetch_record(self.client, pid, "typed", types)
+        return fetch_record(self.client, pid, self.strategy, types)
 
     def summary(self) -> list[str]:
         counts = self.requests_per_patient
@@ -149,5 +183,7 @@ class ServerSource:
             )
         else:
             line = f"No patient fetched ({how}); candidate search: {searched}"
+        if self.oversized:
+            line += f"; {self.oversized} patient(s) fetched with typed searches ($everything too large)"
         strategies = [f"Strategies: {self.strategies.describe()}"] if self.strategies else []
         return [*strategies, line, *self.warnings]

@@ -13,8 +13,13 @@ import jsonschema
 
 from fhir_adapter.config.loader import profiles_dir
 from fhir_adapter.errors import ConfigError
-from fhir_adapter.pipeline import DEFAULT_MAX_CONSECUTIVE_FAILURES
-from fhir_adapter.settings import AuthSettings, RuleSettings, ServerSettings
+from fhir_adapter.settings import (
+    DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    MIB,
+    AuthSettings,
+    RuleSettings,
+    ServerSettings,
+)
 from fhir_adapter.source.strategies import Overrides
 
 # How the operator spells each setting in site.toml, for error messages.
@@ -26,6 +31,7 @@ SITE_NAMES = {
     "smart_client_id": "server.auth.client_id",
     "smart_key": "server.auth.private_key",
     "smart_token_url": "server.auth.token_url",
+    "allow_plain_http": "server.allow_plain_http",
 }
 
 
@@ -96,6 +102,7 @@ def load_site_config(path: Path) -> SiteConfig:
     if len(trials) > 1 and (report.get("result") or report.get("html")):
         raise ConfigError(f"{path}: report: several studies write several reports: use report.dir")
     auth = server.get("auth", {"type": "none"})
+    defaults = ServerSettings(server["url"])
     return SiteConfig(
         path=path,
         server=ServerSettings(
@@ -114,6 +121,13 @@ def load_site_config(path: Path) -> SiteConfig:
             ),
             ca_bundle=resolve(server.get("ca_bundle")),
             timeout=float(server.get("timeout_seconds", 60)),
+            allow_plain_http=bool(server.get("allow_plain_http", False)),
+            request_deadline=float(server.get("request_deadline_seconds", defaults.request_deadline)),
+            max_response_bytes=int(
+                float(server.get("max_response_mb", defaults.max_response_bytes / MIB)) * MIB
+            ),
+            max_pages=int(server.get("max_pages", defaults.max_pages)),
+            throttle_budget=float(server.get("throttle_budget_seconds", defaults.throttle_budget)),
             names=SITE_NAMES,
         ),
         rules=RuleSettings(

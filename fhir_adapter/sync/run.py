@@ -114,7 +114,6 @@ def _run(
         with client_for(config) as client:
             now = server_now(client)
             queue: dict[str, str] = dict(state.pending())
-            recovered = set(queue)  # left by a run that did not finish
             caps = read_capabilities(client.capabilities())
             strategies = Strategies(
                 choose_candidates(
@@ -151,9 +150,7 @@ def _run(
                 state.enqueue(list(queue), "queued")
                 after = now.isoformat()
                 state.put(WATERMARK, after)
-            problems = _process(
-                client, config, state, screener, strategies, queue, counts, dry_run, out, recovered
-            )
+            problems = _process(client, config, state, screener, strategies, queue, counts, dry_run, out)
         outcome = "partial" if counts.errors else "ok"
     except AdapterError as exc:
         problems.append(InputProblem(config.server_url, str(exc)))
@@ -193,7 +190,6 @@ def _process(
     counts: Counts,
     dry_run: bool,
     out: TextIO,
-    recovered: set[str],
 ) -> list[InputProblem]:
     writeback = None
     if config.write_back:
@@ -210,7 +206,7 @@ def _process(
     records = strategies.records
     assert records != "bulk", "sync reads each queued patient's record from the server"
     source = ServerSource(client, screener, patients=chosen[:limit], missing="absent", strategy=records)
-    sink = SyncSink(state, screener.trials, screener.as_of, counts, dry_run, writeback, recovered)
+    sink = SyncSink(state, screener.trials, screener.as_of, counts, dry_run, writeback)
     run_pipeline(source, screener, [sink], max_consecutive_failures=config.max_consecutive_failures)
     return sink.problems
 

@@ -40,7 +40,6 @@ class SyncSink:
     counts: Counts
     dry_run: bool
     writeback: WriteBackSink | None
-    recovered: set[str]  # queued by a run that did not finish: their Provenance may be missing
     problems: list[InputProblem] = field(default_factory=list)
 
     def accept(self, screened: Screened) -> list[InputProblem]:
@@ -55,16 +54,10 @@ class SyncSink:
         problems: list[InputProblem] = []
         if self.writeback is not None:
             problems = self.writeback.accept(screened)
-            for wb, outcome, subject in zip(
-                self.writeback.writebacks, self.writeback.outcomes, results, strict=True
-            ):
+            # An unchanged subject whose current version lacks its Provenance (a run killed between
+            # the two writes) gets it from the write-back itself, in every run.
+            for outcome in self.writeback.outcomes:
                 self._count(outcome.action)
-                if (
-                    outcome.action is Action.UNCHANGED
-                    and pid in self.recovered
-                    and wb.ensure_provenance(subject, screened.versions)
-                ):
-                    log.info("patient %s: wrote the Provenance an interrupted run left out", pid)
             if problems:
                 for p in problems:
                     self.failed(pid, p)

@@ -13,9 +13,14 @@ Resources written (R4 or R5 shapes, from ``CapabilityStatement.fhirVersion``):
   ``hl7.fhir.uv.xver-r5.r4`` package, whose sub-extensions are named after the R5 elements. R5:
   ``status`` is ``active`` and the state is in ``progress[0].subjectState`` / ``progress[0].reason``.
   The content never holds dates or evidence, so a result that did not change compares equal;
-- one Provenance per ResearchSubject write: the versioned target, every evidence resource as a
-  ``source`` entity (versioned when the server gave a versionId), the Device as author, the rules
-  version as ``policy``.
+- one Provenance per ResearchSubject version the adapter writes: the versioned target, every evidence
+  resource as a ``source`` entity (versioned when the server gave a versionId), the Device as author,
+  the rules version as ``policy``, and a ``meta.tag`` whose code is the versioned target
+  (``https://fhir-adapter.org/provenance-of|ResearchSubject/x/_history/3``). That tag is the
+  Provenance's key: it is created with ``If-None-Exist: _tag=...`` and searched by it, so a retried
+  write cannot make a second one. ``target`` cannot be the key: HAPI strips the version from stored
+  references by default, and then ``target=ResearchSubject/x/_history/3`` matches every version's
+  Provenance (verified on the sandbox; docs/security.md).
 
 How the adapter tells its own versions from staff edits. Every version the adapter writes carries
 ``meta.source = https://fhir-adapter.org/fhir-adapter/<version>?content=<digest of the content>`` (and a
@@ -59,6 +64,9 @@ SUBJECT_ID_SYSTEM: Final = "https://fhir-adapter.org/research-subject-id"
 DEVICE_ID_SYSTEM: Final = "https://fhir-adapter.org/device-id"
 TAG_SYSTEM: Final = "https://fhir-adapter.org/tags"
 TAG_CODE: Final = "written-by-adapter"
+# meta.tag of a Provenance: code = the versioned target it records ("ResearchSubject/x/_history/3").
+PROVENANCE_TAG_SYSTEM: Final = "https://fhir-adapter.org/provenance-of"
+POLICY_PREFIX: Final = "urn:fhir-adapter:rules:"
 SOURCE_BASE: Final = "https://fhir-adapter.org/fhir-adapter"
 XVER_PROGRESS: Final = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchSubject.progress"
 STATE_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/research-subject-state"
@@ -199,9 +207,10 @@ def build_provenance(
     ]
     return {
         "resourceType": "Provenance",
+        "meta": {"tag": [{"system": PROVENANCE_TAG_SYSTEM, "code": target}]},
         "target": [{"reference": target}],
         "recorded": recorded.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "policy": [f"urn:fhir-adapter:rules:{study}:{rules_version}"],
+        "policy": [f"{POLICY_PREFIX}{study}:{rules_version}"],
         "activity": {"coding": [{"system": _DATA_OPERATION, "code": activity}]},
         "agent": [
             {
@@ -211,6 +220,59 @@ def build_provenance(
         ],
         "entity": entities,
     }
+
+
+def provenance_tag_query(target: str) -> str:
+    """The search (and ``If-None-Exist``) that finds the Provenance of ``target`` (a versioned reference)."""
+    return f"_tag={PROVENANCE_TAG_SYSTEM}|{target}"
+
+
+def records_version(provenance: Resource, subject: Resource) -> bool:
+    """Whether ``provenance`` is the adapter's record of the current version of ``subject``.
+
+    By the tag (this adapter), or by a versioned target (a server that keeps versions in references),
+    or, for Provenances of adapter releases before the tag on servers that strip versions: one of ours
+    (our policy) targeting the subject and stored at or after the version (the server's clock on both).
+    """
+    meta = _dict(subject.get("meta"))
+    version, updated = meta.get("versionId"), meta.get("lastUpdated")
+    if not isinstance(version, str) or not version:
+        return False
+    plain = f"ResearchSubject/{subject.get('id')}"
+    target = f"{plain}/_history/{version}"
+    pmeta = _dict(provenance.get("meta"))
+    for tag in _list(pmeta.get("tag")):
+        if isinstance(tag, dict) and tag.get("system") == PROVENANCE_TAG_SYSTEM:
+            return tag.get("code") == target
+    refs = [t.get("reference") for t in _list(provenance.get("target")) if isinstance(t, dict)]
+    ours = any(isinstance(p, str) and p.startswith(POLICY_PREFIX) for p in _list(provenance.get("policy")))
+    if not ours:
+        return False
+    if any(isinstance(r, str) and r.endswith(target) for r in refs):
+        return True
+    stored = pmeta.get("lastUpdated")
+    return (
+        any(isinstance(r, str) and (r == plain or r.endswith("/" + plain)) for r in refs)
+        and isinstance(updated, str)
+        and isinstance(stored, str)
+        and _instant(stored) >= _instant(updated)
+    )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _instant(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def content_of(resource: Resource) -> Resource:

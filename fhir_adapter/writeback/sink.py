@@ -32,7 +32,12 @@ class WriteBackSink:
             outcome = wb.write(subject, screened.versions)
             self.outcomes.append(outcome)
             study = wb.trial.study
-            if wb.dry_run or outcome.action is Action.FAILED or outcome.provenance_error:
+            if (
+                wb.dry_run
+                or outcome.action is Action.FAILED
+                or outcome.provenance_error
+                or outcome.provenance_repaired
+            ):
                 print(f"{study} {outcome.describe()}", file=self.out)
             where = wb.client.base_url
             if outcome.action is Action.FAILED:
@@ -41,6 +46,7 @@ class WriteBackSink:
                         where,
                         f"{subject.patient}: {study} write-back failed: {outcome.detail}",
                         resource=subject.patient,
+                        server_text=outcome.server_text,
                     )
                 )
             elif outcome.provenance_error:
@@ -50,6 +56,7 @@ class WriteBackSink:
                         f"{subject.patient}: {study} Provenance for {outcome.reference} failed: "
                         f"{outcome.provenance_error}",
                         resource=subject.patient,
+                        server_text=outcome.server_text,
                     )
                 )
         return problems
@@ -76,6 +83,8 @@ class WriteBackSink:
                 )
             else:
                 line = f"Write-back {wb.trial.study}: {counts}"
+                if wb.provenance_repaired:
+                    line += f"; missing Provenance written {wb.provenance_repaired}"
                 if wb.provenance_failures:
                     line += f"; Provenance failed {wb.provenance_failures}"
                 lines.append(line + f" ({wb.requests} request(s))")

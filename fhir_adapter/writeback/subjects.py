@@ -6,6 +6,15 @@ edits: :mod:`fhir_adapter.writeback.resources`. This module talks to the server.
 Concurrency: updates send ``If-Match`` with the version just read, and a 409/412 re-reads and decides
 again (bounded); creates are conditional (``If-None-Exist`` on the identifier), so two runs at once
 leave one ResearchSubject (HAPI enforces it and answers the loser 409 or 200; both re-read).
+
+Unknown outcomes: a write answered by a 5xx, a timeout, a cut-off or unreadable answer may have been
+stored. It is never resent blindly: the subject is searched again by its identifier and the decision is
+made anew from what the server holds, so a server that ignores ``If-None-Exist`` still ends with one
+ResearchSubject. The search brings each subject's Provenances along (``_revinclude``); an adapter
+version with no Provenance recording it (a crash or a lost answer between the two writes) gets its
+Provenance now, in ``screen --write-back`` as in ``sync``. Provenances are keyed by a tag naming the
+versioned target (:func:`fhir_adapter.writeback.resources.provenance_tag_query`): created with
+``If-None-Exist`` on it and searched by it before any resend, so each version gets one.
 """
 
 from __future__ import annotations
@@ -17,18 +26,25 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from fhir_adapter.client.http import FhirClient, FhirResponse
 from fhir_adapter.config.types import Trial
-from fhir_adapter.errors import AuthError, PreconditionFailed, ServerError, ServerUnreachable, WriteBackError
+from fhir_adapter.errors import (
+    AccessDenied,
+    AuthError,
+    PreconditionFailed,
+    ServerError,
+    WriteBackError,
+)
 from fhir_adapter.model import Resource, SubjectResult
 from fhir_adapter.writeback.resources import (
     DEVICE_ID_SYSTEM,
     NCT_SYSTEM,
     NCT_SYSTEMS_ACCEPTED,
     PROFILE_URL,
+    PROVENANCE_TAG_SYSTEM,
     STATE_SYSTEM,
     SUBJECT_ID_SYSTEM,
     TAG_CODE,
@@ -42,6 +58,8 @@ from fhir_adapter.writeback.resources import (
     content_of,
     current_state,
     device_identifier,
+    provenance_tag_query,
+    records_version,
     release_of,
     staff_reason,
     stamped,
@@ -81,6 +99,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 3
+_REVINCLUDE: Final = ("_revinclude", "Provenance:target")
 
 
 class Action(enum.Enum):
@@ -92,20 +111,32 @@ class Action(enum.Enum):
     NOT_CANDIDATE = "not-candidate"  # the gate is not met and no ResearchSubject exists: none is created
 
 
+Written = Literal[Action.CREATED, Action.UPDATED]
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     patient: str  # "Patient/123"
     action: Action
     state: str  # the state the adapter computed
-    detail: str = ""  # why staff-managed, what changed, or the error
+    detail: str = ""  # why staff-managed, what changed, or the error (status and issue codes only)
     reference: str | None = None  # "ResearchSubject/x/_history/2" of a write
     provenance_error: str | None = None
     dry_run: bool = False
+    # The current version had no Provenance of ours and got one now (dry run: would get one).
+    provenance_repaired: bool = False
+    server_text: str | None = None  # OperationOutcome free text of the failure: result file only
 
     def describe(self) -> str:
         """One line for the terminal: what was (or, in a dry run, would be) done for this patient."""
         if self.action is Action.UNCHANGED:
             text = "leave alone (unchanged)"
+            if self.provenance_repaired:
+                text += (
+                    "; would write the missing Provenance of its current version"
+                    if self.dry_run
+                    else f"; wrote the missing Provenance of {self.reference}"
+                )
         elif self.action is Action.NOT_CANDIDATE:
             text = "no ResearchSubject (not a candidate of the study)"
         elif self.action is Action.STAFF:
@@ -117,8 +148,8 @@ class Outcome:
             text = f"{verb} ResearchSubject ({self.detail or self.state})"
         else:
             text = f"{self.action.value} {self.reference} ({self.detail or self.state})"
-            if self.provenance_error:
-                text += f"; Provenance FAILED: {self.provenance_error}"
+        if self.provenance_error:
+            text += f"; Provenance FAILED: {self.provenance_error}"
         return f"{self.patient}: {text}"
 
 
@@ -149,6 +180,7 @@ class WriteBack:
         self.dry_run = dry_run
         self.counts: Counter[Action] = Counter()
         self.provenance_failures = 0
+        self.provenance_repaired = 0
         self.requests = 0
         self.notes: list[str] = []
         self._clock = clock
@@ -156,6 +188,7 @@ class WriteBack:
         self._study_ref: str | None = None
         self._device_ref: str | None = None
         self._checked_source = False
+        self._checked_tag = False
 
     @property
     def study_ref(self) -> str | None:
@@ -169,58 +202,27 @@ class WriteBack:
 
     def write(self, subject: SubjectResult, versions: Mapping[str, str]) -> Outcome:
         """Create, update or leave alone the patient's ResearchSubject; never raises for one patient's
-        write being rejected (only for auth and transport failures, which would hit every patient)."""
+        write failing (only for failures that doom every patient: authentication, the run's budgets)."""
         with self._counting():
             try:
                 outcome = self._reconcile(subject, versions)
             except AuthError:
                 raise
             except (ServerError, WriteBackError) as exc:
-                if isinstance(exc, ServerUnreachable):
-                    raise
-                outcome = Outcome(subject.patient, Action.FAILED, subject.status.value, str(exc))
+                outcome = Outcome(
+                    subject.patient,
+                    Action.FAILED,
+                    subject.status.value,
+                    str(exc),
+                    server_text=getattr(exc, "server_text", None),
+                )
         self.counts[outcome.action] += 1
         if outcome.provenance_error:
             self.provenance_failures += 1
+        if outcome.provenance_repaired and not outcome.provenance_error:
+            self.provenance_repaired += 1
         log.info("%s", outcome.describe())
         return outcome
-
-    def ensure_provenance(self, subject: SubjectResult, versions: Mapping[str, str]) -> bool:
-        """Write the Provenance of the current ResearchSubject version if a crash left it without one.
-
-        Called for patients a previous run left unfinished: their write may have happened with the
-        Provenance still to come. Found by a Provenance for the subject updated at or after the version
-        (the server's clock on both sides). Returns True when one was written.
-        """
-        if self.dry_run:
-            return False
-        with self._counting():
-            token = f"{SUBJECT_ID_SYSTEM}|{subject_identifier(self.trial.study, subject.patient)}"
-            matches = [
-                r
-                for r in self.client.search("ResearchSubject", [("identifier", token)])
-                if _is(r, "ResearchSubject")
-            ]
-            if len(matches) != 1 or not written_by_adapter(matches[0]):
-                return False
-            current = matches[0]
-            meta: dict[str, Any] = current["meta"] if isinstance(current.get("meta"), dict) else {}
-            version, updated = meta.get("versionId"), meta.get("lastUpdated")
-            if not isinstance(version, str) or not isinstance(updated, str):
-                return False
-            params: list[tuple[str, str | int]] = [
-                ("target", f"ResearchSubject/{current['id']}"),
-                ("_lastUpdated", f"ge{updated}"),
-                ("_count", 1),
-            ]
-            if any(_is(r, "Provenance") for r in self.client.search("Provenance", params)):
-                return False
-            response = FhirResponse(200, current, f'W/"{version}"', None, None, None)
-            action: Literal[Action.CREATED, Action.UPDATED] = (
-                Action.CREATED if version == "1" else Action.UPDATED
-            )
-            outcome = self._provenance(action, response, subject, versions, subject.status.value)
-            return outcome.provenance_error is None
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -232,13 +234,12 @@ class WriteBack:
         finally:
             self.requests += self.client.request_count - before
 
+    def _find(self, rtype: str, token: str) -> list[Resource]:
+        return [r for r in self.client.search(rtype, [("identifier", token)]) if _is(r, rtype)]
+
     def _ensure_study(self) -> str | None:
         values = ",".join(f"{system}|{self.trial.study}" for system in NCT_SYSTEMS_ACCEPTED)
-        found = [
-            r
-            for r in self.client.search("ResearchStudy", [("identifier", values)])
-            if _is(r, "ResearchStudy")
-        ]
+        found = self._find("ResearchStudy", values)
         if found:
             # Prefer the study carrying the current NCT system; the rest are older spellings.
             found.sort(key=lambda r: (not _has_identifier(r, NCT_SYSTEM, self.trial.study), str(r.get("id"))))
@@ -253,30 +254,50 @@ class WriteBack:
         study = build_study(self.trial)
         validate(study, self.release)
         token = f"{NCT_SYSTEM}|{self.trial.study}"
-        return f"ResearchStudy/{self._create_once(study, token)}"
+        return f"ResearchStudy/{self._create_once(study, token, searched=True)}"
 
     def _ensure_device(self) -> str | None:
         token = f"{DEVICE_ID_SYSTEM}|{device_identifier()}"
+        # Searched first, not left to If-None-Exist alone: a server that ignores it would get a new
+        # Device every run.
+        found = self._find("Device", token)
+        if found:
+            return f"Device/{found[0]['id']}"
         if self.dry_run:
-            found = [r for r in self.client.search("Device", [("identifier", token)]) if _is(r, "Device")]
-            return f"Device/{found[0]['id']}" if found else None
+            return None
         device = build_device(self.release)
         validate(device, self.release)
-        # A conditional create answers 200 with the existing Device, so one request covers both cases.
-        return f"Device/{self._create_once(device, token)}"
+        return f"Device/{self._create_once(device, token, searched=True)}"
 
-    def _create_once(self, resource: Resource, token: str) -> str:
-        """Conditional create on ``identifier=token``; the id of the created or already existing one."""
+    def _create_once(self, resource: Resource, token: str, *, searched: bool = False) -> str:
+        """Conditional create on ``identifier=token``; the id of the created or already existing one.
+
+        Every resend is preceded by a search: what a lost or failed attempt stored is used, not
+        duplicated (even by a server that ignores ``If-None-Exist``).
+        """
         rtype = str(resource["resourceType"])
-        try:
-            response = self.client.create(resource, if_none_exist=f"identifier={token}")
-        except PreconditionFailed:
-            # Another run's create of the same identifier won the race (HAPI answers the loser 409).
-            found = [r for r in self.client.search(rtype, [("identifier", token)]) if _is(r, rtype)]
-            if not found:
-                raise
-            return str(found[0]["id"])
-        return _written_id(response, rtype)[0]
+        last: ServerError | None = None
+        for attempt in range(self._max_attempts):
+            if attempt or not searched:
+                found = self._find(rtype, token)
+                if found:
+                    return str(found[0]["id"])
+            try:
+                response = self.client.create(resource, if_none_exist=f"identifier={token}")
+            except PreconditionFailed:
+                # Another run's create of the same identifier won the race (HAPI answers the loser 409).
+                found = self._find(rtype, token)
+                if not found:
+                    raise
+                return str(found[0]["id"])
+            except ServerError as exc:
+                if not _outcome_unknown(exc):
+                    raise
+                last = exc
+                continue
+            return _written_id(response, rtype)[0]
+        assert last is not None
+        raise _gave_up(last, f"creating {rtype} {token}", self._max_attempts)
 
     def _reconcile(self, subject: SubjectResult, versions: Mapping[str, str]) -> Outcome:
         state = subject.status.value
@@ -284,12 +305,14 @@ class WriteBack:
         wanted = build_research_subject(subject, self.trial.study, study_ref, self.release)
         validate(stamped(wanted), self.release)
         token = f"{SUBJECT_ID_SYSTEM}|{subject_identifier(self.trial.study, subject.patient)}"
+        # What this call sent whose outcome it does not know (a 5xx, a timeout): if the subject then
+        # reads as what we wanted, that write happened, and it is reported as ours.
+        sent: tuple[Written, str] | None = None
+        unknown: ServerError | None = None
         for _ in range(self._max_attempts):
-            matches = [
-                r
-                for r in self.client.search("ResearchSubject", [("identifier", token)])
-                if _is(r, "ResearchSubject")
-            ]
+            found = list(self.client.search("ResearchSubject", [("identifier", token), _REVINCLUDE]))
+            matches = [r for r in found if _is(r, "ResearchSubject")]
+            provenances = [r for r in found if _is(r, "Provenance")]
             if len(matches) > 1:
                 ids = ", ".join(sorted(str(m.get("id")) for m in matches))
                 return Outcome(
@@ -311,6 +334,11 @@ class WriteBack:
                     response = self.client.create(stamped(wanted), if_none_exist=f"identifier={token}")
                 except PreconditionFailed:
                     continue  # a concurrent run created it first: read theirs and compare
+                except ServerError as exc:
+                    if not _outcome_unknown(exc):
+                        raise
+                    sent, unknown = (Action.CREATED, ""), exc
+                    continue  # maybe stored: search again before anything is resent
                 if response.status != 201:
                     continue  # 200: the identifier matched after all; compare with that one
                 return self._provenance(Action.CREATED, response, subject, versions, state)
@@ -319,7 +347,7 @@ class WriteBack:
             if reason is not None:
                 return Outcome(subject.patient, Action.STAFF, state, reason, dry_run=self.dry_run)
             if content_of(current) == content_of(wanted):
-                return Outcome(subject.patient, Action.UNCHANGED, state, dry_run=self.dry_run)
+                return self._unchanged(current, provenances, subject, versions, state, sent)
             before = current_state(current, self.release)
             change = f"{before} -> {state}" if before != state else f"{state}, reason changed"
             if self.dry_run:
@@ -331,12 +359,55 @@ class WriteBack:
                 response = self.client.update({**stamped(wanted), "id": current["id"]}, if_match=etag)
             except PreconditionFailed:
                 continue  # changed since we read it (maybe by staff): read again and decide again
+            except ServerError as exc:
+                if not _outcome_unknown(exc):
+                    raise
+                sent, unknown = (Action.UPDATED, change), exc
+                continue
             return self._provenance(Action.UPDATED, response, subject, versions, state, change)
+        if unknown is not None:
+            raise _gave_up(unknown, f"writing ResearchSubject {token}", self._max_attempts)
         return Outcome(
             subject.patient,
             Action.FAILED,
             state,
             f"ResearchSubject {token} kept changing; gave up after {self._max_attempts} attempts",
+        )
+
+    def _unchanged(
+        self,
+        current: Resource,
+        provenances: list[Resource],
+        subject: SubjectResult,
+        versions: Mapping[str, str],
+        state: str,
+        sent: tuple[Written, str] | None,
+    ) -> Outcome:
+        """The server holds what we want. Its version still needs our Provenance if none records it:
+        an earlier write whose Provenance was lost (a crash, an unknown outcome), or ours just now."""
+        if any(records_version(p, current) for p in provenances):
+            return Outcome(subject.patient, Action.UNCHANGED, state, dry_run=self.dry_run)
+        meta = current.get("meta") if isinstance(current.get("meta"), dict) else {}
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        if not isinstance(version, str) or not version:
+            return Outcome(subject.patient, Action.UNCHANGED, state, dry_run=self.dry_run)
+        if self.dry_run:
+            return Outcome(subject.patient, Action.UNCHANGED, state, dry_run=True, provenance_repaired=True)
+        response = FhirResponse(200, current, f'W/"{version}"', None, None, None)
+        if sent is not None:
+            # Our own write of this call, whose answer was lost: report it as the write it was.
+            action, detail = sent
+            return self._provenance(action, response, subject, versions, state, detail)
+        repair: Written = Action.CREATED if version == "1" else Action.UPDATED
+        outcome = self._provenance(repair, response, subject, versions, state, searched=False)
+        return Outcome(
+            subject.patient,
+            Action.UNCHANGED,
+            state,
+            reference=outcome.reference,
+            provenance_error=outcome.provenance_error,
+            provenance_repaired=True,
+            server_text=outcome.server_text,
         )
 
     def _etag(self, current: Resource) -> str | None:
@@ -350,13 +421,20 @@ class WriteBack:
 
     def _provenance(
         self,
-        action: Literal[Action.CREATED, Action.UPDATED],
+        action: Written,
         response: FhirResponse,
         subject: SubjectResult,
         versions: Mapping[str, str],
         state: str,
         detail: str = "",
+        *,
+        searched: bool = True,
     ) -> Outcome:
+        """Write the Provenance of the version ``response`` holds, at most once.
+
+        ``searched``: whether a search has already shown that none exists (a version we just wrote
+        cannot have one yet); otherwise one is searched for first.
+        """
         rid, version = _written_id(response, "ResearchSubject")
         target = f"ResearchSubject/{rid}" + (f"/_history/{version}" if version else "")
         self._check_source_kept(response)
@@ -373,16 +451,39 @@ class WriteBack:
             activity="CREATE" if action is Action.CREATED else "UPDATE",
             study=self.trial.study,
         )
+        query = provenance_tag_query(target)
         try:
             validate(provenance, self.release)
-            self.client.create(provenance)
+            for attempt in range(self._max_attempts):
+                if (attempt or not searched) and self._provenance_exists(query):
+                    break
+                try:
+                    written = self.client.create(provenance, if_none_exist=query)
+                except PreconditionFailed:
+                    break  # several match already: there is one (at least); never add another
+                except ServerError as exc:
+                    if not _outcome_unknown(exc) or attempt == self._max_attempts - 1:
+                        raise
+                    continue
+                self._check_tag_kept(written)
+                break
         except AuthError:
             raise
         except (ServerError, WriteBackError) as exc:
-            if isinstance(exc, ServerUnreachable):
-                raise
-            return Outcome(subject.patient, action, state, detail, target, str(exc))
+            return Outcome(
+                subject.patient,
+                action,
+                state,
+                detail,
+                target,
+                str(exc),
+                server_text=getattr(exc, "server_text", None),
+            )
         return Outcome(subject.patient, action, state, detail, target)
+
+    def _provenance_exists(self, query: str) -> bool:
+        name, _, value = query.partition("=")
+        return any(_is(r, "Provenance") for r in self.client.search("Provenance", [(name, value)]))
 
     def _check_source_kept(self, response: FhirResponse) -> None:
         if self._checked_source or response.body is None:
@@ -394,15 +495,47 @@ class WriteBack:
                 "recognise its own versions there and will leave every existing ResearchSubject alone"
             )
 
+    def _check_tag_kept(self, response: FhirResponse) -> None:
+        if self._checked_tag or response.body is None or response.body.get("resourceType") != "Provenance":
+            return
+        self._checked_tag = True
+        meta = response.body.get("meta")
+        tags = meta.get("tag") if isinstance(meta, dict) else None
+        if not any(isinstance(t, dict) and t.get("system") == PROVENANCE_TAG_SYSTEM for t in tags or []):
+            self.notes.append(
+                "the server did not keep meta.tag on the Provenance it stored: a Provenance write whose "
+                "answer is lost may be repeated on this server"
+            )
+
+
+def _outcome_unknown(exc: ServerError) -> bool:
+    """Whether a failed write may have been stored: no answer, a 5xx, or a 2xx we could not use.
+
+    A 4xx is a refusal (nothing stored); authentication and access failures are never retried here.
+    """
+    if isinstance(exc, AuthError | AccessDenied | PreconditionFailed):
+        return False
+    return exc.status is None or exc.status >= 500 or 200 <= exc.status < 300
+
+
+def _gave_up(exc: ServerError, what: str, attempts: int) -> ServerError:
+    return ServerError(
+        f"{what}: the outcome stayed unknown after {attempts} attempt(s), each re-read first ({exc})",
+        exc.status,
+        exc.url,
+        server_text=exc.server_text,
+    )
+
 
 def _is(resource: Resource, rtype: str) -> bool:
     return resource.get("resourceType") == rtype and isinstance(resource.get("id"), str)
 
 
 def _has_identifier(resource: Resource, system: str, value: str) -> bool:
+    identifiers = resource.get("identifier")
     return any(
         isinstance(i, dict) and i.get("system") == system and i.get("value") == value
-        for i in resource.get("identifier") or []
+        for i in (identifiers if isinstance(identifiers, list) else [])
     )
 
 

@@ -16,7 +16,14 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from fhir_adapter.client.auth import BearerTokenAuth
 from fhir_adapter.client.http import USER_AGENT, FhirClient
-from fhir_adapter.errors import AuthError, ConfigError, PreconditionFailed, ServerError, ServerUnreachable
+from fhir_adapter.errors import (
+    AccessDenied,
+    AuthError,
+    ConfigError,
+    PreconditionFailed,
+    ServerError,
+    ServerUnreachable,
+)
 
 BASE = "https://fhir.example.org/r4"
 MRN = "MRN-0042-SECRET"
@@ -151,13 +158,42 @@ def test_retry_after_http_date_is_measured_against_the_server_date_header(
     assert clock.sleeps == [12.0]
 
 
-def test_retry_after_is_capped_at_backoff_max(mocked: responses.RequestsMock, clock: FakeClock) -> None:
-    mocked.get(f"{BASE}/Patient/p1", status=429, headers={"Retry-After": "3600"})
+@pytest.mark.parametrize("retry_after", ["3600", "99999999999999999999"])
+def test_retry_after_beyond_the_retry_budget_gives_up_at_once(
+    mocked: responses.RequestsMock, clock: FakeClock, retry_after: str
+) -> None:
+    mocked.get(f"{BASE}/Patient/p1", status=429, headers={"Retry-After": retry_after})
+
+    with pytest.raises(ServerError) as caught:
+        make_client(clock, retry_budget_seconds=300).get("Patient/p1")
+
+    assert clock.sleeps == []  # neither the hour asked for nor a shortened wait that ignores it
+    assert len(mocked.calls) == 1
+    assert "the server asked to wait" in str(caught.value)
+    assert "retry budget" in str(caught.value)
+
+
+def test_retry_after_within_the_budget_is_waited_in_full_even_past_backoff_max(
+    mocked: responses.RequestsMock, clock: FakeClock
+) -> None:
+    mocked.get(f"{BASE}/Patient/p1", status=429, headers={"Retry-After": "45"})
     mocked.get(f"{BASE}/Patient/p1", json=patient("p1"))
 
     make_client(clock, backoff_max=20).get("Patient/p1")
 
-    assert clock.sleeps == [20.0]
+    assert clock.sleeps == [45.0]
+
+
+@pytest.mark.parametrize("retry_after", ["soon", "-5", "1.5", "", "Tue, 99 Foo 2026 10:00:00 GMT"])
+def test_an_invalid_retry_after_falls_back_to_the_clients_own_backoff(
+    mocked: responses.RequestsMock, clock: FakeClock, retry_after: str
+) -> None:
+    mocked.get(f"{BASE}/Patient/p1", status=503, headers={"Retry-After": retry_after})
+    mocked.get(f"{BASE}/Patient/p1", json=patient("p1"))
+
+    make_client(clock, rng=UpperBoundRng(), backoff_base=0.5).get("Patient/p1")
+
+    assert clock.sleeps == [0.5]
 
 
 def test_503_twice_then_success_counts_every_request_and_each_retry(
@@ -280,7 +316,7 @@ def test_post_is_not_retried_after_a_dropped_connection(
 
 
 @pytest.mark.parametrize(
-    ("status", "retried"), [(429, True), (503, True), (500, False), (502, False), (504, False)]
+    ("status", "retried"), [(429, True), (503, False), (500, False), (502, False), (504, False)]
 )
 def test_post_retries_only_statuses_that_mean_not_processed(
     mocked: responses.RequestsMock, clock: FakeClock, status: int, retried: bool
@@ -371,11 +407,13 @@ def test_search_pages_yields_whole_bundles(mocked: responses.RequestsMock, clock
 def test_search_refuses_a_next_link_to_another_origin(
     mocked: responses.RequestsMock, clock: FakeClock
 ) -> None:
-    mocked.get(f"{BASE}/Patient", json=bundle([patient("a")], "http://hapi-internal:8080/fhir?_getpages=1"))
+    mocked.get(f"{BASE}/Patient", json=bundle([patient("a")], "https://hapi-internal:8080/fhir?_getpages=1"))
     client = make_client(clock, auth=BearerTokenAuth("tok"))
 
-    with pytest.raises(ServerError, match="refusing to follow http://hapi-internal:8080"):
+    with pytest.raises(ServerError, match="another origin") as caught:
         list(client.search("Patient"))
+
+    assert "hapi-internal" not in str(caught.value)  # a URL from the server is not repeated
 
     assert len(mocked.calls) == 1
 
@@ -430,7 +468,7 @@ def test_history_yields_entries_including_deletions(mocked: responses.RequestsMo
 # -- error mapping -------------------------------------------------------------------------------
 
 
-def test_400_operation_outcome_is_surfaced_in_the_exception_message(
+def test_400_operation_outcome_codes_are_the_message_and_its_free_text_only_server_text(
     mocked: responses.RequestsMock, clock: FakeClock
 ) -> None:
     outcome = {
@@ -450,8 +488,10 @@ def test_400_operation_outcome_is_surfaced_in_the_exception_message(
     with pytest.raises(ServerError) as caught:
         make_client(clock).create({"resourceType": "Observation"})
 
-    assert str(caught.value) == (
-        "HTTP 400 on POST Observation: error/invalid: Observation.status: minimum required = 1, "
+    assert str(caught.value) == "HTTP 400 on POST Observation: error/invalid, warning/informational"
+    # The free text may quote patient data: it rides on the exception for the result file only.
+    assert caught.value.server_text == (
+        "error/invalid: Observation.status: minimum required = 1, "
         "but only found 0 (Missing status); warning/informational: Unknown code system"
     )
     assert caught.value.status == 400
@@ -470,14 +510,16 @@ def test_error_without_operation_outcome_uses_the_reason_phrase_not_the_body(
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_401_and_403_raise_auth_error_without_retry_for_static_tokens(
+def test_401_and_403_without_renewable_auth_are_access_denied_for_that_request_without_retry(
     mocked: responses.RequestsMock, clock: FakeClock, status: int
 ) -> None:
     mocked.get(f"{BASE}/Patient/p1", status=status)
 
-    with pytest.raises(AuthError) as caught:
+    with pytest.raises(AccessDenied) as caught:
         make_client(clock, auth=BearerTokenAuth("tok")).read("Patient", "p1")
 
+    # Not AuthError: that one stops the run; a closed patient is that patient's problem.
+    assert not isinstance(caught.value, AuthError)
     assert caught.value.status == status
     assert len(mocked.calls) == 1
 

@@ -51,6 +51,8 @@ def test_dry_run_screens_given_patients_and_writes_nothing(
     server.get(f"{BASE}/Patient/dm01/$everything", json=searchset(example("dm01")))
     server.get(f"{BASE}/Patient/pm05/$everything", json=searchset(example("pm05")))
     server.get(f"{BASE}/Patient/gone/$everything", status=404, json={"resourceType": "OperationOutcome"})
+    # A 404 from $everything is read as "no such patient" only once the Patient read agrees.
+    server.get(f"{BASE}/Patient/gone", status=404, json={"resourceType": "OperationOutcome"})
     out = tmp_path / "result.json"
 
     patients = ["--patient", "dm01", "--patient", "pm05", "--patient", "gone"]

@@ -91,11 +91,30 @@ def client() -> FhirClient:
 
 
 def searchset(*resources: Res) -> Res:
+    """Matches, and the Provenances that ``_revinclude=Provenance:target`` brings along as includes."""
     return {
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": len(resources),
-        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+        "total": sum(r["resourceType"] != "Provenance" for r in resources),
+        "entry": [
+            {"resource": r, "search": {"mode": "include" if r["resourceType"] == "Provenance" else "match"}}
+            for r in resources
+        ],
+    }
+
+
+def provenance_of(subject: Res, pid: str = "pv0") -> Res:
+    """The adapter's Provenance of ``subject``'s current version, as the server stores it (HAPI strips
+    the version from the target; the tag keeps it)."""
+    target = f"ResearchSubject/{subject['id']}/_history/{subject['meta']['versionId']}"
+    return {
+        "resourceType": "Provenance",
+        "id": pid,
+        "meta": {
+            "versionId": "1",
+            "tag": [{"system": "https://fhir-adapter.org/provenance-of", "code": target}],
+        },
+        "target": [{"reference": f"ResearchSubject/{subject['id']}"}],
     }
 
 
@@ -126,7 +145,7 @@ def search_subject(mocked: responses.RequestsMock, *resources: Res) -> None:
     mocked.get(
         f"{BASE}/ResearchSubject",
         json=searchset(*resources),
-        match=[matchers.query_param_matcher({"identifier": TOKEN})],
+        match=[matchers.query_param_matcher({"identifier": TOKEN, "_revinclude": "Provenance:target"})],
     )
 
 
@@ -326,7 +345,8 @@ def test_create_sends_if_none_exist_and_a_provenance_for_the_new_version(
 def test_unchanged_subject_is_not_written(
     mocked: responses.RequestsMock, client: FhirClient, mappings: Mappings
 ) -> None:
-    search_subject(mocked, on_server(stamped(wanted()), version="4"))
+    current = on_server(stamped(wanted()), version="4")
+    search_subject(mocked, current, provenance_of(current))
 
     outcome = writeback(client, mappings).write(result(), VERSIONS)
 
@@ -479,8 +499,9 @@ def test_r5_create_sends_the_r5_shape(
 def test_losing_a_concurrent_create_rereads_and_finds_the_winner_unchanged(
     mocked: responses.RequestsMock, client: FhirClient, mappings: Mappings
 ) -> None:
+    winner = on_server(stamped(wanted()))
     mocked.get(f"{BASE}/ResearchSubject", json=searchset())
-    mocked.get(f"{BASE}/ResearchSubject", json=searchset(on_server(stamped(wanted()))))
+    mocked.get(f"{BASE}/ResearchSubject", json=searchset(winner, provenance_of(winner)))
     mocked.post(f"{BASE}/ResearchSubject", status=409, json={"resourceType": "OperationOutcome", "issue": []})
 
     outcome = writeback(client, mappings).write(result(), VERSIONS)
@@ -494,13 +515,13 @@ def test_conditional_create_answering_200_is_treated_as_existing(
 ) -> None:
     existing = on_server(stamped(wanted()))
     mocked.get(f"{BASE}/ResearchSubject", json=searchset())
-    mocked.get(f"{BASE}/ResearchSubject", json=searchset(existing))
+    mocked.get(f"{BASE}/ResearchSubject", json=searchset(existing, provenance_of(existing)))
     mocked.post(f"{BASE}/ResearchSubject", status=200, json=existing, headers={"ETag": 'W/"1"'})
 
     outcome = writeback(client, mappings).write(result(), VERSIONS)
 
     assert outcome.action is Action.UNCHANGED
-    assert not any("Provenance" in c.request.url for c in mocked.calls)
+    assert [c.request.method for c in mocked.calls] == ["GET", "POST", "GET"]  # no Provenance written
 
 
 def test_duplicate_subjects_for_one_identifier_fail_without_writing(
@@ -527,7 +548,10 @@ def test_rejected_write_is_a_failed_outcome_not_an_exception(
     outcome = writeback(client, mappings).write(result(), VERSIONS)
 
     assert outcome.action is Action.FAILED
-    assert "Unknown code" in outcome.detail
+    assert outcome.detail == "HTTP 422 on POST ResearchSubject: error/invalid"
+    # Server text may quote patient data: kept apart, for the result file only.
+    assert "Unknown code" not in outcome.detail and "Unknown code" not in outcome.describe()
+    assert outcome.server_text == "error/invalid: Unknown code"
 
 
 def test_dry_run_reads_only_and_says_what_it_would_do(
@@ -555,6 +579,7 @@ def test_prepare_reuses_a_study_under_an_older_nct_system_and_ensures_the_device
         "identifier": [{"system": "http://clinicaltrials.gov", "value": "NCT05495321"}],
     }
     mocked.get(f"{BASE}/ResearchStudy", json=searchset(old))
+    mocked.get(f"{BASE}/Device", json=searchset())
     device_token = f"https://fhir-adapter.org/device-id|fhir-adapter/{__version__}"
     mocked.post(
         f"{BASE}/Device",
@@ -575,6 +600,7 @@ def test_prepare_creates_the_study_conditionally_when_none_exists(
     mocked: responses.RequestsMock, client: FhirClient, mappings: Mappings
 ) -> None:
     mocked.get(f"{BASE}/ResearchStudy", json=searchset())
+    mocked.get(f"{BASE}/Device", json=searchset())
     mocked.add_callback(
         responses.POST,
         f"{BASE}/ResearchStudy",
@@ -587,6 +613,7 @@ def test_prepare_creates_the_study_conditionally_when_none_exists(
     wb.prepare()
 
     assert wb.study_ref == "ResearchStudy/st7"
+    assert mocked.calls[1].request.method == "POST"
     assert body(mocked.calls[1])["identifier"][0] == {
         "use": "official",
         "system": NCT_SYSTEM,

@@ -310,8 +310,13 @@ class FhirClient:
         for bundle in self.search_pages(type_or_path, params):
             for entry in _entries(bundle):
                 resource = entry.get("resource")
-                if not isinstance(resource, dict):
+                if resource is None:
                     continue
+                if not isinstance(resource, dict):
+                    raise ServerError(
+                        f"malformed Bundle from GET {no_query_path(type_or_path)}: an entry's resource is "
+                        "not an object"
+                    )
                 search = entry.get("search")
                 if isinstance(search, dict) and search.get("mode") == "outcome":
                     logger.warning(
@@ -811,10 +816,17 @@ def _param_names(url: str, params: Params | None) -> list[str]:
 
 
 def _check_bundle(bundle: Resource, display: str) -> None:
+    """A Bundle whose ``entry`` or ``link`` is not a list of objects is an error for the request: an
+    entry skipped in silence would be data dropped without a trace."""
     for key in ("entry", "link"):
         value = bundle.get(key)
-        if value is not None and not isinstance(value, list):
+        if value is None:
+            continue
+        if not isinstance(value, list):
             raise ServerError(f"malformed Bundle from GET {display}: {key} is not a list")
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise ServerError(f"malformed Bundle from GET {display}: {key}[{index}] is not an object")
 
 
 def _entries(bundle: Resource) -> Iterator[Resource]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import orjson
 
 from fhir_adapter import __version__
 from fhir_adapter.model import InputProblem, SubjectResult
+from fhir_adapter.output.private import temporary_file
 
 
 @dataclass
@@ -66,8 +66,7 @@ class ResultWriter:
             self._fh: IO[bytes] = sys.stdout.buffer
             self._tmp: str | None = None
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            fd, self._tmp = temporary_file(path)  # 0600, its folder 0700 when created here
             self._fh = os.fdopen(fd, "wb")
         when = generated or dt.datetime.now(dt.UTC)
         head: dict[str, Any] = {"study": study}

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fhir_adapter.output.private import write_private_text
 from fhir_adapter.report._data import CriterionSpec, component_order, criterion_order
 from fhir_adapter.report.csv_out import worklist_csv, write_csv
 from fhir_adapter.report.funnel import FunnelStep, expected_status, funnel, status_counts, status_mismatches
@@ -43,11 +44,12 @@ def write_report(
     *,
     order: Sequence[str] | None = None,
 ) -> None:
-    """Write the HTML page and/or the worklist CSV (UTF-8); a ``None`` path is skipped.
+    """Write the HTML page and/or the worklist CSV (UTF-8, mode 0600, atomically); a ``None`` path is
+    skipped.
 
     ``order`` optionally lists criterion ids to put first; by default the result's own order.
     """
     if html_path is not None:
-        html_path.write_text(render_html(result, order), encoding="utf-8")
+        write_private_text(html_path, render_html(result, order))
     if csv_path is not None:
         write_csv(result, csv_path, order)

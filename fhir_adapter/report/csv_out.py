@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fhir_adapter.output.private import write_private_text
 from fhir_adapter.report._data import Result
 from fhir_adapter.report.worklist import csv_columns, worklist_rows
 
@@ -32,4 +33,4 @@ def worklist_csv(result: Result, order: Sequence[str] | None = None) -> str:
 
 
 def write_csv(result: Result, path: Path, order: Sequence[str] | None = None) -> None:
-    path.write_text(worklist_csv(result, order), encoding="utf-8", newline="")
+    write_private_text(path, worklist_csv(result, order), newline="")

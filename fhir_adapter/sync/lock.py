@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 
 from fhir_adapter.errors import LockedError
+from fhir_adapter.output.private import open_private
 
 
 class RunLock:
@@ -20,8 +21,7 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(self.path)  # 0600 (an older 0644 lock file is narrowed), folder 0700
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

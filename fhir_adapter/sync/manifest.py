@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fhir_adapter.output.private import atomic_writer
 from fhir_adapter.sync.config import SiteConfig
 from fhir_adapter.sync.state import WATERMARK, State
 
@@ -44,13 +43,9 @@ class Counts:
 
 
 def write_manifest(folder: Path, run_id: int, manifest: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = folder / f"run-{stamp}-{run_id:06d}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_writer(folder / f"run-{stamp}-{run_id:06d}.json") as fh:  # 0600, folder 0700
         json.dump(manifest, fh, indent=2)
-    os.replace(tmp, target)
 
 
 def render_manifest(manifest: dict[str, Any]) -> str:

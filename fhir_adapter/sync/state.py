@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fhir_adapter.output.private import narrow, open_private
 
 MIGRATIONS: list[str] = [
     # 0 -> 1
@@ -78,9 +81,15 @@ class StoredResult:
 class State:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it: SQLite would create it 0644 (less the umask), and it gives
+        # the -wal and -shm files it creates the database file's mode.
+        os.close(open_private(path))
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode = WAL")
+        for suffix in ("-wal", "-shm", "-journal"):
+            sidecar = path.with_name(path.name + suffix)
+            if sidecar.exists():
+                narrow(sidecar)  # left by an older release with a wider mode
         self._migrate()
 
     def close(self) -> None:

@@ -728,10 +728,10 @@ class FhirClient:
         if not resp.content:
             return None
         try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        except RecursionError:  # a body nested thousands of levels deep
+            # Strict: JSON is UTF-8 (or -16/-32, detected from the bytes); requests' resp.json() would
+            # replace undecodable bytes and carry on with altered data.
+            body = json.loads(resp.content)
+        except (ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
             body = None
         if not isinstance(body, dict):
             raise ServerError(

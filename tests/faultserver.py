@@ -67,6 +67,7 @@ class Reply:
     json: Any = None
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None  # the status line's reason phrase (servers may put anything there)
 
     def payload(self) -> bytes:
         return json.dumps(self.json).encode() if self.json is not None else self.body
@@ -643,7 +644,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._plain(reply)
 
     def _head(self, reply: Reply, length: int | None) -> None:
-        self.send_response(reply.status)
+        self.send_response(reply.status, reply.reason)
         headers = {"Content-Type": FHIR_JSON, **reply.headers}
         for name, value in headers.items():
             self.send_header(name, value)

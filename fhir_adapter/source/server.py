@@ -22,7 +22,14 @@ from typing import Literal
 
 from fhir_adapter import logs
 from fhir_adapter.client.http import FhirClient
-from fhir_adapter.errors import AuthError, OperationNotSupported, ResponseTooLarge, ServerError, UsageError
+from fhir_adapter.errors import (
+    AuthError,
+    OperationNotSupported,
+    ResponseTooLarge,
+    ServerError,
+    SystemicFailure,
+    UsageError,
+)
 from fhir_adapter.model import InputProblem
 from fhir_adapter.screening import Screener
 from fhir_adapter.source.attachments import fetch_attachments
@@ -126,8 +133,8 @@ class ServerSource:
                 record = fetched.record if fetched is not None else None
                 if record is not None and notes is not None:
                     record = fetch_attachments(self.client, record, notes)
-            except AuthError:
-                raise
+            except (AuthError, SystemicFailure):
+                raise  # every later patient would fail the same way
             except ServerError as exc:
                 yield InputProblem(
                     where,

@@ -28,6 +28,10 @@ again (``repeat=True`` keeps answering the last reply instead). Replies:
 - ``Stored(then=...)``: let the store perform the write first, then answer ``then`` (a 500, a ``Silence``
   or a ``Reset``): the "it was stored but you will never know" write.
 
+``FaultServer(upstream="http://127.0.0.1:8089/fhir")`` is a fault-injecting proxy instead: what no
+script claims is forwarded to that real server (with this server's Host, so HAPI writes links and
+Locations for the proxy), and ``Stored`` forwards the write before answering its fault.
+
 The store (``server.store``) keeps versions (``meta.versionId``, ``meta.lastUpdated``), answers ``read``,
 ``vread``, ``create`` (honouring ``If-None-Exist`` unless ``store.honour_if_none_exist = False``),
 ``update`` (``If-Match``), type searches (``identifier``, ``_tag``, ``_id``, ``patient``/``subject``,
@@ -46,8 +50,10 @@ import json
 import re
 import socket
 import struct
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -399,7 +405,15 @@ class Store:
 class FaultServer:
     """A loopback FHIR server: ``with FaultServer() as server: ... server.base``."""
 
-    def __init__(self, *, everything: bool = True, fhir_version: str = "4.0.1", page_size: int = 50) -> None:
+    def __init__(
+        self,
+        *,
+        everything: bool = True,
+        fhir_version: str = "4.0.1",
+        page_size: int = 50,
+        upstream: str | None = None,
+    ) -> None:
+        self.upstream = upstream.rstrip("/") if upstream else None
         self.store = Store()
         self.requests: list[Request] = []
         self.page_size = page_size
@@ -462,7 +476,9 @@ class FaultServer:
         return None
 
     def answer(self, request: Request) -> Reply:
-        """What the store answers (the default for every request no script claims)."""
+        """What the store (or the upstream server) answers: the default for every request no script claims."""
+        if self.upstream is not None:
+            return self._forward(request)
         path, method, store = request.path, request.method, self.store
         parts = [p for p in path.split("/") if p]
         if method == "GET" and path == "metadata":
@@ -518,6 +534,23 @@ class FaultServer:
             return self._page(found, request, len(extra), extra)
         return Reply(404, json=outcome("not-found"))
 
+    def _forward(self, request: Request) -> Reply:
+        import requests
+
+        headers = {k: v for k, v in request.headers.items() if k not in _HOP_BY_HOP}
+        headers["Host"] = f"127.0.0.1:{self.port}"
+        upstream = requests.request(
+            request.method,
+            f"{self.upstream}/{request.path}",
+            params=[(k, v) for k, values in request.query.items() for v in values],
+            data=request.body or None,
+            headers=headers,
+            allow_redirects=False,
+            timeout=120,
+        )
+        kept = {k: v for k, v in upstream.headers.items() if k.lower() in _KEPT}
+        return Reply(upstream.status_code, body=upstream.content, headers=kept)
+
     def _page(
         self, found: list[Res], request: Request, n_include: int, extra: list[Res] | None = None
     ) -> Reply:
@@ -533,6 +566,12 @@ class FaultServer:
         bundle = searchset(page + (extra or []), next_url, include=n_include)
         bundle["total"] = len(found)
         return Reply(json=bundle)
+
+
+_HOP_BY_HOP = frozenset({"host", "content-length", "connection", "accept-encoding", "transfer-encoding"})
+_KEPT = frozenset(
+    {"content-type", "etag", "location", "content-location", "last-modified", "date", "retry-after"}
+)
 
 
 def _written(server: FaultServer, status: int, resource: Res) -> Reply:
@@ -593,9 +632,14 @@ class _Handler(BaseHTTPRequestHandler):
         )
         with owner._lock:
             owner.requests.append(request)
-        reply = owner.scripted(request)
-        if reply is None:
-            reply = owner.answer(request)
+        try:
+            reply = owner.scripted(request)
+            if reply is None:
+                reply = owner.answer(request)
+        except Exception:  # a bug in a test's script or in this server: say so instead of hanging up
+            trace = traceback.format_exc()
+            print(f"faultserver: {trace}", file=sys.stderr)
+            reply = Reply(599, body=trace.encode(), reason="Fault server bug")
         try:
             self._send(reply, request)
         except (BrokenPipeError, ConnectionResetError, OSError):

@@ -22,7 +22,14 @@ from urllib.parse import urlsplit
 from fhir_adapter.client.factory import open_client
 from fhir_adapter.client.http import FhirClient
 from fhir_adapter.client.urls import LOOPBACK
-from fhir_adapter.errors import AdapterError, AuthError, ExitCode, ServerError, ServerUnreachable
+from fhir_adapter.errors import (
+    AccessDenied,
+    AdapterError,
+    AuthError,
+    ExitCode,
+    ServerError,
+    ServerUnreachable,
+)
 from fhir_adapter.screening import Screener
 from fhir_adapter.settings import ServerSettings
 from fhir_adapter.source.candidates import CODES_PER_SEARCH, search_tokens
@@ -180,7 +187,7 @@ def _auth(client: FhirClient, report: Report) -> None:
     try:
         client.get("Patient", {"_count": 1, "_elements": "id"})
         report.add("auth", "read with the credentials", "ok", "GET Patient?_count=1 answered")
-    except AuthError as exc:
+    except (AuthError, AccessDenied) as exc:  # 401/403 to a plain read: the credentials do not work here
         report.add("auth", "read with the credentials", "failed", str(exc))
     except ServerError as exc:
         report.add("auth", "read with the credentials", "degraded", str(exc))

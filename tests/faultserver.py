@@ -157,19 +157,40 @@ def searchset(resources: list[Res], next_url: str | None = None, *, include: int
     return {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
 
 
+TYPES = (
+    "Patient", "Condition", "Observation", "MedicationRequest", "MedicationStatement",
+    "MedicationAdministration", "Medication", "Encounter", "AllergyIntolerance", "Procedure", "Group",
+    "ResearchStudy", "ResearchSubject", "Device", "Provenance",
+)  # fmt: skip
+INTERACTIONS = ("read", "vread", "search-type", "create", "update", "history-type", "history-instance")
+SEARCH_PARAMS = ("_id", "_lastUpdated", "_tag", "identifier", "patient", "subject", "code", "target")
+
+
 def capability(everything: bool = True, fhir_version: str = "4.0.1") -> Res:
-    patient: Res = {"type": "Patient"}
-    if everything:
-        patient["operation"] = [
-            {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
-        ]
+    """What the store serves: every type read, searched, written and with a history; $everything
+    listed on Patient unless ``everything=False``."""
+    resources = []
+    for rtype in TYPES:
+        resource: Res = {
+            "type": rtype,
+            "interaction": [{"code": c} for c in INTERACTIONS],
+            "searchParam": [{"name": n, "type": "token"} for n in SEARCH_PARAMS],
+        }
+        if rtype == "Patient" and everything:
+            resource["operation"] = [
+                {
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }
+            ]
+        resources.append(resource)
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "kind": "instance",
         "fhirVersion": fhir_version,
         "format": ["json"],
-        "rest": [{"mode": "server", "resource": [patient]}],
+        "rest": [{"mode": "server", "resource": resources}],
     }
 
 

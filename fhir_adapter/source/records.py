@@ -72,7 +72,9 @@ def fetch_record(
             return None
         if not any(r.get("resourceType") == "Patient" and r.get("id") == patient_id for r in found):
             # Screening it anyway would judge a record without birth date or sex as if it were complete.
-            raise ServerError(f"GET Patient/{patient_id}/$everything: the answer does not hold Patient/{patient_id}")
+            raise ServerError(
+                f"GET Patient/{patient_id}/$everything: the answer does not hold Patient/{patient_id}"
+            )
         resources = found
     else:
         response = client.read("Patient", patient_id)

@@ -15,6 +15,7 @@ searches for that patient.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 from collections.abc import Iterator, Sequence
@@ -170,6 +171,8 @@ class ServerSource:
                 return fetch_record(self.client, pid, "everything", types)
             except OperationNotSupported as exc:
                 self.strategy = "typed"
+                if self.strategies is not None:
+                    self.strategies = dataclasses.replace(self.strategies, records="typed")
                 note = f"{exc}; switched to typed searches for the rest of the run"
                 log.warning("%s", note)
                 self.warnings.append(note)

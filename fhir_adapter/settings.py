@@ -57,7 +57,7 @@ class ServerSettings:
     timeout: float = 60.0  # read timeout per socket operation, seconds
     # Plain http:// to a host that is not loopback is refused unless this is set.
     allow_plain_http: bool = False
-    request_deadline: float = 300.0  # seconds for one whole exchange: connect to the last body byte
+    request_deadline: float = 120.0  # seconds for one whole exchange: connect to the last body byte
     max_response_bytes: int = 64 * MIB  # one response body (decoded)
     max_pages: int = 1000  # pages of one search
     throttle_budget: float = 900.0  # seconds a run may spend waiting on 429/503 answers in total

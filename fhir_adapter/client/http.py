@@ -86,7 +86,7 @@ _ABSENT: Final = frozenset({404, 410})
 USER_AGENT: Final = f"fhir-adapter/{__version__}"
 
 # Defaults of the limits (ServerSettings, site.toml [server], CLI flags; docs/security.md).
-DEFAULT_DEADLINE_S: Final = 300.0
+DEFAULT_DEADLINE_S: Final = 120.0
 DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_PAGES: Final = 1000
 DEFAULT_THROTTLE_BUDGET_S: Final = 900.0

@@ -104,7 +104,7 @@ def test_a_subject_stored_by_hapi_but_answered_badly_is_not_created_twice(
 ) -> None:
     proxy.on("POST", "ResearchSubject", Stored(then=LOST[lost]))
 
-    code, err = screen(proxy, patients, tmp_path, "--timeout", "2", "--request-deadline", "5")
+    code, err = screen(proxy, patients, tmp_path, "--timeout", "2")
 
     assert code == 0, err
     assert len(proxy.requests_to("POST", "ResearchSubject")) == 2  # the lost one was not resent blindly
@@ -117,7 +117,7 @@ def test_a_provenance_stored_by_hapi_but_answered_badly_is_not_written_twice(
 ) -> None:
     proxy.on("POST", "Provenance", Stored(then=LOST[lost]))
 
-    code, err = screen(proxy, patients, tmp_path, "--timeout", "2", "--request-deadline", "5")
+    code, err = screen(proxy, patients, tmp_path, "--timeout", "2")
 
     assert code == 0, err
     assert_one_subject_and_one_provenance_per_version(sandbox_url, patients)

@@ -192,13 +192,16 @@ GARBAGE = [
     b'{"resourceType": "Bundle", "total": "many", "link": [{"relation": "next"}], "meta": 5}',
     b'{"resourceType": "OperationOutcome", "issue": 5}',
     b"1e999999",
+    b'{"resourceType": "Bundle", "link": 5}',
+    b'{"resourceType": "Bundle", "entry": 5}',
+    b'{"resourceType": "Bundle", "link": [{"relation": "next", "url": {"x": 1}}]}',
 ]
 
 
 # Every body where a record or a subject is parsed; a few where the run is being set up.
 GARBAGE_CASES = [
     *((where, i) for where in ("everything", "researchsubject") for i in range(len(GARBAGE))),
-    *((where, i) for where in ("metadata", "candidates") for i in (0, 3, 5, 10, 12)),
+    *((where, i) for where in ("metadata", "candidates") for i in (0, 3, 5, 10, 12, 13, 14, 15)),
 ]
 
 

@@ -51,7 +51,7 @@ LOST_ANSWERS = {
     "silence": Silence(),
     "reset": Reset(),
 }
-WRITE_ARGS = ("--write-back", "--timeout", "1", "--request-deadline", "3")
+WRITE_ARGS = ("--write-back", "--timeout", "1")
 
 
 @pytest.mark.parametrize("lost", sorted(LOST_ANSWERS))

@@ -124,7 +124,7 @@ def _write_summary(
     }
     path = folder / SUMMARY
     tmp = folder / f".{SUMMARY}.tmp"
-    # TODO(hardening): fhir_adapter/output/private.py's write_private_text once it is on main.
+    # 0600 whatever the umask: created with the mode, then fchmod-ed.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -162,3 +162,31 @@ def test_state_and_lock_files_left_world_readable_by_an_older_release_are_narrow
 
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(lock_path.stat().st_mode) == 0o600
+
+
+def test_bulk_downloads_and_their_new_folders_are_private(umask: int, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from bulkfake import FakeBulk, FileSpec, ndjson, patients
+
+    from fhir_adapter.client.bulk import Manifest, ManifestFile
+    from fhir_adapter.client.bulk_download import Downloader
+    from fhir_adapter.client.http import FhirClient
+    from fhir_adapter.settings import BulkSettings
+
+    root = tmp_path / "exports"
+    with FakeBulk() as fake:
+        fake.files["a"] = FileSpec(ndjson(list(patients(20))))
+        manifest = Manifest(
+            dt.datetime(2026, 6, 1, tzinfo=dt.UTC),
+            "",
+            True,
+            output=(ManifestFile("Patient", fake.file_url("a")),),
+        )
+        client = FhirClient(fake.base, max_retries=0)
+        result = Downloader(client, BulkSettings(poll_max_wait=0.01), sleep=lambda s: None).download(
+            manifest, root / "site" / "files"
+        )
+
+    assert [f.path.name for f in result.files] == ["Patient.001.ndjson"]
+    assert_private(root)

@@ -31,7 +31,7 @@ from fhir_adapter.client.http import FhirClient
 from fhir_adapter.client.http_errors import http_error, json_or_none
 from fhir_adapter.client.retry import http_date
 from fhir_adapter.client.urls import check_id, check_type, no_query
-from fhir_adapter.errors import AuthError, ServerError
+from fhir_adapter.errors import AccessDenied, AuthError, ServerError
 from fhir_adapter.model import Resource
 from fhir_adapter.settings import BulkSettings
 
@@ -264,7 +264,8 @@ class BulkClient:
                 resp.status_code,
                 no_query(self.client.base_url + request.path),
             )
-        return urljoin(self.client.base_url, location)
+        # A URL the server hands us: on the base's origin and unambiguous, or UnsafeUrl (docs/security.md).
+        return self.client.check_url(location)
 
     def poll(self, status_url: str, *, stats: PollStats | None = None) -> Manifest:
         """Poll until the job completes; the manifest, or JobGone / ExportFailed / ExportTimedOut."""
@@ -279,6 +280,9 @@ class BulkClient:
                 )
             except AuthError:
                 raise
+            except AccessDenied as exc:
+                # 401/403 on the job's status URL closes the whole export, not one patient's record.
+                raise AuthError(str(exc), exc.status, exc.url) from None
             except ServerError as exc:
                 if exc.status is not None and 400 <= exc.status < 500:
                     raise ExportFailed(f"bulk export job failed: {exc}", exc.status, exc.url) from None

@@ -34,6 +34,7 @@ from fhir_adapter.client.http import FhirClient
 from fhir_adapter.client.retry import TRANSPORT_ERRORS, backoff, describe_transport_error
 from fhir_adapter.client.urls import no_query, origin_of
 from fhir_adapter.errors import ConfigError, ServerError
+from fhir_adapter.output.private import private_dir
 from fhir_adapter.settings import BulkSettings
 
 log = logging.getLogger(__name__)
@@ -340,7 +341,4 @@ def _range_start(resp: requests.Response) -> int | None:
 
 
 def _private_dir(folder: Path) -> None:
-    # TODO(hardening): fhir_adapter/output/private.py's private_dir once it is on main.
-    if not folder.exists():
-        folder.mkdir(parents=True, mode=0o700)
-        folder.chmod(0o700)
+    private_dir(folder)  # 0700, missing parents too, whatever the umask

@@ -29,6 +29,7 @@ from fhir_adapter.client.bulk_download import Downloader, Downloads, FileFailure
 from fhir_adapter.client.bulk_files import deleted_refs, error_problems
 from fhir_adapter.client.urls import no_query
 from fhir_adapter.model import InputProblem
+from fhir_adapter.output.private import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,4 @@ def _failure_problems(failures: tuple[FileFailure, ...], label: str) -> list[Inp
 
 
 def _private_dir(folder: Path) -> None:
-    # TODO(hardening): fhir_adapter/output/private.py's private_dir once it is on main.
-    if not folder.exists():
-        folder.mkdir(parents=True, mode=0o700)
-        folder.chmod(0o700)
+    private_dir(folder)  # 0700, missing parents too, whatever the umask

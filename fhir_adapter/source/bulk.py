@@ -42,6 +42,7 @@ from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import AuthError, ServerError
 from fhir_adapter.facts.fhirjson import patient_of
 from fhir_adapter.model import InputProblem
+from fhir_adapter.output.private import private_dir
 from fhir_adapter.screening import Screener
 from fhir_adapter.settings import BulkSettings
 from fhir_adapter.source.base import SourceItem
@@ -376,7 +377,4 @@ class BulkSource:
 
 
 def _private_dir(folder: Path) -> None:
-    # TODO(hardening): fhir_adapter/output/private.py's private_dir once it is on main.
-    if not folder.exists():
-        folder.mkdir(parents=True, mode=0o700)
-        folder.chmod(0o700)
+    private_dir(folder)  # 0700, missing parents too, whatever the umask

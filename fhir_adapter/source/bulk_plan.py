@@ -30,6 +30,7 @@ from fhir_adapter.client.urls import check_id
 from fhir_adapter.errors import AuthError, ServerError
 from fhir_adapter.facts.fhirjson import patient_of, ref_id
 from fhir_adapter.model import InputProblem
+from fhir_adapter.output.private import open_private, private_dir
 from fhir_adapter.screening import Gate
 from fhir_adapter.source.candidates import CODES_PER_SEARCH, search_tokens
 
@@ -121,7 +122,7 @@ def fetch_medications(
         return None, [], 0
     problems: list[InputProblem] = []
     before = client.request_count
-    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(dest.parent)
     tmp = dest.with_name(dest.name + ".part")
     written = 0
     with _private_open(tmp) as fh:
@@ -159,7 +160,4 @@ def _valid(ids: list[str], problems: list[InputProblem], where: str) -> Iterator
 
 
 def _private_open(path: Path) -> IO[bytes]:
-    # TODO(hardening): fhir_adapter/output/private.py once it is on main.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "wb")
+    return os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")

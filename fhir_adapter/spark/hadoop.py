@@ -7,25 +7,16 @@ Spark's file sources.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from fhir_adapter.output.private import write_private_bytes
 from fhir_adapter.spark.inputs import Entry
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Atomically (temporary file + rename), readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomically (temporary file + rename), readable by the owner only (0600; new folders 0700)."""
+    write_private_bytes(path, data)
 
 
 class HadoopFs:

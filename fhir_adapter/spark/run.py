@@ -20,6 +20,7 @@ import orjson
 from fhir_adapter.errors import AdapterError, ExitCode, UsageError
 from fhir_adapter.output import summary
 from fhir_adapter.output.parts import MANIFEST, StudyParts, manifest_json, merge_results
+from fhir_adapter.output.private import private_dir
 from fhir_adapter.screening import Screener
 from fhir_adapter.settings import ScreenSettings, SparkSettings
 from fhir_adapter.spark.hadoop import HadoopFs
@@ -47,7 +48,7 @@ def run_spark_screen(settings: ScreenSettings, spark_settings: SparkSettings, ou
         if spark_settings.merge and local_dir is None:
             raise UsageError("--merge needs a local --out-dir; copy the folder and run merge-results")
         if local_dir is not None:
-            local_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(local_dir)  # 0700, missing parents too, whatever the umask
         generated = dt.datetime.now(dt.UTC)
         run = generated.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
         parts = f"parts-{run}"

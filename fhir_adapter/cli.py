@@ -25,6 +25,7 @@ from fhir_adapter import __version__, logs
 from fhir_adapter.errors import AdapterError, ExitCode, UsageError
 from fhir_adapter.settings import (
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    MAX_CONCURRENCY,
     MIB,
     AuthSettings,
     BulkSettings,
@@ -163,6 +164,22 @@ def _server_options(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="total time a run may wait on 429/503 answers before it stops with exit 4 "
         f"(default {limits.throttle_budget:.0f})",
+    )
+    g.add_argument(
+        "--concurrency",
+        type=int,
+        default=limits.concurrency,
+        metavar="N",
+        help=f"patient records fetched at once (default {limits.concurrency}; results are the same "
+        "and in the same order whatever N)",
+    )
+    g.add_argument(
+        "--max-rps",
+        type=_positive,
+        default=None,
+        metavar="R",
+        help="at most R requests per second to the server, all fetches together (default: no limit; "
+        "a 429 slows every fetch down either way)",
     )
 
 
@@ -413,6 +430,8 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         raise UsageError("--max-pages must be at least 1")
     if args.throttle_budget < 0:
         raise UsageError("--throttle-budget must be >= 0")
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
     return ServerSettings(
         url=args.server,
         auth=AuthSettings(
@@ -434,6 +453,8 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         max_response_bytes=int(args.max_response_mb * MIB),
         max_pages=args.max_pages,
         throttle_budget=float(args.throttle_budget),
+        concurrency=args.concurrency,
+        max_rps=args.max_rps,
     )
 
 

@@ -21,12 +21,13 @@ from fhir_adapter.output import summary
 from fhir_adapter.output.result_sink import ResultSink, result_paths
 from fhir_adapter.pipeline import Progress, Sink, run
 from fhir_adapter.screening import Screener
-from fhir_adapter.settings import ScreenSettings
+from fhir_adapter.settings import ScreenSettings, ServerSettings
 from fhir_adapter.source.base import Source
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.workers import WorkerPool, default_workers
 
 if TYPE_CHECKING:
+    from fhir_adapter.client.http import FhirClient
     from fhir_adapter.source.records import Strategy
 
 
@@ -73,6 +74,7 @@ def run_screen(
                 group=settings.group,
                 strategy=strategy,
                 overrides=settings.strategies,
+                concurrency=settings.server.concurrency,
             )
             writebacks = [
                 WriteBack(client, m.trial, m.fingerprint, release, dry_run=not settings.write_back)
@@ -84,7 +86,12 @@ def run_screen(
             problems = _run(
                 source, screener, paths, [writeback], progress, out, settings.max_consecutive_failures
             )
-            lines = [f"FHIR {release} server {client.base_url}", *source.summary(), *writeback.summary()]
+            lines = [
+                f"FHIR {release} server {client.base_url}",
+                *source.summary(),
+                *writeback.summary(),
+                _requests_line(client, settings.server),
+            ]
     else:
         if not settings.paths:
             raise UsageError("give at least one PATH, or --server URL")
@@ -102,6 +109,18 @@ def run_screen(
     print("\n".join(lines), file=out)
     _reports(settings, screener.trials, paths)
     return ExitCode.PARTIAL if problems else ExitCode.OK
+
+
+def _requests_line(client: FhirClient, server: ServerSettings) -> str:
+    """Every request this run sent (the metadata, the candidate search, the records, the write-back),
+    so "requests per patient" is never mistaken for the whole cost."""
+    line = f"Requests sent: {client.request_count} in all ({client.retry_count} resent)"
+    line += f"; {server.concurrency} at a time" if server.concurrency > 1 else "; one at a time"
+    if server.max_rps:
+        line += f", at most {server.max_rps:g}/s"
+    if client.throttled_seconds:
+        line += f"; paused {client.throttled_seconds:.1f} s on 429/503"
+    return line
 
 
 def _screen_bulk(

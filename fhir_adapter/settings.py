@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from fhir_adapter.source.strategies import Overrides
 
@@ -47,6 +47,9 @@ class AuthSettings:
     smart_scope: str | None = None  # default: read all, write what write-back needs
 
 
+MAX_CONCURRENCY: Final = 32  # fetch threads; more only queues on the server
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """How to reach one FHIR server, and the limits on what it can make us do (docs/security.md)."""
@@ -61,6 +64,8 @@ class ServerSettings:
     max_response_bytes: int = 64 * MIB  # one response body (decoded)
     max_pages: int = 1000  # pages of one search
     throttle_budget: float = 900.0  # seconds a run may spend waiting on 429/503 answers in total
+    concurrency: int = 4  # patient records fetched at once
+    max_rps: float | None = None  # request starts per second over all of them; None: no limit
     names: Mapping[str, str] = field(default_factory=lambda: dict(CLI_NAMES))
 
     def name(self, key: str) -> str:

@@ -35,7 +35,7 @@ Locations for the proxy), and ``Stored`` forwards the write before answering its
 The store (``server.store``) keeps versions (``meta.versionId``, ``meta.lastUpdated``), answers ``read``,
 ``vread``, ``create`` (honouring ``If-None-Exist`` unless ``store.honour_if_none_exist = False``),
 ``update`` (``If-Match``), type searches (``identifier``, ``_tag``, ``_id``, ``patient``/``subject``,
-``code``, ``code:text``, ``target``, ``_revinclude=Provenance:target``, ``_include`` of medications,
+``code``, ``code:text``, ``target``, ``study``, ``_revinclude=Provenance:target``, ``_include`` of medications,
 ``_count`` with ``next`` links), ``Patient/<id>/$everything``, type ``_history?_since=`` and
 ``metadata``. It is not a FHIR server; it is enough of one for the adapter's screen, sync and write-back.
 """
@@ -129,6 +129,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    received: float = 0.0  # time.monotonic() when it arrived: the order of events across threads
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -163,7 +164,7 @@ TYPES = (
     "ResearchStudy", "ResearchSubject", "Device", "Provenance",
 )  # fmt: skip
 INTERACTIONS = ("read", "vread", "search-type", "create", "update", "history-type", "history-instance")
-SEARCH_PARAMS = ("_id", "_lastUpdated", "_tag", "identifier", "patient", "subject", "code", "target")
+SEARCH_PARAMS = ("_id", "_lastUpdated", "_tag", "identifier", "patient", "subject", "code", "target", "study")
 
 
 def capability(everything: bool = True, fhir_version: str = "4.0.1") -> Res:
@@ -402,6 +403,9 @@ class Store:
         if name in ("patient", "subject"):
             pid = value.removeprefix("Patient/")
             return f"Patient/{pid}" in _references(resource)
+        if name == "study":
+            study = resource.get("study")
+            return isinstance(study, dict) and study.get("reference") == value
         if name == "target":
             wanted = re.sub(r"/_history/.*$", "", value)
             return any(re.sub(r"/_history/.*$", "", r) == wanted for r in _references(resource))
@@ -650,6 +654,7 @@ class _Handler(BaseHTTPRequestHandler):
             parse_qs(parts.query, keep_blank_values=True),
             {k.lower(): v for k, v in self.headers.items()},
             body,
+            time.monotonic(),
         )
         with owner._lock:
             owner.requests.append(request)

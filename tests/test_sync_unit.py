@@ -638,6 +638,7 @@ def test_counts_json_has_every_count_the_issue_asks_for() -> None:
         "errors",
         "queuedBecause",
         "deletedResourcesSeen",
+        "requests",
     } <= set(counts)
     assert counts["queuedBecause"] == {"changed": 2, "window": 1}
 
@@ -645,7 +646,7 @@ def test_counts_json_has_every_count_the_issue_asks_for() -> None:
 def test_render_manifest() -> None:
     assert sync_manifest.render_manifest(manifest()) == (
         "sync run 7 partial: as of 2026-06-15; queued 3 (changed: 2, window: 1), evaluated 2, written 1, "
-        "unchanged 1, staff-managed 0, errors 1; "
+        "unchanged 1, staff-managed 0, errors 1, requests 0; "
         "watermark 2026-06-14T02:00:01.250000+00:00 -> 2026-06-15T02:00:00.500000+00:00"
     )
     quiet = manifest(queued=0, evaluated=0, written=0, unchanged=0, errors=0, queuedBecause={})

@@ -34,6 +34,8 @@ def open_client(settings: ServerSettings) -> FhirClient:
         max_pages=settings.max_pages,
         throttle_budget_seconds=settings.throttle_budget,
         allow_plain_http=settings.allow_plain_http,
+        max_rps=settings.max_rps,
+        connections=max(10, settings.concurrency),
     )
 
 

@@ -14,7 +14,10 @@ Limits on what a server controls: a deadline over each whole exchange and a cap 
 (:mod:`fhir_adapter.client.transport`), a cap on the pages of one search, the retry budget of one
 request (a ``Retry-After`` beyond it gives up at once), and a throttling budget for the whole run.
 
-Not thread-safe: use one client per thread (``requests.Session`` and the counters are shared state).
+Thread-safe, so a pool of threads can fetch patient records through one client: the session's
+connection pool is sized for them, the counters are locked (and also kept per thread, for what one
+patient's record cost), and one :class:`~fhir_adapter.client.pacing.Pacer` spaces every thread's
+requests under ``max_rps`` and makes a 429 pause them all.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +40,7 @@ import requests.auth
 
 from fhir_adapter import __version__
 from fhir_adapter.client.http_errors import http_error, issue_codes, json_or_none
+from fhir_adapter.client.pacing import Pacer
 from fhir_adapter.client.retry import (
     POST_RETRY_STATUSES,
     REDIRECT_STATUSES,
@@ -147,6 +152,8 @@ class FhirClient:
         max_pages: int = DEFAULT_MAX_PAGES,
         throttle_budget_seconds: float = DEFAULT_THROTTLE_BUDGET_S,
         allow_plain_http: bool = False,
+        max_rps: float | None = None,
+        connections: int = 10,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -157,7 +164,8 @@ class FhirClient:
         ``deadline_seconds`` bounds each whole exchange (connect to last body byte), ``max_response_bytes``
         each body, ``max_pages`` each search, ``throttle_budget_seconds`` the time this client may spend
         waiting on 429/503 answers in total. Plain ``http://`` to a host that is not loopback is refused
-        unless ``allow_plain_http``.
+        unless ``allow_plain_http``. ``max_rps`` limits request starts per second over all threads;
+        ``connections`` is the size of the connection pool (at least the threads that share the client).
 
         ``sleep``, ``monotonic`` and ``rng`` exist so tests can drive retries without waiting.
         """
@@ -193,13 +201,15 @@ class FhirClient:
         self._max_bytes = max_response_bytes
         self._max_pages = max_pages
         self._throttle_budget = throttle_budget_seconds
-        self._throttled = 0.0
         self._owns_session = session is None
-        self._session = session if session is not None else watched_session()
+        self._session = session if session is not None else watched_session(connections)
         self._session.verify = verify
         self._sleep = sleep
         self._monotonic = monotonic
         self._rng = rng if rng is not None else random.Random()
+        self._pacer = Pacer(max_rps, sleep=sleep, monotonic=monotonic)
+        self._lock = threading.Lock()
+        self._local = threading.local()
         self._origin = origin_of(self.base_url)
         self._capabilities: Resource | None = None
         self._request_count = 0
@@ -214,8 +224,13 @@ class FhirClient:
 
     @property
     def request_count(self) -> int:
-        """HTTP requests sent, retries and 401 re-sends included."""
+        """HTTP requests sent, retries and 401 re-sends included (all threads)."""
         return self._request_count
+
+    @property
+    def thread_request_count(self) -> int:
+        """HTTP requests sent from the calling thread: what one patient's fetch cost, in a pool."""
+        return int(getattr(self._local, "requests", 0))
 
     @property
     def retry_count(self) -> int:
@@ -224,8 +239,13 @@ class FhirClient:
 
     @property
     def throttled_seconds(self) -> float:
-        """Seconds this client has waited because the server answered 429 or 503."""
-        return self._throttled
+        """Wall seconds this client's threads were paused because the server answered 429 or 503."""
+        return self._pacer.paused_seconds
+
+    @property
+    def rate_wait_seconds(self) -> float:
+        """Seconds requests waited for their slot under ``max_rps`` (all threads, summed)."""
+        return self._pacer.waited_for_rate
 
     @property
     def origin(self) -> tuple[str, str, int]:
@@ -560,7 +580,8 @@ class FhirClient:
         redirects = 0
         reauthenticated = False
         while True:
-            self._request_count += 1
+            self._pacer.wait_turn()
+            self._count_request()
             sent_at = self._monotonic()
             try:
                 resp = self._exchange(method, url, params, data, send_headers)
@@ -634,7 +655,7 @@ class FhirClient:
                 logger.info("%s %s -> 401; renewing credentials and resending once", method, display)
                 self._auth.invalidate()
                 reauthenticated = True
-                self._retry_count += 1
+                self._count_retry()
                 continue
             note = None
             if status in retry_statuses:
@@ -648,8 +669,6 @@ class FhirClient:
                 else:
                     delay = self._backoff(retries) if retry_after is None else retry_after
                     if self._may_retry(retries, started, delay):
-                        if status in THROTTLE_STATUSES:
-                            self._note_throttle(status, delay)
                         logger.warning(
                             "%s %s -> %d; retry %d/%d in %.1fs",
                             method,
@@ -659,7 +678,13 @@ class FhirClient:
                             self._max_retries,
                             delay,
                         )
-                        self._wait(delay)
+                        if status in THROTTLE_STATUSES:
+                            # "Slow down" is said to the client, not to one request: every thread
+                            # waits (the next wait_turn sleeps it off).
+                            self._throttle(status, delay)
+                            self._count_retry()
+                        else:
+                            self._wait(delay)
                         retries += 1
                         continue
             raise http_error(
@@ -696,22 +721,32 @@ class FhirClient:
                 url=no_query(url),
             ) from None
 
-    def _note_throttle(self, status: int, delay: float) -> None:
-        if self._throttled + delay > self._throttle_budget:
+    def _count_request(self) -> None:
+        with self._lock:
+            self._request_count += 1
+        self._local.requests = getattr(self._local, "requests", 0) + 1
+
+    def _count_retry(self) -> None:
+        with self._lock:
+            self._retry_count += 1
+
+    def _throttle(self, status: int, delay: float) -> None:
+        waited = self._pacer.paused_seconds
+        if waited + self._pacer.extension(delay) > self._throttle_budget:
             raise ThrottleBudgetExhausted(
-                f"the server keeps throttling (HTTP {status}): {self._throttled:.0f} s waited on 429/503 "
+                f"the server keeps throttling (HTTP {status}): {waited:.0f} s waited on 429/503 "
                 f"answers this run and the next wait ({_seconds(delay)}) would pass the throttling budget "
                 f"of {self._throttle_budget:.0f} s; stopping. Run again later, or raise "
                 "throttle_budget_seconds (--throttle-budget)"
             )
-        self._throttled += delay
+        self._pacer.pause(delay)
 
     def _may_retry(self, retries: int, started: float, delay: float) -> bool:
         # The budget bounds the whole call, so a delay that would end past it is not worth taking.
         return retries < self._max_retries and (self._monotonic() - started) + delay <= self._budget
 
     def _wait(self, delay: float) -> None:
-        self._retry_count += 1
+        self._count_retry()
         self._sleep(delay)
 
     def _backoff(self, retries: int) -> float:

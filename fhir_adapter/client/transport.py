@@ -140,9 +140,11 @@ class WatchedAdapter(requests.adapters.HTTPAdapter):
         return manager
 
 
-def watched_session() -> requests.Session:
+def watched_session(connections: int = 10) -> requests.Session:
+    """``connections``: kept-alive connections per host, at least the threads that share the session
+    (fewer would make urllib3 open and discard a connection per request)."""
     session = requests.Session()
-    adapter = WatchedAdapter()
+    adapter = WatchedAdapter(pool_connections=10, pool_maxsize=max(connections, 1))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

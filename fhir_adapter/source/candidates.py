@@ -73,7 +73,7 @@ def find_candidates(client: FhirClient, gate: Gate) -> Candidates:
             "every patient can pass this trial's gate, so the server cannot be searched for candidates: "
             "give --patient or --group (or use a Bulk Data export)"
         )
-    before = client.request_count
+    before = client.thread_request_count
     found: set[str] = set()
     warnings: list[str] = []
 
@@ -104,12 +104,12 @@ def find_candidates(client: FhirClient, gate: Gate) -> Candidates:
                 )
                 break
     log.info("candidate search: %d patient(s) with a resource that can pass the gate", len(found))
-    return Candidates(tuple(sorted(found)), client.request_count - before, tuple(warnings))
+    return Candidates(tuple(sorted(found)), client.thread_request_count - before, tuple(warnings))
 
 
 def group_members(client: FhirClient, group_id: str) -> Candidates:
     """The Patient members of ``Group/group_id`` (inactive memberships skipped)."""
-    before = client.request_count
+    before = client.thread_request_count
     response = client.read("Group", check_id(group_id, "--group"))
     if response is None or response.body is None:
         raise UsageError(f"Group/{group_id} does not exist on the server")
@@ -126,7 +126,7 @@ def group_members(client: FhirClient, group_id: str) -> Candidates:
     warnings = (
         (f"Group/{group_id}: {skipped} member(s) are not Patients and were skipped",) if skipped else ()
     )
-    return Candidates(tuple(sorted(ids)), client.request_count - before, warnings)
+    return Candidates(tuple(sorted(ids)), client.thread_request_count - before, warnings)
 
 
 def given_patients(ids: list[str]) -> Candidates:

@@ -64,7 +64,7 @@ def fetch_record(
 ) -> Fetched | None:
     """The record of ``Patient/patient_id`` (the resource ``types`` the trials read); None when the
     server has no such patient."""
-    before = client.request_count
+    before = client.thread_request_count
     resources: list[Resource]
     if strategy == "everything":
         found = _everything(client, patient_id)
@@ -91,7 +91,7 @@ def fetch_record(
         # $everything and _include should have brought these; fetch what a server left out.
         extra = list(_medications_by_id(client, missing))
         record, versions, _ = build_record(patient_id, [*resources, *extra], types)
-    return Fetched(record, client.request_count - before, versions)
+    return Fetched(record, client.thread_request_count - before, versions)
 
 
 def build_record(

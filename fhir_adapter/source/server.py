@@ -11,6 +11,9 @@ throttling budget are raised: they doom every later patient.
 ``$everything`` that the server advertises but does not answer switches the run to typed searches
 (once, logged); an ``$everything`` answer larger than the response limit falls back to typed
 searches for that patient.
+
+Records are fetched ``concurrency`` at a time (:mod:`fhir_adapter.source.fetch_pool`) and yielded in
+candidate order, so what follows is the same whatever the concurrency.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -36,6 +40,7 @@ from fhir_adapter.screening import Screener
 from fhir_adapter.source.attachments import fetch_attachments
 from fhir_adapter.source.base import Absent, Screenable, SourceItem
 from fhir_adapter.source.candidates import Candidates, find_candidates, given_patients, group_members
+from fhir_adapter.source.fetch_pool import fetch_in_order
 from fhir_adapter.source.records import Fetched, Strategy, fetch_record
 from fhir_adapter.source.strategies import (
     Capabilities,
@@ -68,6 +73,7 @@ class ServerSource:
         strategy: Strategy | None = None,
         missing: Literal["problem", "absent"] = "problem",
         overrides: Overrides | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.client = client
         self.screener = screener
@@ -76,6 +82,8 @@ class ServerSource:
         self.strategy = strategy
         self.missing = missing
         self.overrides = overrides or Overrides()
+        self.concurrency = max(1, concurrency)
+        self._lock = threading.Lock()  # the strategy switch and the counters, shared by fetch threads
         self.capabilities: Capabilities | None = None
         self.strategies: Strategies | None = None
         self.candidates: Candidates | None = None
@@ -124,44 +132,43 @@ class ServerSource:
 
     def records(self) -> Iterator[SourceItem]:
         candidates = self.prepare()
+        for item in fetch_in_order(self._item, candidates.patient_ids, self.concurrency):
+            if isinstance(item, Screenable) and item.requests is not None:
+                self.requests_per_patient.append(item.requests)
+            yield item
+
+    def _item(self, pid: str) -> SourceItem:
+        """One candidate's record, or why there is none; raises only what dooms every patient."""
         where = self.client.base_url
-        notes = self.screener.notes
-        for pid in candidates.patient_ids:
-            before = self.client.request_count
-            patient = f"Patient/{pid}"
-            try:
-                fetched = self._fetch(pid)
-                record = fetched.record if fetched is not None else None
-                if record is not None and notes is not None:
-                    record = fetch_attachments(self.client, record, notes)
-            except (AuthError, SystemicFailure):
-                raise  # every later patient would fail the same way
-            except ServerError as exc:
-                yield InputProblem(
-                    where,
-                    f"{patient}: cannot fetch the record: {exc}",
-                    resource=patient,
-                    server_text=exc.server_text,
-                )
-                continue
-            except Exception as exc:  # whatever the server sent, it is this patient's problem, not exit 70
-                log.warning("%s: fetching the record failed: %s", patient, logs.where(exc))
-                yield InputProblem(
-                    where,
-                    f"{patient}: cannot fetch the record: internal error ({type(exc).__name__})",
-                    resource=patient,
-                )
-                continue
-            if fetched is None:
-                if self.missing == "absent":
-                    yield Absent(pid)
-                else:
-                    yield InputProblem(where, f"{patient}: no such patient on the server", resource=patient)
-                continue
-            assert record is not None
-            requests = self.client.request_count - before
-            self.requests_per_patient.append(requests)
-            yield Screenable(record, fetched.versions, requests)
+        before = self.client.thread_request_count
+        patient = f"Patient/{pid}"
+        try:
+            fetched = self._fetch(pid)
+            record = fetched.record if fetched is not None else None
+            if record is not None and self.screener.notes is not None:
+                record = fetch_attachments(self.client, record, self.screener.notes)
+        except (AuthError, SystemicFailure):
+            raise  # every later patient would fail the same way
+        except ServerError as exc:
+            return InputProblem(
+                where,
+                f"{patient}: cannot fetch the record: {exc}",
+                resource=patient,
+                server_text=exc.server_text,
+            )
+        except Exception as exc:  # whatever the server sent, it is this patient's problem, not exit 70
+            log.warning("%s: fetching the record failed: %s", patient, logs.where(exc))
+            return InputProblem(
+                where,
+                f"{patient}: cannot fetch the record: internal error ({type(exc).__name__})",
+                resource=patient,
+            )
+        if fetched is None:
+            if self.missing == "absent":
+                return Absent(pid)
+            return InputProblem(where, f"{patient}: no such patient on the server", resource=patient)
+        assert record is not None
+        return Screenable(record, fetched.versions, self.client.thread_request_count - before)
 
     def _fetch(self, pid: str) -> Fetched | None:
         assert self.strategy is not None
@@ -170,15 +177,19 @@ class ServerSource:
             try:
                 return fetch_record(self.client, pid, "everything", types)
             except OperationNotSupported as exc:
-                self.strategy = "typed"
-                if self.strategies is not None:
-                    self.strategies = dataclasses.replace(self.strategies, records="typed")
-                note = f"{exc}; switched to typed searches for the rest of the run"
-                log.warning("%s", note)
-                self.warnings.append(note)
+                with self._lock:
+                    if self.strategy == "everything":  # other fetch threads may have met it too
+                        self.strategy = "typed"
+                        if self.strategies is not None:
+                            self.strategies = dataclasses.replace(self.strategies, records="typed")
+                        note = f"{exc}; switched to typed searches for the rest of the run"
+                        log.warning("%s", note)
+                        self.warnings.append(note)
+                return fetch_record(self.client, pid, "typed", types)
             except ResponseTooLarge:
                 log.warning("Patient/%s: $everything is larger than the response limit; typed searches", pid)
-                self.oversized += 1
+                with self._lock:
+                    self.oversized += 1
                 return fetch_record(self.client, pid, "typed", types)
         return fetch_record(self.client, pid, self.strategy, types)
 

@@ -128,6 +128,8 @@ def load_site_config(path: Path) -> SiteConfig:
             ),
             max_pages=int(server.get("max_pages", defaults.max_pages)),
             throttle_budget=float(server.get("throttle_budget_seconds", defaults.throttle_budget)),
+            concurrency=int(server.get("concurrency", defaults.concurrency)),
+            max_rps=float(server["max_rps"]) if "max_rps" in server else None,
             names=SITE_NAMES,
         ),
         rules=RuleSettings(

@@ -25,6 +25,7 @@ class Counts:
     not_candidate: int = 0
     errors: int = 0
     deleted_resources: int = 0
+    requests: int = 0  # every HTTP request the run sent, retries included
     reasons: Counter[str] = field(default_factory=Counter)
 
     def to_json(self) -> dict[str, Any]:
@@ -38,6 +39,7 @@ class Counts:
             "notCandidate": self.not_candidate,
             "errors": self.errors,
             "deletedResourcesSeen": self.deleted_resources,
+            "requests": self.requests,
             "queuedBecause": dict(self.reasons),
         }
 
@@ -54,8 +56,9 @@ def render_manifest(manifest: dict[str, Any]) -> str:
         f"sync run {manifest['run']} {manifest['outcome']}: as of {manifest['asOf']}; "
         f"queued {c['queued']} ({', '.join(f'{k}: {v}' for k, v in c['queuedBecause'].items()) or 'nothing changed'}), "
         f"evaluated {c['evaluated']}, written {c['written']}, unchanged {c['unchanged']}, "
-        f"staff-managed {c['skippedStaffManaged']}, errors {c['errors']}; "
-        f"watermark {manifest['watermarkBefore']} -> {manifest['watermarkAfter']}"
+        f"staff-managed {c['skippedStaffManaged']}, errors {c['errors']}"
+        + (f", requests {c['requests']}" if "requests" in c else "")
+        + f"; watermark {manifest['watermarkBefore']} -> {manifest['watermarkAfter']}"
     )
 
 

@@ -150,7 +150,10 @@ def _run(
                 state.enqueue(list(queue), "queued")
                 after = now.isoformat()
                 state.put(WATERMARK, after)
-            problems = _process(client, config, state, screener, strategies, queue, counts, dry_run, out)
+            try:
+                problems = _process(client, config, state, screener, strategies, queue, counts, dry_run, out)
+            finally:
+                counts.requests = client.request_count
         outcome = "partial" if counts.errors else "ok"
     except AdapterError as exc:
         problems.append(InputProblem(config.server_url, str(exc)))
@@ -205,7 +208,14 @@ def _process(
         log.info("limit of %d patients reached; %d stay queued", limit, len(chosen) - limit)
     records = strategies.records
     assert records != "bulk", "sync reads each queued patient's record from the server"
-    source = ServerSource(client, screener, patients=chosen[:limit], missing="absent", strategy=records)
+    source = ServerSource(
+        client,
+        screener,
+        patients=chosen[:limit],
+        missing="absent",
+        strategy=records,
+        concurrency=config.server.concurrency,
+    )
     sink = SyncSink(state, screener.trials, screener.as_of, counts, dry_run, writeback)
     run_pipeline(source, screener, [sink], max_consecutive_failures=config.max_consecutive_failures)
     return sink.problems

@@ -7,6 +7,13 @@ Concurrency: updates send ``If-Match`` with the version just read, and a 409/412
 again (bounded); creates are conditional (``If-None-Exist`` on the identifier), so two runs at once
 leave one ResearchSubject (HAPI enforces it and answers the loser 409 or 200; both re-read).
 
+Lookups: ``prepare`` reads the study's existing ResearchSubjects (and their Provenances) in one paged
+search, so a run over unchanged subjects costs no request per patient. A patient not found there is
+searched by identifier before anything is created (a subject that lost its study link, a server that
+ignores the ``study`` parameter). What was read may be stale by the time it is used; updates carry
+``If-Match`` and creates ``If-None-Exist``, so a subject changed meanwhile (by a coordinator, or
+another run) is re-read, never overwritten.
+
 Unknown outcomes: a write answered by a 5xx, a timeout, a cut-off or unreadable answer may have been
 stored. It is never resent blindly: the subject is searched again by its identifier and the decision is
 made anew from what the server holds, so a server that ignores ``If-None-Exist`` still ends with one
@@ -100,6 +107,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 3
 _REVINCLUDE: Final = ("_revinclude", "Provenance:target")
+_PAGE: Final = 500
 
 
 class Action(enum.Enum):
@@ -189,6 +197,8 @@ class WriteBack:
         self._device_ref: str | None = None
         self._checked_source = False
         self._checked_tag = False
+        # identifier value -> the study's ResearchSubjects with it and their Provenances (prepare)
+        self._known: dict[str, list[Resource]] | None = None
 
     @property
     def study_ref(self) -> str | None:
@@ -199,6 +209,7 @@ class WriteBack:
         with self._counting():
             self._study_ref = self._ensure_study()
             self._device_ref = self._ensure_device()
+            self._known = self._study_subjects() if self._study_ref else {}
 
     def write(self, subject: SubjectResult, versions: Mapping[str, str]) -> Outcome:
         """Create, update or leave alone the patient's ResearchSubject; never raises for one patient's
@@ -228,11 +239,53 @@ class WriteBack:
 
     @contextlib.contextmanager
     def _counting(self) -> Iterator[None]:
-        before = self.client.request_count
+        before = self.client.thread_request_count
         try:
             yield
         finally:
-            self.requests += self.client.request_count - before
+            self.requests += self.client.thread_request_count - before
+
+    def _study_subjects(self) -> dict[str, list[Resource]] | None:
+        """The study's ResearchSubjects with their Provenances, by identifier value; None when the
+        server refuses the search (then every patient is searched by identifier, as before)."""
+        assert self._study_ref is not None
+        params: list[tuple[str, str | int]] = [("study", self._study_ref), _REVINCLUDE, ("_count", _PAGE)]
+        try:
+            found = list(self.client.search("ResearchSubject", params))
+        except AuthError:
+            raise
+        except ServerError as exc:  # 403 (AccessDenied) included: the per-patient searches may be allowed
+            log.warning("listing the study's ResearchSubjects failed (%s); one search per patient", exc)
+            return None
+        by_id: dict[str, str] = {}
+        known: dict[str, list[Resource]] = {}
+        for resource in found:
+            if not _is(resource, "ResearchSubject"):
+                continue
+            for ident in resource.get("identifier") or []:
+                if isinstance(ident, dict) and ident.get("system") == SUBJECT_ID_SYSTEM:
+                    value = ident.get("value")
+                    if isinstance(value, str):
+                        known.setdefault(value, []).append(resource)
+                        by_id[f"ResearchSubject/{resource.get('id')}"] = value
+        for resource in found:
+            if not _is(resource, "Provenance"):
+                continue
+            targets = (
+                _unversioned(t.get("reference")) for t in resource.get("target") or [] if isinstance(t, dict)
+            )
+            for value in {by_id[t] for t in targets if t in by_id}:
+                known[value].append(resource)
+        log.info("%s: %d ResearchSubject(s) on the server", self.trial.study, len(by_id))
+        return known
+
+    def _subject_search(self, token: str, first: bool) -> list[Resource]:
+        """The patient's ResearchSubject(s) and their Provenances: from the study listing on the first
+        attempt when it has them, else (and on every later attempt) searched by identifier."""
+        value = token.split("|", 1)[1]
+        if first and self._known is not None and value in self._known:
+            return self._known.pop(value)
+        return list(self.client.search("ResearchSubject", [("identifier", token), _REVINCLUDE]))
 
     def _find(self, rtype: str, token: str) -> list[Resource]:
         return [r for r in self.client.search(rtype, [("identifier", token)]) if _is(r, rtype)]
@@ -309,8 +362,8 @@ class WriteBack:
         # reads as what we wanted, that write happened, and it is reported as ours.
         sent: tuple[Written, str] | None = None
         unknown: ServerError | None = None
-        for _ in range(self._max_attempts):
-            found = list(self.client.search("ResearchSubject", [("identifier", token), _REVINCLUDE]))
+        for attempt in range(self._max_attempts):
+            found = self._subject_search(token, first=attempt == 0)
             matches = [r for r in found if _is(r, "ResearchSubject")]
             provenances = [r for r in found if _is(r, "Provenance")]
             if len(matches) > 1:
@@ -525,6 +578,14 @@ def _gave_up(exc: ServerError, what: str, attempts: int) -> ServerError:
         exc.url,
         server_text=exc.server_text,
     )
+
+
+def _unversioned(reference: object) -> str | None:
+    """``ResearchSubject/x`` of ``ResearchSubject/x/_history/2`` (or of an absolute URL of it)."""
+    if not isinstance(reference, str):
+        return None
+    parts = reference.split("/_history/", 1)[0].rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 else None
 
 
 def _is(resource: Resource, rtype: str) -> bool:

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,68 @@ def test_the_candidate_search_pages_through_a_capped_server(
     found = verdicts(out)
     ours = {p: v for p, v in by_files.items() if len(v[1]) > 1}
     assert {p: found[p] for p in ours} == ours
+
+
+def subjects(path: Path) -> list[Any]:
+    return list(json.loads(path.read_text(encoding="utf-8"))["subjects"])
+
+
+def test_four_fetches_at_a_time_give_the_result_file_of_one_at_a_time(
+    sandbox_url: str, loaded: tuple[list[str], Path, str], tmp_path: Path
+) -> None:
+    ids, _, _ = loaded
+    given = [arg for pid in ids for arg in ("--patient", pid)]
+    runs = {}
+    for concurrency in ("1", "4"):
+        out = tmp_path / f"c{concurrency}.json"
+        code, text = cli(
+            "screen", "--server", sandbox_url, *given, "--as-of", AS_OF, "--out", str(out),
+            "--concurrency", concurrency,
+        )  # fmt: skip
+        assert code == 0, text
+        runs[concurrency] = (subjects(out), text)
+    # Same subjects in the same order, same evidence: the pool hands records over in request order.
+    assert runs["4"][0] == runs["1"][0]
+    assert [s["patient"] for s in runs["4"][0]] == [f"Patient/{pid}" for pid in sorted(ids)]
+    assert "; 4 at a time" in runs["4"][1]
+
+
+def _requests(text: str) -> tuple[int, int]:
+    found = re.search(r"Requests sent: (\d+) in all \((\d+) resent\)", text)
+    assert found, text
+    return int(found[1]), int(found[2])
+
+
+def test_a_throttled_server_is_screened_whole_and_max_rps_below_its_limit_avoids_every_429(
+    throttled_url: str,
+    throttle_rps: float,
+    loaded: tuple[list[str], Path, str],
+    by_files: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    ids, _, _ = loaded
+    given = [arg for pid in ids for arg in ("--patient", pid)]
+    # Unpaced, four threads run into the limit: the 429s are retried and every patient is screened.
+    out = tmp_path / "burst.json"
+    code, text = cli(
+        "screen", "--server", throttled_url, *given, "--as-of", AS_OF, "--out", str(out), "--concurrency", "4"
+    )  # fmt: skip
+    assert code == 0, text
+    assert verdicts(out) == by_files
+    sent, resent = _requests(text)
+    assert resent <= sent // 2, text  # the shared pause keeps the retries a fraction of the work
+    # Paced below the limit, the server never has to say no (once the burst has left its window).
+    time.sleep(1.5)
+    out = tmp_path / "paced.json"
+    pace = f"{max(1.0, throttle_rps * 0.8):g}"
+    code, text = cli(
+        "screen", "--server", throttled_url, *given, "--as-of", AS_OF, "--out", str(out),
+        "--concurrency", "4", "--max-rps", pace,
+    )  # fmt: skip
+    assert code == 0, text
+    assert verdicts(out) == by_files
+    assert _requests(text)[1] == 0, text
+    assert "paused" not in text, text
 
 
 # -- sync without a history feed (search-only: changes by _lastUpdated) ---------------------------------

@@ -183,4 +183,5 @@ def test_an_outcome_that_stays_unknown_gives_up_after_bounded_attempts(
     assert run.code == 3
     assert "outcome stayed unknown after 3 attempt(s)" in run.errors_for("Patient/p1")[0]["reason"]
     assert len(server.store.all(SUBJECT)) == 1  # p2's
-    assert len(server.requests_to("GET", SUBJECT)) == 3 + 1  # each p1 attempt re-read first; p2 once
+    # The study's listing once; each p1 attempt re-read first; p2 once (not in the listing).
+    assert len(server.requests_to("GET", SUBJECT)) == 1 + 3 + 1

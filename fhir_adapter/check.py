@@ -7,6 +7,11 @@ never writes. It reports each interaction, operation and search parameter the ad
 nowhere, and not probed because the probe would write), the strategies ``screen`` and ``sync`` would
 choose, and what a screen of N patients costs in requests.
 
+With a separate write target (``--write-server``, ``[writeback]``) the write server gets a section of
+its own (``write target``): reachable, TLS, credentials, FHIR version, the searches write-back makes
+there (probed) and the creates it needs (as stated: a probe would write). The read server's own write
+checks are then skipped: nothing is written there.
+
 Exit: 0 when screen and sync can run as designed, 3 when they can run degraded (typed searches for
 lack of ``$everything``, no change feed, writes not offered), 4 when they cannot.
 """
@@ -31,7 +36,7 @@ from fhir_adapter.errors import (
     ServerUnreachable,
 )
 from fhir_adapter.screening import Screener
-from fhir_adapter.settings import ServerSettings
+from fhir_adapter.settings import ServerSettings, WriteTarget
 from fhir_adapter.source.candidates import CODES_PER_SEARCH, search_tokens
 from fhir_adapter.source.strategies import (
     Capabilities,
@@ -43,7 +48,7 @@ from fhir_adapter.source.strategies import (
 
 Status = Literal["ok", "supported", "not supported", "untested", "failed", "degraded"]
 WRITE_TYPES = ("ResearchStudy", "ResearchSubject", "Provenance", "Device")
-AREAS = ("connection", "auth", "read", "search", "changes", "bulk", "write", "optional")
+AREAS = ("connection", "auth", "read", "search", "changes", "bulk", "write", "write target", "optional")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,7 @@ class Report:
     strategies: dict[str, str] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     fhir_version: str = ""
+    write_server: str | None = None  # a separate write target's URL
 
     def add(self, area: str, what: str, status: Status, detail: str = "") -> None:
         self.findings.append(Finding(area, what, status, detail))
@@ -76,6 +82,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "server": self.server,
+            "writeServer": self.write_server,
             "fhirVersion": self.fhir_version,
             "outcome": {ExitCode.OK: "ready", ExitCode.PARTIAL: "degraded", ExitCode.FATAL: "cannot run"}[
                 self.exit_code
@@ -90,7 +97,10 @@ class Report:
 
     def render(self) -> str:
         width = max((len(f.what) for f in self.findings), default=10)
-        lines = [f"Preflight of {self.server} (FHIR {self.fhir_version or '?'})", ""]
+        lines = [f"Preflight of {self.server} (FHIR {self.fhir_version or '?'})"]
+        if self.write_server:
+            lines.append(f"write target: {self.write_server}")
+        lines.append("")
         area = ""
         order = {a: i for i, a in enumerate(AREAS)}
         for f in sorted(self.findings, key=lambda f: order.get(f.area, len(order))):
@@ -113,9 +123,15 @@ class Report:
 
 
 def run_check(
-    server: ServerSettings, screener: Screener, patients: int = 1000, write_back: bool = True
+    server: ServerSettings,
+    screener: Screener,
+    patients: int = 1000,
+    write_back: bool = True,
+    write_target: WriteTarget | None = None,
 ) -> Report:
     report = Report(server.url)
+    if write_back and write_target is not None:
+        _write_target(write_target, report)
     try:
         client = open_client(server)
     except AuthError as exc:
@@ -131,15 +147,7 @@ def run_check(
             report.add("connection", "GET metadata", "failed", str(exc))
             return report
         report.add("connection", "reach the server", "ok", "GET metadata answered")
-        host = urlsplit(server.url).hostname or ""
-        if server.url.startswith("https:"):
-            report.add("connection", "TLS", "ok", "certificate verified")
-        elif host in LOOPBACK:
-            report.add("connection", "TLS", "ok", "plain http on loopback (a local sandbox)")
-        else:
-            report.add(
-                "connection", "TLS", "degraded", "plain http to another host: patient data unencrypted"
-            )
+        _tls(server.url, report, "connection")
         caps = read_capabilities(statement)
         report.fhir_version = caps.fhir_version
         release_ok = caps.fhir_version.startswith(("4.0", "4.3", "5."))
@@ -151,39 +159,56 @@ def run_check(
         _reads(client, caps, screener, report)
         _changes(caps, screener, report)
         _bulk(caps, report)
-        if write_back:
+        if write_back and write_target is None:
             _writes(caps, report)
         _strategies(caps, screener, report)
         _cost(caps, screener, report, patients, write_back)
     return report
 
 
-def _auth(client: FhirClient, report: Report) -> None:
+def _tls(url: str, report: Report, area: str) -> None:
+    host = urlsplit(url).hostname or ""
+    if url.startswith("https:"):
+        report.add(area, "TLS", "ok", "certificate verified")
+    elif host in LOOPBACK:
+        report.add(area, "TLS", "ok", "plain http on loopback (a local sandbox)")
+    else:
+        report.add(area, "TLS", "degraded", "plain http to another host: patient data unencrypted")
+
+
+def _credentials(client: FhirClient, report: Report, area: str) -> bool:
+    """Whether a token could be obtained (or none is needed); the scopes granted against those asked."""
     auth = client.auth
     if auth is None:
-        report.add("auth", "credentials", "ok", "none configured (the server asked for none so far)")
+        report.add(area, "credentials", "ok", "none configured (the server asked for none so far)")
+        return True
+    token = getattr(auth, "access_token", None)
+    if not callable(token):
+        report.add(area, "credentials", "ok", type(auth).__name__)
+        return True
+    try:
+        token()
+    except AdapterError as exc:
+        report.add(area, "token", "failed", str(exc))
+        return False
+    granted = getattr(auth, "granted_scope", None)
+    wanted = set(str(getattr(auth, "scope", "")).split())
+    if granted is None:
+        report.add(area, "token", "ok", "obtained; the token response lists no scopes")
     else:
-        token = getattr(auth, "access_token", None)
-        if callable(token):
-            try:
-                token()
-            except AdapterError as exc:
-                report.add("auth", "token", "failed", str(exc))
-                return
-            granted = getattr(auth, "granted_scope", None)
-            wanted = set(str(getattr(auth, "scope", "")).split())
-            if granted is None:
-                report.add("auth", "token", "ok", "obtained; the token response lists no scopes")
-            else:
-                missing = sorted(wanted - set(str(granted).split()))
-                report.add(
-                    "auth",
-                    "scopes",
-                    "degraded" if missing else "ok",
-                    f"not granted: {' '.join(missing)}" if missing else f"granted: {granted}",
-                )
-        else:
-            report.add("auth", "credentials", "ok", type(auth).__name__)
+        missing = sorted(wanted - set(str(granted).split()))
+        report.add(
+            area,
+            "scopes",
+            "degraded" if missing else "ok",
+            f"not granted: {' '.join(missing)}" if missing else f"granted: {granted}",
+        )
+    return True
+
+
+def _auth(client: FhirClient, report: Report) -> None:
+    if not _credentials(client, report, "auth"):
+        return
     try:
         client.get("Patient", {"_count": 1, "_elements": "id"})
         report.add("auth", "read with the credentials", "ok", "GET Patient?_count=1 answered")
@@ -291,6 +316,59 @@ def _writes(caps: Capabilities, report: Report) -> None:
             if ok
             else "not offered: use a separate write server (--write-server) or screen without --write-back",
         )
+
+
+def _write_target(target: WriteTarget, report: Report) -> None:
+    """The write server's own section: can write-back search and create there (creates as stated)."""
+    area = "write target"
+    report.write_server = target.server.url
+    try:
+        client = open_client(target.server)
+    except AuthError as exc:
+        report.add(area, "credentials", "failed", str(exc))
+        return
+    with client:
+        try:
+            caps = read_capabilities(client.capabilities())
+        except ServerUnreachable as exc:
+            report.add(area, "reach the write server", "failed", str(exc))
+            return
+        except ServerError as exc:
+            report.add(area, "GET metadata", "failed", str(exc))
+            return
+        report.add(area, "reach the write server", "ok", "GET metadata answered")
+        _tls(target.server.url, report, area)
+        release_ok = caps.fhir_version.startswith(("4.0", "4.3", "5."))
+        report.add(area, "FHIR version", "ok" if release_ok else "failed", caps.fhir_version or "not stated")
+        if not _credentials(client, report, area):
+            return
+        # The searches write-back makes, each with a key that matches nothing.
+        for rtype, param in (("ResearchSubject", "identifier"), ("Provenance", "_tag")):
+            try:
+                client.get(rtype, [(param, "https://fhir-adapter.org/preflight|none"), ("_count", 1)])
+                report.add(area, f"{rtype}?{param}=", "supported", "probed")
+            except (AuthError, AccessDenied) as exc:
+                report.add(area, f"{rtype}?{param}=", "failed", str(exc))
+            except ServerError as exc:
+                report.add(area, f"{rtype}?{param}=", "failed", f"probe refused: HTTP {exc.status}")
+        for rtype in WRITE_TYPES:
+            # ResearchSubjects are updated too; the others are only ever created.
+            update = rtype != "ResearchSubject" or caps.supports(rtype, "update")
+            ok = caps.supports(rtype, "create") and update
+            report.add(
+                area,
+                f"{rtype} create" + ("/update" if rtype == "ResearchSubject" else ""),
+                "supported" if ok else "degraded",
+                "stated (never probed: a probe would write)"
+                if ok
+                else "not in the CapabilityStatement: the server may refuse write-back",
+            )
+        how = (
+            f"by identifier {target.identifier_system}"
+            if target.patient_reference == "identifier"
+            else "by the read server's absolute URL (the server must accept external references)"
+        )
+        report.add(area, "patient references", "untested", how)
 
 
 def _strategies(caps: Capabilities, screener: Screener, report: Report) -> None:

@@ -20,6 +20,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, get_args
 
 from fhir_adapter import __version__, logs
 from fhir_adapter.errors import AdapterError, ExitCode, UsageError
@@ -31,14 +32,21 @@ from fhir_adapter.settings import (
     BulkSettings,
     ExportSettings,
     OutputSettings,
+    PatientReference,
     RuleSettings,
     ScreenSettings,
     ServerSettings,
     SparkSettings,
+    WriteTarget,
+    cli_names,
 )
 from fhir_adapter.source.strategies import Overrides
 
 log = logging.getLogger("fhir_adapter")
+
+PATIENT_REFERENCES = get_args(PatientReference)
+# An absolute URI (RFC 3986 scheme, then something): an identifier system such as an MRN namespace.
+IDENTIFIER_SYSTEM = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
 
 
 def _date(value: str) -> dt.date:
@@ -105,76 +113,133 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("FHIR server (secrets come from the environment or files, never from arguments)")
-    g.add_argument("--server", metavar="URL", help="FHIR base URL to read from (instead of files)")
-    g.add_argument("--auth", choices=["none", "bearer", "basic", "smart"], default="none")
+    _connection_options(
+        p.add_argument_group(
+            "FHIR server (secrets come from the environment or files, never from arguments)"
+        ),
+        prefix="",
+        url_help="FHIR base URL to read from (instead of files)",
+        token_env="FHIR_TOKEN",
+        password_env="FHIR_PASSWORD",
+    )
+
+
+def _write_server_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "write target: ResearchStudy, ResearchSubject and Provenance go to another FHIR server "
+        "(each --write-* option is the read server's option of the same name, for that server)"
+    )
+    _connection_options(
+        g,
+        prefix="write-",
+        url_help="FHIR base URL to write back to (default: the server read from)",
+        token_env="FHIR_WRITE_TOKEN",
+        password_env="FHIR_WRITE_PASSWORD",
+    )
     g.add_argument(
-        "--token",
+        "--write-patient-ref",
+        choices=PATIENT_REFERENCES,
+        default=None,
+        help="how the ResearchSubject refers to the patient: absolute (the read server's URL, the default) "
+        "or identifier (a business identifier of --write-patient-identifier-system)",
+    )
+    g.add_argument(
+        "--write-patient-identifier-system",
+        metavar="URI",
+        help="the identifier system (e.g. the hospital's MRN system) of --write-patient-ref identifier",
+    )
+
+
+def _connection_options(
+    g: argparse._ArgumentGroup, *, prefix: str, url_help: str, token_env: str, password_env: str
+) -> None:
+    """One server's URL, auth, TLS and limits: ``--server``, ``--auth`` ... for the server read from,
+    ``--write-server``, ``--write-auth`` ... (``prefix="write-"``) for a separate write target."""
+
+    def opt(name: str) -> str:
+        return f"--{prefix}{name}"
+
+    g.add_argument(opt("server"), metavar="URL", help=url_help)
+    g.add_argument(opt("auth"), choices=["none", "bearer", "basic", "smart"], default="none")
+    g.add_argument(
+        opt("token"),
         metavar="REF",
-        default="env:FHIR_TOKEN",
-        help="bearer token reference: env:NAME or file:/path (default env:FHIR_TOKEN)",
+        default=f"env:{token_env}",
+        help=f"bearer token reference: env:NAME or file:/path (default env:{token_env})",
     )
-    g.add_argument("--basic-user", metavar="NAME")
+    g.add_argument(opt("basic-user"), metavar="NAME")
     g.add_argument(
-        "--basic-password", metavar="REF", default="env:FHIR_PASSWORD", help="env:NAME or file:/path"
+        opt("basic-password"),
+        metavar="REF",
+        default=f"env:{password_env}",
+        help=f"env:NAME or file:/path (default env:{password_env})",
     )
-    g.add_argument("--smart-client-id", metavar="ID")
-    g.add_argument("--smart-key", metavar="REF", help="private key PEM: file:/path or env:NAME")
-    g.add_argument("--smart-alg", choices=["RS384", "ES384"], default="RS384")
-    g.add_argument("--smart-kid", metavar="KID")
-    g.add_argument("--smart-token-url", metavar="URL", help="default: from .well-known/smart-configuration")
+    g.add_argument(opt("smart-client-id"), metavar="ID")
+    g.add_argument(opt("smart-key"), metavar="REF", help="private key PEM: file:/path or env:NAME")
+    g.add_argument(opt("smart-alg"), choices=["RS384", "ES384"], default="RS384")
+    g.add_argument(opt("smart-kid"), metavar="KID")
     g.add_argument(
-        "--smart-scope", metavar="SCOPES", help="default: read all, write the resources write-back needs"
+        opt("smart-token-url"), metavar="URL", help="default: from .well-known/smart-configuration"
     )
-    g.add_argument("--ca-bundle", metavar="PATH", help="custom CA bundle for TLS verification")
     g.add_argument(
-        "--timeout", type=_positive, default=60.0, help="read timeout per socket read, seconds (default 60)"
+        opt("smart-scope"),
+        metavar="SCOPES",
+        help="default: read all, and write the resources write-back needs where it writes",
+    )
+    g.add_argument(opt("ca-bundle"), metavar="PATH", help="custom CA bundle for TLS verification")
+    g.add_argument(
+        opt("timeout"),
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="read timeout per socket read, seconds (default 60)",
     )
     limits = ServerSettings("https://x")
     g.add_argument(
-        "--allow-plain-http",
+        opt("allow-plain-http"),
         action="store_true",
         help="allow http:// to a host that is not loopback (patient data and tokens travel unencrypted)",
     )
     g.add_argument(
-        "--request-deadline",
+        opt("request-deadline"),
         type=_positive,
         default=limits.request_deadline,
         metavar="SECONDS",
         help=f"deadline of one whole HTTP exchange, body included (default {limits.request_deadline:.0f})",
     )
     g.add_argument(
-        "--max-response-mb",
+        opt("max-response-mb"),
         type=_positive,
         default=limits.max_response_bytes / MIB,
         metavar="MB",
         help=f"largest response body read (default {limits.max_response_bytes // MIB})",
     )
     g.add_argument(
-        "--max-pages",
+        opt("max-pages"),
         type=int,
         default=limits.max_pages,
         metavar="N",
         help=f"most pages followed in one search (default {limits.max_pages})",
     )
     g.add_argument(
-        "--throttle-budget",
+        opt("throttle-budget"),
         type=float,
         default=limits.throttle_budget,
         metavar="SECONDS",
         help="total time a run may wait on 429/503 answers before it stops with exit 4 "
         f"(default {limits.throttle_budget:.0f})",
     )
+    if not prefix:
+        g.add_argument(
+            "--concurrency",
+            type=int,
+            default=limits.concurrency,
+            metavar="N",
+            help=f"patient records fetched at once (default {limits.concurrency}; results are the same "
+            "and in the same order whatever N)",
+        )
     g.add_argument(
-        "--concurrency",
-        type=int,
-        default=limits.concurrency,
-        metavar="N",
-        help=f"patient records fetched at once (default {limits.concurrency}; results are the same "
-        "and in the same order whatever N)",
-    )
-    g.add_argument(
-        "--max-rps",
+        opt("max-rps"),
         type=_positive,
         default=None,
         metavar="R",
@@ -308,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="spark: also merge the parts into DIR/<study>.json and DIR/<study>.html (a local DIR)",
     )
     _server_options(s)
+    _write_server_options(s)
     _common(s)
 
     e = sub.add_parser("export", help="Bulk Data $export into a folder of NDJSON files (nothing screened)")
@@ -383,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-write-back", action="store_true", help="the run will not write: skip the write checks"
     )
     _server_options(c)
+    _write_server_options(c)
     _common(c)
 
     m = sub.add_parser(
@@ -423,39 +490,66 @@ class _Progress:
             sys.stderr.flush()
 
 
-def server_settings(args: argparse.Namespace) -> ServerSettings:
-    if not args.server:
-        raise UsageError("--server URL is required")
-    if args.max_pages < 1:
-        raise UsageError("--max-pages must be at least 1")
-    if args.throttle_budget < 0:
-        raise UsageError("--throttle-budget must be >= 0")
-    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+def server_settings(args: argparse.Namespace, prefix: str = "", *, writes: bool = True) -> ServerSettings:
+    """The settings of ``--server`` and its options, or (``prefix="write-"``) of ``--write-server``."""
+    names = cli_names(prefix)
+
+    def arg(name: str) -> Any:
+        return getattr(args, (prefix + name).replace("-", "_"))
+
+    if not arg("server"):
+        raise UsageError(f"{names['url']} URL is required")
+    if arg("max_pages") < 1:
+        raise UsageError(f"--{prefix}max-pages must be at least 1")
+    if arg("throttle_budget") < 0:
+        raise UsageError(f"--{prefix}throttle-budget must be >= 0")
+    # Records are fetched in parallel from the read server only; write-back goes one patient at a time.
+    concurrency = arg("concurrency") if not prefix else 1
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
     return ServerSettings(
-        url=args.server,
+        url=arg("server"),
         auth=AuthSettings(
-            method=args.auth,
-            token=args.token,
-            basic_user=args.basic_user,
-            basic_password=args.basic_password,
-            smart_client_id=args.smart_client_id,
-            smart_key=args.smart_key,
-            smart_alg=args.smart_alg,
-            smart_kid=args.smart_kid,
-            smart_token_url=args.smart_token_url,
-            smart_scope=args.smart_scope,
+            method=arg("auth"),
+            token=arg("token"),
+            basic_user=arg("basic_user"),
+            basic_password=arg("basic_password"),
+            smart_client_id=arg("smart_client_id"),
+            smart_key=arg("smart_key"),
+            smart_alg=arg("smart_alg"),
+            smart_kid=arg("smart_kid"),
+            smart_token_url=arg("smart_token_url"),
+            smart_scope=arg("smart_scope"),
         ),
-        ca_bundle=Path(args.ca_bundle) if args.ca_bundle else None,
-        timeout=float(args.timeout),
-        allow_plain_http=args.allow_plain_http,
-        request_deadline=float(args.request_deadline),
-        max_response_bytes=int(args.max_response_mb * MIB),
-        max_pages=args.max_pages,
-        throttle_budget=float(args.throttle_budget),
-        concurrency=args.concurrency,
-        max_rps=args.max_rps,
+        ca_bundle=Path(arg("ca_bundle")) if arg("ca_bundle") else None,
+        timeout=float(arg("timeout")),
+        allow_plain_http=arg("allow_plain_http"),
+        request_deadline=float(arg("request_deadline")),
+        max_response_bytes=int(arg("max_response_mb") * MIB),
+        max_pages=arg("max_pages"),
+        throttle_budget=float(arg("throttle_budget")),
+        concurrency=concurrency,
+        max_rps=arg("max_rps"),
+        names=names,
+        writes=writes,
     )
+
+
+def write_target_settings(args: argparse.Namespace) -> WriteTarget | None:
+    """``--write-server`` and its options; None without it (write-back goes to the server read from)."""
+    system = args.write_patient_identifier_system
+    mode: PatientReference = args.write_patient_ref or ("identifier" if system else "absolute")
+    if not args.write_server:
+        if args.write_patient_ref or system:
+            raise UsageError("--write-patient-ref and --write-patient-identifier-system need --write-server")
+        return None
+    if mode == "identifier" and not system:
+        raise UsageError("--write-patient-ref identifier needs --write-patient-identifier-system URI")
+    if mode == "absolute" and system:
+        raise UsageError("--write-patient-identifier-system goes with --write-patient-ref identifier")
+    if system and not IDENTIFIER_SYSTEM.fullmatch(system):
+        raise UsageError(f"--write-patient-identifier-system: {system!r} is not an absolute URI")
+    return WriteTarget(server_settings(args, "write-"), mode, system)
 
 
 def bulk_settings(
@@ -509,6 +603,9 @@ def screen_settings(args: argparse.Namespace) -> ScreenSettings:
     elif args.master is not None or args.merge:
         raise UsageError("--master and --merge are options of --engine spark")
     local = spark is None
+    target = write_target_settings(args)
+    if target is not None and not args.server:
+        raise UsageError("--write-server needs --server URL (write-back records what a server screen found)")
     return ScreenSettings(
         rules=RuleSettings(
             trials=tuple(args.trial), overlays=tuple(args.mappings), mappings_dir=args.mappings_dir
@@ -519,10 +616,11 @@ def screen_settings(args: argparse.Namespace) -> ScreenSettings:
         ),
         paths=tuple(Path(p) for p in args.paths) if local else (),
         spark=spark,
-        server=server_settings(args) if args.server else None,
+        server=server_settings(args, writes=target is None) if args.server else None,
         patients=tuple(args.patient),
         group=args.group,
         write_back=args.write_back,
+        write_target=target,
         workers=args.workers,
         strategies=Overrides(records=args.records),
         bulk=bulk_settings(args, group=args.group) if args.bulk else None,
@@ -586,7 +684,14 @@ def _check(args: argparse.Namespace) -> int:
     from fhir_adapter.screening import Screener
 
     screener = Screener(load_trials(args.trial), dt.date.today())
-    report = run_check(server_settings(args), screener, args.patients, write_back=not args.no_write_back)
+    target = None if args.no_write_back else write_target_settings(args)
+    report = run_check(
+        server_settings(args, writes=target is None),
+        screener,
+        args.patients,
+        write_back=not args.no_write_back,
+        write_target=target,
+    )
     print(render(report, args.json))
     return report.exit_code
 

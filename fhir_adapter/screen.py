@@ -7,6 +7,7 @@ and each trial gets its own result file (``--out`` for one, ``--out-dir DIR`` â†
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ def run_screen(
         # The server path's modules (requests, JWT, the FHIR models) load only when a server is used.
         from fhir_adapter.client.factory import open_client
         from fhir_adapter.source.server import ServerSource
+        from fhir_adapter.writeback.references import referencing
         from fhir_adapter.writeback.resources import release_of
         from fhir_adapter.writeback.sink import WriteBackSink
         from fhir_adapter.writeback.subjects import WriteBack
@@ -65,8 +67,15 @@ def run_screen(
             raise UsageError("give PATHs or --server, not both")
         if settings.patients and settings.group:
             raise UsageError("give --patient or --group, not both")
-        with open_client(settings.server) as client:
+        target = settings.write_target
+        with (
+            open_client(settings.server) as client,
+            # A separate write target gets a client of its own: its own session, auth and token.
+            open_client(target.server) if target else contextlib.nullcontext(client) as writer,
+        ):
             release = release_of(client.fhir_version())
+            write_release = release_of(writer.fhir_version()) if writer is not client else release
+            refs = referencing(client.base_url, writer.base_url, target)
             source = ServerSource(
                 client,
                 screener,
@@ -77,7 +86,9 @@ def run_screen(
                 concurrency=settings.server.concurrency,
             )
             writebacks = [
-                WriteBack(client, m.trial, m.fingerprint, release, dry_run=not settings.write_back)
+                WriteBack(
+                    writer, m.trial, m.fingerprint, write_release, dry_run=not settings.write_back, refs=refs
+                )
                 for m in screener.trials
             ]
             writeback = WriteBackSink(writebacks, out)
@@ -86,12 +97,13 @@ def run_screen(
             problems = _run(
                 source, screener, paths, [writeback], progress, out, settings.max_consecutive_failures
             )
-            lines = [
-                f"FHIR {release} server {client.base_url}",
-                *source.summary(),
-                *writeback.summary(),
-                _requests_line(client, settings.server),
-            ]
+            lines = [f"FHIR {release} server {client.base_url}", *source.summary()]
+            if writer is not client:
+                lines.append(
+                    f"Write target: FHIR {write_release} server {writer.base_url} ({refs.describe()})"
+                )
+            lines += writeback.summary()
+            lines.append(_requests_line(client, settings.server))
     else:
         if not settings.paths:
             raise UsageError("give at least one PATH, or --server URL")
@@ -139,9 +151,10 @@ def _screen_bulk(
         raise UsageError("give PATHs or --server, not both")
     if settings.patients:
         raise UsageError("--bulk exports a Group or the whole server: --patient does not go with it")
-    if settings.write_back:
+    if settings.write_back or settings.write_target:
+        option = "--write-back" if settings.write_back else "--write-server"
         raise UsageError(
-            "--write-back does not go with --bulk yet: screen the server without --bulk to write back"
+            f"{option} does not go with --bulk yet: screen the server without --bulk to write back"
         )
     work = settings.bulk_dir or _default_bulk_dir(settings)
     with (

@@ -16,21 +16,31 @@ from typing import Final, Literal
 from fhir_adapter.source.strategies import Overrides
 
 AuthMethod = Literal["none", "bearer", "basic", "smart"]
+# How a separate write target refers to the read server's patients (docs/write-target.md).
+PatientReference = Literal["absolute", "identifier"]
 
 # Stop a run (exit 4) after this many patients in a row fail: the server, not the patients, is the problem.
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
 MIB = 1024 * 1024
 
-CLI_NAMES: Mapping[str, str] = {
-    "token": "--token",
-    "basic_user": "--basic-user",
-    "basic_password": "--basic-password",
-    "smart_client_id": "--smart-client-id",
-    "smart_key": "--smart-key",
-    "smart_token_url": "--smart-token-url",
-    "url": "--server",
-    "allow_plain_http": "--allow-plain-http",
-}
+
+def cli_names(prefix: str = "") -> dict[str, str]:
+    """The flags of one server's option group: ``--token`` ..., or ``--write-token`` ... for the write
+    target (``prefix`` ``"write-"``)."""
+    flags = {
+        "token": "token",
+        "basic_user": "basic-user",
+        "basic_password": "basic-password",
+        "smart_client_id": "smart-client-id",
+        "smart_key": "smart-key",
+        "smart_token_url": "smart-token-url",
+        "url": "server",
+        "allow_plain_http": "allow-plain-http",
+    }
+    return {key: f"--{prefix}{flag}" for key, flag in flags.items()}
+
+
+CLI_NAMES: Mapping[str, str] = cli_names()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +77,23 @@ class ServerSettings:
     concurrency: int = 4  # patient records fetched at once
     max_rps: float | None = None  # request starts per second over all of them; None: no limit
     names: Mapping[str, str] = field(default_factory=lambda: dict(CLI_NAMES))
+    # Whether the adapter writes here: the default SMART scope asks for write scopes only then (a read
+    # server with a separate write target is asked for read scopes alone).
+    writes: bool = True
 
     def name(self, key: str) -> str:
         return self.names.get(key, key)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTarget:
+    """A separate FHIR server (a research server) for ResearchStudy, ResearchSubject, Provenance and
+    Device, with its own URL, TLS and auth; the patient is referred to by the read server's absolute URL
+    or by the business identifier of ``identifier_system`` (docs/write-target.md)."""
+
+    server: ServerSettings
+    patient_reference: PatientReference = "absolute"
+    identifier_system: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +168,7 @@ class ScreenSettings:
     patients: tuple[str, ...] = ()
     group: str | None = None
     write_back: bool = False
+    write_target: WriteTarget | None = None  # None: write back to the server read from
     # Processes screening file records; None: every core, once there are enough records to be worth it.
     workers: int | None = 1
     strategies: Overrides = field(default_factory=Overrides)  # forced server strategies (--records ...)

@@ -203,15 +203,20 @@ def _now() -> str:
 
 
 def _tokens(value: str) -> list[tuple[str | None, str]]:
+    """``system|code`` tokens, comma-separated, with FHIR search escaping (``\\,`` ``\\|`` ``\\$`` ``\\\\``)."""
     out: list[tuple[str | None, str]] = []
     for part in re.split(r"(?<!\\),", value):
-        part = part.replace("\\,", ",")
-        if "|" in part:
-            system, code = part.split("|", 1)
-            out.append((system or None, code))
+        bar = re.search(r"(?<!\\)\|", part)
+        if bar:
+            system, code = part[: bar.start()], part[bar.end() :]
+            out.append((_unescape(system) or None, _unescape(code)))
         else:
-            out.append((None, part))
+            out.append((None, _unescape(part)))
     return out
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 def _codings(node: Any) -> list[Res]:

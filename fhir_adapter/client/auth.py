@@ -35,6 +35,8 @@ DEFAULT_SCOPE: Final = (
     "system/*.read system/ResearchSubject.write system/Provenance.write "
     "system/ResearchStudy.write system/Device.write"
 )
+# A read server whose write-back goes to a separate write target is asked for reads only.
+READ_SCOPE: Final = "system/*.read"
 # SMART Backend Services: the assertion's exp must be no more than five minutes in the future.
 ASSERTION_LIFETIME_S: Final = 300
 # Used when a token response omits expires_in; SMART recommends 300 s, so assume no more.

@@ -1,4 +1,8 @@
-"""Open a ``FhirClient`` from ``ServerSettings``: auth, CA bundle and timeouts, secrets resolved here."""
+"""Open a ``FhirClient`` from ``ServerSettings``: auth, CA bundle and timeouts, secrets resolved here.
+
+Each call builds its own session and its own auth object (token cache included): the read server's and
+a separate write target's clients share no credentials, and each sends its token to its own origin only.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import requests.auth
 
 from fhir_adapter.client.auth import (
     DEFAULT_SCOPE,
+    READ_SCOPE,
     BearerTokenAuth,
     SmartBackendAuth,
     basic_auth,
@@ -72,7 +77,7 @@ def _auth(
         key,
         algorithm=auth.smart_alg,
         kid=auth.smart_kid,
-        scope=auth.smart_scope or DEFAULT_SCOPE,
+        scope=auth.smart_scope or (DEFAULT_SCOPE if settings.writes else READ_SCOPE),
         timeout=timeout,
         verify=verify,
         allow_plain_http=settings.allow_plain_http,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,20 +20,27 @@ from fhir_adapter.settings import (
     AuthSettings,
     RuleSettings,
     ServerSettings,
+    WriteTarget,
 )
 from fhir_adapter.source.strategies import Overrides
 
-# How the operator spells each setting in site.toml, for error messages.
-SITE_NAMES = {
-    "url": "server.url",
-    "token": "server.auth.token",
-    "basic_user": "server.auth.username",
-    "basic_password": "server.auth.password",
-    "smart_client_id": "server.auth.client_id",
-    "smart_key": "server.auth.private_key",
-    "smart_token_url": "server.auth.token_url",
-    "allow_plain_http": "server.allow_plain_http",
-}
+
+def site_names(table: str) -> dict[str, str]:
+    """How the operator spells each setting of ``[server]`` or ``[writeback]``, for error messages."""
+    keys = {
+        "url": "url",
+        "token": "auth.token",
+        "basic_user": "auth.username",
+        "basic_password": "auth.password",
+        "smart_client_id": "auth.client_id",
+        "smart_key": "auth.private_key",
+        "smart_token_url": "auth.token_url",
+        "allow_plain_http": "allow_plain_http",
+    }
+    return {name: f"{table}.{key}" for name, key in keys.items()}
+
+
+SITE_NAMES = site_names("server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,7 @@ class SiteConfig:
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
     group: str | None = None  # [server] group: the candidates are this Group's members
     strategies: Overrides = field(default_factory=Overrides)  # [strategies]: forced choices
+    write_target: WriteTarget | None = None  # [writeback]: a separate write server
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -76,6 +85,9 @@ def load_site_config(path: Path) -> SiteConfig:
         message = err.message
         if "does not match '^(env|file):.+'" in message:
             message = "secrets are given by reference: env:VARIABLE or file:/path (never the secret itself)"
+        # [server] and [writeback] share their keys through a $ref, so an unknown key there is an
+        # "unevaluated" one; it reads the same as everywhere else.
+        message = message.replace("Unevaluated properties are", "Additional properties are")
         raise ConfigError(f"{path}: {key}: {message}")
     base = path.parent
 
@@ -101,37 +113,10 @@ def load_site_config(path: Path) -> SiteConfig:
     report = raw.get("report", {})
     if len(trials) > 1 and (report.get("result") or report.get("html")):
         raise ConfigError(f"{path}: report: several studies write several reports: use report.dir")
-    auth = server.get("auth", {"type": "none"})
-    defaults = ServerSettings(server["url"])
+    target = raw.get("writeback")
     return SiteConfig(
         path=path,
-        server=ServerSettings(
-            url=server["url"],
-            auth=AuthSettings(
-                method=auth.get("type", "none"),
-                token=auth.get("token", "env:FHIR_TOKEN"),
-                basic_user=auth.get("username"),
-                basic_password=auth.get("password", "env:FHIR_PASSWORD"),
-                smart_client_id=auth.get("client_id"),
-                smart_key=auth.get("private_key"),
-                smart_alg=auth.get("algorithm", "RS384"),
-                smart_kid=auth.get("kid"),
-                smart_token_url=auth.get("token_url"),
-                smart_scope=auth.get("scope"),
-            ),
-            ca_bundle=resolve(server.get("ca_bundle")),
-            timeout=float(server.get("timeout_seconds", 60)),
-            allow_plain_http=bool(server.get("allow_plain_http", False)),
-            request_deadline=float(server.get("request_deadline_seconds", defaults.request_deadline)),
-            max_response_bytes=int(
-                float(server.get("max_response_mb", defaults.max_response_bytes / MIB)) * MIB
-            ),
-            max_pages=int(server.get("max_pages", defaults.max_pages)),
-            throttle_budget=float(server.get("throttle_budget_seconds", defaults.throttle_budget)),
-            concurrency=int(server.get("concurrency", defaults.concurrency)),
-            max_rps=float(server["max_rps"]) if "max_rps" in server else None,
-            names=SITE_NAMES,
-        ),
+        server=_connection(server, "server", resolve, writes=target is None),
         rules=RuleSettings(
             trials=trials,
             overlays=tuple(p for p in (resolve(o) for o in raw.get("mappings", {}).get("overlays", [])) if p),
@@ -151,5 +136,65 @@ def load_site_config(path: Path) -> SiteConfig:
         ),
         group=server.get("group"),
         strategies=Overrides(**raw.get("strategies", {})),
+        write_target=_write_target(path, target, resolve) if target is not None else None,
         raw=raw,
     )
+
+
+def _connection(
+    table: dict[str, Any],
+    name: str,
+    resolve: Callable[[str | None], Path | None],
+    *,
+    writes: bool,
+    secrets: tuple[str, str] = ("env:FHIR_TOKEN", "env:FHIR_PASSWORD"),
+) -> ServerSettings:
+    """``[server]`` or ``[writeback]`` (both validated by the schema's ``connection``); ``secrets``: the
+    default references of the bearer token and the basic-auth password."""
+    auth = table.get("auth", {"type": "none"})
+    defaults = ServerSettings(table["url"])
+    return ServerSettings(
+        url=table["url"],
+        auth=AuthSettings(
+            method=auth.get("type", "none"),
+            token=auth.get("token", secrets[0]),
+            basic_user=auth.get("username"),
+            basic_password=auth.get("password", secrets[1]),
+            smart_client_id=auth.get("client_id"),
+            smart_key=auth.get("private_key"),
+            smart_alg=auth.get("algorithm", "RS384"),
+            smart_kid=auth.get("kid"),
+            smart_token_url=auth.get("token_url"),
+            smart_scope=auth.get("scope"),
+        ),
+        ca_bundle=resolve(table.get("ca_bundle")),
+        timeout=float(table.get("timeout_seconds", defaults.timeout)),
+        allow_plain_http=bool(table.get("allow_plain_http", False)),
+        request_deadline=float(table.get("request_deadline_seconds", defaults.request_deadline)),
+        max_response_bytes=int(float(table.get("max_response_mb", defaults.max_response_bytes / MIB)) * MIB),
+        max_pages=int(table.get("max_pages", defaults.max_pages)),
+        throttle_budget=float(table.get("throttle_budget_seconds", defaults.throttle_budget)),
+        # Only [server] (the schema says so): write-back sends one patient's writes at a time.
+        concurrency=int(table.get("concurrency", defaults.concurrency)),
+        max_rps=float(table["max_rps"]) if "max_rps" in table else None,
+        names=site_names(name),
+        writes=writes,
+    )
+
+
+def _write_target(
+    path: Path, table: dict[str, Any], resolve: Callable[[str | None], Path | None]
+) -> WriteTarget:
+    system = table.get("patient_identifier_system")
+    mode = table.get("patient_reference", "identifier" if system else "absolute")
+    if mode == "identifier" and not system:
+        raise ConfigError(
+            f'{path}: writeback.patient_identifier_system: needed with patient_reference = "identifier"'
+        )
+    if mode == "absolute" and system:
+        raise ConfigError(
+            f'{path}: writeback.patient_identifier_system: goes with patient_reference = "identifier"'
+        )
+    # The read server's secrets are never reused here by accident: the defaults are variables of their own.
+    secrets = ("env:FHIR_WRITE_TOKEN", "env:FHIR_WRITE_PASSWORD")
+    return WriteTarget(_connection(table, "writeback", resolve, writes=True, secrets=secrets), mode, system)

@@ -8,9 +8,11 @@ write harmless.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TextIO
 
@@ -39,6 +41,7 @@ from fhir_adapter.sync.lock import RunLock
 from fhir_adapter.sync.manifest import Counts, render_manifest, write_manifest
 from fhir_adapter.sync.state import LAST_FULL, WATERMARK, State
 from fhir_adapter.sync.worker import SyncSink
+from fhir_adapter.writeback.references import referencing
 from fhir_adapter.writeback.resources import release_of
 from fhir_adapter.writeback.sink import WriteBackSink
 from fhir_adapter.writeback.subjects import WriteBack
@@ -54,15 +57,27 @@ def _full_due(config: SiteConfig, state: State, as_of: dt.date) -> bool:
     return last is None or (as_of - dt.date.fromisoformat(last)).days >= config.full_every_days
 
 
-def client_for(config: SiteConfig) -> FhirClient:
+def client_for(config: SiteConfig, table: str = "server") -> FhirClient:
+    """The client of ``[server]``, or of ``[writeback]`` (``table="writeback"``)."""
+    settings = config.server
+    if table == "writeback":
+        assert config.write_target is not None
+        settings = config.write_target.server
     try:
-        return open_client(config.server)
+        return open_client(settings)
     except ConfigError as exc:
         # The settings speak in site.toml keys; the operator also needs the file.
         message = str(exc)
-        if "server." not in message:
-            message = f"server.auth: {message}"
+        if f"{table}." not in message:
+            message = f"{table}.auth: {message}"
         raise ConfigError(f"{config.path}: {message}") from exc
+
+
+def write_client_for(config: SiteConfig, client: FhirClient) -> AbstractContextManager[FhirClient]:
+    """Where write-back goes: ``[writeback]``'s own client (own session, auth and token), else ``client``."""
+    if config.write_target is None or not config.write_back:
+        return contextlib.nullcontext(client)
+    return client_for(config, "writeback")
 
 
 def sync(
@@ -111,7 +126,7 @@ def _run(
     outcome = "fatal"
     strategies: Strategies | None = None
     try:
-        with client_for(config) as client:
+        with client_for(config) as client, write_client_for(config, client) as writer:
             now = server_now(client)
             queue: dict[str, str] = dict(state.pending())
             caps = read_capabilities(client.capabilities())
@@ -151,9 +166,11 @@ def _run(
                 after = now.isoformat()
                 state.put(WATERMARK, after)
             try:
-                problems = _process(client, config, state, screener, strategies, queue, counts, dry_run, out)
+                problems = _process(
+                    client, writer, config, state, screener, strategies, queue, counts, dry_run, out
+                )
             finally:
-                counts.requests = client.request_count
+                counts.requests = client.request_count + (writer.request_count if writer is not client else 0)
         outcome = "partial" if counts.errors else "ok"
     except AdapterError as exc:
         problems.append(InputProblem(config.server_url, str(exc)))
@@ -173,6 +190,7 @@ def _run(
             "rulesVersion": {m.trial.study: m.fingerprint for m in screener.trials},
             "adapterVersion": __version__,
             "server": config.server_url,
+            "writeServer": config.write_target.server.url if config.write_target else None,
             "errors": [p.to_json() for p in problems[:50]],
         }
         if not dry_run:
@@ -185,6 +203,7 @@ def _run(
 
 def _process(
     client: FhirClient,
+    writer: FhirClient,
     config: SiteConfig,
     state: State,
     screener: Screener,
@@ -196,9 +215,13 @@ def _process(
 ) -> list[InputProblem]:
     writeback = None
     if config.write_back:
-        release = release_of(client.fhir_version())
+        release = release_of(writer.fhir_version())
+        refs = referencing(client.base_url, writer.base_url, config.write_target)
         writeback = WriteBackSink(
-            [WriteBack(client, m.trial, m.fingerprint, release, dry_run=dry_run) for m in screener.trials],
+            [
+                WriteBack(writer, m.trial, m.fingerprint, release, dry_run=dry_run, refs=refs)
+                for m in screener.trials
+            ],
             out,
         )
         writeback.prepare()

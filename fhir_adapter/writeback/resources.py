@@ -37,7 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -107,16 +107,31 @@ def subject_reason(subject: SubjectResult) -> str:
 
 
 def subject_identifier(study: str, patient: str) -> str:
-    """The identifier value: ``<study id>:<patient id>``."""
+    """The identifier value: ``<study id>:<patient id>`` (with a separate write target, the patient part
+    is the key :mod:`fhir_adapter.writeback.references` builds: an absolute URL or ``system|value``)."""
     return f"{study}:{patient.removeprefix('Patient/')}"
 
 
-def build_research_subject(subject: SubjectResult, study: str, study_ref: str, release: Release) -> Resource:
-    """The content the adapter wants (no id, no meta): what it compares with the server's version."""
+def build_research_subject(
+    subject: SubjectResult,
+    study: str,
+    study_ref: str,
+    release: Release,
+    *,
+    patient: Resource | None = None,
+    key: str | None = None,
+) -> Resource:
+    """The content the adapter wants (no id, no meta): what it compares with the server's version.
+
+    ``patient`` (the Reference to the patient) and ``key`` (the patient part of the identifier) come
+    from :mod:`fhir_adapter.writeback.references`; by default the one-server forms (``Patient/123``).
+    """
     state = subject.status.value
     state_cc = {"coding": [{"system": STATE_SYSTEM, "code": state}]}
     reason_cc = {"text": subject_reason(subject)}
-    identifier = [{"system": SUBJECT_ID_SYSTEM, "value": subject_identifier(study, subject.patient)}]
+    value = subject_identifier(study, key if key is not None else subject.patient)
+    identifier = [{"system": SUBJECT_ID_SYSTEM, "value": value}]
+    individual = patient if patient is not None else {"reference": subject.patient}
     if release == "R4":
         return {
             "resourceType": "ResearchSubject",
@@ -132,7 +147,7 @@ def build_research_subject(subject: SubjectResult, study: str, study_ref: str, r
             "identifier": identifier,
             "status": state,
             "study": {"reference": study_ref},
-            "individual": {"reference": subject.patient},
+            "individual": individual,
         }
     return {
         "resourceType": "ResearchSubject",
@@ -140,7 +155,7 @@ def build_research_subject(subject: SubjectResult, study: str, study_ref: str, r
         "status": "active",
         "progress": [{"subjectState": state_cc, "reason": reason_cc}],
         "study": {"reference": study_ref},
-        "subject": {"reference": subject.patient},
+        "subject": individual,
     }
 
 
@@ -196,12 +211,17 @@ def build_provenance(
     rules_version: str,
     activity: Literal["CREATE", "UPDATE"],
     study: str,
+    cite: Callable[[str], str] = str,
 ) -> Resource:
-    """The same shape is valid in R4 and R5 (target, recorded, policy, activity, agent, entity)."""
+    """The same shape is valid in R4 and R5 (target, recorded, policy, activity, agent, entity).
+
+    ``cite`` turns a ``Type/id[/_history/N]`` the source read into the reference the write server
+    stores (the read server's absolute URL when that is another server).
+    """
     entities = [
         {
             "role": "source",
-            "what": {"reference": f"{ref}/_history/{versions[ref]}" if ref in versions else ref},
+            "what": {"reference": cite(f"{ref}/_history/{versions[ref]}" if ref in versions else ref)},
         }
         for ref in evidence_references(subject)
     ]

@@ -28,8 +28,9 @@ class WriteBackSink:
     def accept(self, screened: Screened) -> list[InputProblem]:
         problems: list[InputProblem] = []
         self.outcomes = []
+        patient = screened.record.patient if screened.record is not None else None
         for wb, subject in zip(self.writebacks, screened.results, strict=True):
-            outcome = wb.write(subject, screened.versions)
+            outcome = wb.write(subject, screened.versions, patient)
             self.outcomes.append(outcome)
             study = wb.trial.study
             if (

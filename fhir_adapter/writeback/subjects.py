@@ -46,6 +46,14 @@ from fhir_adapter.errors import (
     WriteBackError,
 )
 from fhir_adapter.model import Resource, SubjectResult
+from fhir_adapter.writeback.references import (
+    LOCAL,
+    PatientLink,
+    PatientNotReferable,
+    Referencing,
+    identifier_condition,
+    subject_token,
+)
 from fhir_adapter.writeback.resources import (
     DEVICE_ID_SYSTEM,
     NCT_SYSTEM,
@@ -167,7 +175,9 @@ class Outcome:
 class WriteBack:
     """Ensures the study and the Device once, then reconciles one ResearchSubject per patient.
 
-    With ``dry_run`` it only reads: ``write`` reports what it would do and changes nothing.
+    With ``dry_run`` it only reads: ``write`` reports what it would do and changes nothing. ``client``
+    is the write server's; ``refs`` says how its resources point at the read server's (the same
+    server by default; :mod:`fhir_adapter.writeback.references`).
     """
 
     def __init__(
@@ -180,8 +190,10 @@ class WriteBack:
         dry_run: bool,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         max_attempts: int = MAX_ATTEMPTS,
+        refs: Referencing = LOCAL,
     ) -> None:
         self.client = client
+        self.refs = refs
         self.trial = trial
         self.rules_version = rules_version
         self.release: Release = release
@@ -211,12 +223,17 @@ class WriteBack:
             self._device_ref = self._ensure_device()
             self._known = self._study_subjects() if self._study_ref else {}
 
-    def write(self, subject: SubjectResult, versions: Mapping[str, str]) -> Outcome:
+    def write(
+        self, subject: SubjectResult, versions: Mapping[str, str], patient: Resource | None = None
+    ) -> Outcome:
         """Create, update or leave alone the patient's ResearchSubject; never raises for one patient's
-        write failing (only for failures that doom every patient: authentication, the run's budgets)."""
+        write failing (only for failures that doom every patient: authentication, the run's budgets).
+
+        ``patient`` is the Patient resource the source read: its business identifier is the reference
+        when the write target refers to patients by identifier."""
         with self._counting():
             try:
-                outcome = self._reconcile(subject, versions)
+                outcome = self._reconcile(subject, versions, patient)
             except AuthError:
                 raise
             except (ServerError, WriteBackError) as exc:
@@ -279,10 +296,10 @@ class WriteBack:
         log.info("%s: %d ResearchSubject(s) on the server", self.trial.study, len(by_id))
         return known
 
-    def _subject_search(self, token: str, first: bool) -> list[Resource]:
+    def _subject_search(self, value: str, token: str, first: bool) -> list[Resource]:
         """The patient's ResearchSubject(s) and their Provenances: from the study listing on the first
-        attempt when it has them, else (and on every later attempt) searched by identifier."""
-        value = token.split("|", 1)[1]
+        attempt when it has them, else (and on every later attempt) searched by identifier. ``value`` is
+        the identifier value as stored, ``token`` its escaped search form."""
         if first and self._known is not None and value in self._known:
             return self._known.pop(value)
         return list(self.client.search("ResearchSubject", [("identifier", token), _REVINCLUDE]))
@@ -352,18 +369,39 @@ class WriteBack:
         assert last is not None
         raise _gave_up(last, f"creating {rtype} {token}", self._max_attempts)
 
-    def _reconcile(self, subject: SubjectResult, versions: Mapping[str, str]) -> Outcome:
+    def _link(self, subject: SubjectResult, patient: Resource | None) -> PatientLink | None:
+        """How the write server refers to the patient; None for a non-candidate without the business
+        identifier (nothing to write, and no key to find an older subject by)."""
+        try:
+            return self.refs.patient(subject.patient, patient)
+        except PatientNotReferable:
+            if not subject.gate_met:
+                return None
+            raise
+
+    def _reconcile(
+        self, subject: SubjectResult, versions: Mapping[str, str], patient: Resource | None
+    ) -> Outcome:
         state = subject.status.value
+        link = self._link(subject, patient)
+        if link is None:
+            return Outcome(subject.patient, Action.NOT_CANDIDATE, state, dry_run=self.dry_run)
         study_ref = self._study_ref or "ResearchStudy/(to-be-created)"
-        wanted = build_research_subject(subject, self.trial.study, study_ref, self.release)
+        wanted = build_research_subject(
+            subject, self.trial.study, study_ref, self.release, patient=link.reference, key=link.key
+        )
         validate(stamped(wanted), self.release)
-        token = f"{SUBJECT_ID_SYSTEM}|{subject_identifier(self.trial.study, subject.patient)}"
+        # The search key: the identifier built from the patient reference (references.py).
+        value = subject_identifier(self.trial.study, link.key)
+        token = subject_token(SUBJECT_ID_SYSTEM, value)
+        # An identifier value may be an MRN: messages name the patient's id instead.
+        shown = f"of {link.label}" if link.private else token
         # What this call sent whose outcome it does not know (a 5xx, a timeout): if the subject then
         # reads as what we wanted, that write happened, and it is reported as ours.
         sent: tuple[Written, str] | None = None
         unknown: ServerError | None = None
         for attempt in range(self._max_attempts):
-            found = self._subject_search(token, first=attempt == 0)
+            found = self._subject_search(value, token, first=attempt == 0)
             matches = [r for r in found if _is(r, "ResearchSubject")]
             provenances = [r for r in found if _is(r, "Provenance")]
             if len(matches) > 1:
@@ -372,7 +410,7 @@ class WriteBack:
                     subject.patient,
                     Action.FAILED,
                     state,
-                    f"{len(matches)} ResearchSubjects share identifier {token} ({ids}); merge them by hand",
+                    f"{len(matches)} ResearchSubjects share identifier {shown} ({ids}); merge them by hand",
                     dry_run=self.dry_run,
                 )
             if not matches:
@@ -384,7 +422,7 @@ class WriteBack:
                 if self.dry_run:
                     return Outcome(subject.patient, Action.CREATED, state, dry_run=True)
                 try:
-                    response = self.client.create(stamped(wanted), if_none_exist=f"identifier={token}")
+                    response = self.client.create(stamped(wanted), if_none_exist=identifier_condition(token))
                 except PreconditionFailed:
                     continue  # a concurrent run created it first: read theirs and compare
                 except ServerError as exc:
@@ -419,12 +457,12 @@ class WriteBack:
                 continue
             return self._provenance(Action.UPDATED, response, subject, versions, state, change)
         if unknown is not None:
-            raise _gave_up(unknown, f"writing ResearchSubject {token}", self._max_attempts)
+            raise _gave_up(unknown, f"writing ResearchSubject {shown}", self._max_attempts)
         return Outcome(
             subject.patient,
             Action.FAILED,
             state,
-            f"ResearchSubject {token} kept changing; gave up after {self._max_attempts} attempts",
+            f"ResearchSubject {shown} kept changing; gave up after {self._max_attempts} attempts",
         )
 
     def _unchanged(
@@ -503,6 +541,7 @@ class WriteBack:
             rules_version=self.rules_version,
             activity="CREATE" if action is Action.CREATED else "UPDATE",
             study=self.trial.study,
+            cite=self.refs.resource,
         )
         query = provenance_tag_query(target)
         try:

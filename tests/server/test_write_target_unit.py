@@ -376,7 +376,8 @@ def test_write_flags_are_the_read_flags_with_a_prefix() -> None:
     read_flags = {o for a in read._group_actions for o in a.option_strings}
     write_flags = {o for a in write._group_actions for o in a.option_strings}
     assert {"--server", "--auth", "--token", "--smart-key", "--ca-bundle", "--allow-plain-http"} <= read_flags
-    assert write_flags == {f"--write-{f[2:]}" for f in read_flags} | {
+    # --concurrency is the read side's alone: write-back goes one patient at a time.
+    assert write_flags == {f"--write-{f[2:]}" for f in read_flags - {"--concurrency"}} | {
         "--write-patient-ref",
         "--write-patient-identifier-system",
     }

@@ -37,12 +37,15 @@ from fhir_adapter.errors import (
 )
 from fhir_adapter.screening import Screener
 from fhir_adapter.settings import ServerSettings, WriteTarget
+from fhir_adapter.source.bulk_plan import export_types
 from fhir_adapter.source.candidates import CODES_PER_SEARCH, search_tokens
 from fhir_adapter.source.strategies import (
     Capabilities,
+    Strategies,
+    bulk_level,
     choose_candidates,
-    choose_changes,
     choose_records,
+    choose_sync,
     read_capabilities,
 )
 
@@ -63,7 +66,7 @@ class Finding:
 class Report:
     server: str
     findings: list[Finding] = field(default_factory=list)
-    strategies: dict[str, str] = field(default_factory=dict)
+    strategies: dict[str, dict[str, str]] = field(default_factory=dict)  # "screen", "sync"
     cost: dict[str, Any] = field(default_factory=dict)
     fhir_version: str = ""
     write_server: str | None = None  # a separate write target's URL
@@ -109,7 +112,9 @@ class Report:
                 lines.append(f"{area}:")
             lines.append(f"  {f.what:<{width}}  {f.status:<13} {f.detail}".rstrip())
         if self.strategies:
-            lines += ["", "strategies: " + ", ".join(f"{k} {v}" for k, v in self.strategies.items())]
+            lines.append("")
+            for run, chosen in self.strategies.items():
+                lines.append(f"strategies of {run}: " + ", ".join(f"{k} {v}" for k, v in chosen.items()))
         if self.cost:
             c = self.cost
             lines.append(
@@ -117,6 +122,18 @@ class Report:
                 f"(candidates {c['candidates']}, {c['perPatient']} per patient, write-back {c['writeBackPerPatient']} "
                 "per patient on a first run, 1 when unchanged)"
             )
+            s = c.get("sync")
+            if s:
+                lines.append(
+                    f"requests of sync with {c['patients']} patients: a full run about {s['fullRun']}, an "
+                    f"incremental run about {s['changeFeed']} for the change feed + {s['perChangedPatient']} per "
+                    f"changed patient + {s['recordsExportPerRun']} for a records export (+ write-back)"
+                    + (
+                        f"; each export about {s['requestsPerExport']} ({s['exportNote']})"
+                        if s["exports"]
+                        else ""
+                    )
+                )
         outcome = self.to_json()["outcome"]
         lines += ["", f"outcome: {outcome} (exit {self.exit_code})"]
         return "\n".join(lines)
@@ -128,7 +145,10 @@ def run_check(
     patients: int = 1000,
     write_back: bool = True,
     write_target: WriteTarget | None = None,
+    group: str | None = None,
 ) -> Report:
+    """``group``: the Group the sync names (``[server] group``): Group members as candidates, and a
+    Group-level export as the change feed where the server offers no other."""
     report = Report(server.url)
     if write_back and write_target is not None:
         _write_target(write_target, report)
@@ -157,12 +177,14 @@ def run_check(
         _auth(client, report)
         _smart(client, report)
         _reads(client, caps, screener, report)
+        if group is not None:
+            _group(client, group, report)
         _changes(caps, screener, report)
-        _bulk(caps, report)
+        _bulk(caps, report, group)
         if write_back and write_target is None:
             _writes(caps, report)
-        _strategies(caps, screener, report)
-        _cost(caps, screener, report, patients, write_back)
+        sync = _strategies(caps, screener, report, group)
+        _cost(caps, screener, report, patients, write_back, sync, group)
     return report
 
 
@@ -271,6 +293,24 @@ def _reads(client: FhirClient, caps: Capabilities, screener: Screener, report: R
         )
 
 
+def _group(client: FhirClient, group: str, report: Report) -> None:
+    try:
+        found = client.read("Group", group)
+    except AuthError:
+        raise
+    except (ServerError, ValueError) as exc:
+        report.add(
+            "read", f"Group/{group}", "failed", str(exc) if isinstance(exc, ServerError) else "not a FHIR id"
+        )
+        return
+    if found is None or found.body is None:
+        report.add("read", f"Group/{group}", "failed", "no such Group on the server")
+        return
+    members = found.body.get("member")
+    count = len(members) if isinstance(members, list) else 0
+    report.add("read", f"Group/{group}", "supported", f"{count} member(s)")
+
+
 def _changes(caps: Capabilities, screener: Screener, report: Report) -> None:
     types = sorted(screener.needed_types | {"Patient"})
     without_history = [t for t in types if not caps.supports(t, "history-type")]
@@ -291,15 +331,26 @@ def _changes(caps: Capabilities, screener: Screener, report: Report) -> None:
     )
 
 
-def _bulk(caps: Capabilities, report: Report) -> None:
+def _bulk(caps: Capabilities, report: Report, group: str | None) -> None:
     levels = caps.export_levels
-    report.add(
-        "bulk",
-        "$export",
-        "supported" if levels else "not supported",
-        f"levels: {', '.join(sorted(levels))}" if levels else "no Bulk Data export",
-    )
+    usable = bulk_level(caps, group is not None)
+    status: Status
+    if not levels:
+        detail, status = "no Bulk Data export", "not supported"
+    elif usable is None:
+        detail, status = (
+            f"levels: {', '.join(sorted(levels))}; a Group-level export needs --group ID",
+            "degraded",
+        )
+    else:
+        where = f"Group/{group}" if usable == "group" else usable
+        detail, status = f"levels: {', '.join(sorted(levels))}; the sync would use {where}", "supported"
+    # A server without any export is not degraded for that: screen and sync read by searches.
+    report.add("bulk" if levels else "optional", "$export", status, detail)
     if levels:
+        report.add(
+            "bulk", "_since", "untested", "the sync's change feed when it is bulk; not probed (a kick-off)"
+        )
         report.add("bulk", "_typeFilter", "untested", "servers often refuse it; screen --bulk falls back")
 
 
@@ -371,29 +422,68 @@ def _write_target(target: WriteTarget, report: Report) -> None:
         report.add(area, "patient references", "untested", how)
 
 
-def _strategies(caps: Capabilities, screener: Screener, report: Report) -> None:
+def _strategies(
+    caps: Capabilities, screener: Screener, report: Report, group: str | None
+) -> Strategies | None:
+    """What ``screen --server`` (with ``--group`` when given) and ``sync`` (with ``[server] group``) choose:
+    the same functions the runs call."""
+    gate_types = screener.gate.types or ("Condition",)
     try:
-        candidates = choose_candidates(caps, gate_types=screener.gate.types or ("Condition",))
+        candidates: str = choose_candidates(caps, group=group is not None, gate_types=gate_types)
     except AdapterError as exc:
         report.add("read", "candidates", "failed", str(exc))
-        candidates = "none"  # type: ignore[assignment]
-    changes = choose_changes(caps, screener.needed_types)
-    report.strategies = {
-        "candidates": candidates,
-        "records": choose_records(caps),
-        "changes": changes,
-    }
+        candidates = "none"
+    report.strategies["screen"] = {"candidates": candidates, "records": choose_records(caps)}
+    try:
+        sync = choose_sync(caps, screener.needed_types, gate_types=gate_types, group=group is not None)
+    except AdapterError as exc:
+        report.add("changes", "sync strategies", "failed", str(exc))
+        return None
+    report.strategies["sync"] = sync.to_json()
+    changes = sync.changes
     if changes == "full-only":
+        hint = (
+            "; a Group-level export exists: give the Group ([server] group, --group)"
+            if caps.export_levels
+            else ""
+        )
         report.add(
-            "changes", "sync change feed", "degraded", "none: every sync run re-screens every candidate"
+            "changes",
+            "sync change feed",
+            "degraded",
+            f"none: every sync run re-screens every candidate{hint}",
         )
     elif changes == "last-updated":
         report.add(
             "changes", "sync change feed", "ok", "_lastUpdated: deletions only at the full reconciliation"
         )
+    elif changes == "bulk":
+        level = bulk_level(caps, group is not None)
+        where = f"Group/{group}" if level == "group" else f"{level}-level"
+        report.add(
+            "changes",
+            "sync change feed",
+            "ok",
+            f"{where} $export with _since: deletions where the server lists them, else at the full "
+            "reconciliation",
+        )
+    return sync
 
 
-def _cost(caps: Capabilities, screener: Screener, report: Report, patients: int, write_back: bool) -> None:
+# An export costs a kick-off, its status polls, one request per file and the DELETE; the polls depend on the
+# server's speed (HAPI's small jobs: one or two; production: one per poll interval, minutes to hours).
+EXPORT_POLLS = 3
+
+
+def _cost(
+    caps: Capabilities,
+    screener: Screener,
+    report: Report,
+    patients: int,
+    write_back: bool,
+    sync: Strategies | None = None,
+    group: str | None = None,
+) -> None:
     tokens = sum(
         len({t for c in concepts for t in search_tokens(c)}) for _, concepts in screener.gate.selectors
     )
@@ -407,6 +497,41 @@ def _cost(caps: Capabilities, screener: Screener, report: Report, patients: int,
         "perPatient": per_patient,
         "writeBackPerPatient": writes,
         "total": candidates + patients * (per_patient + writes),
+    }
+    if sync is not None:
+        report.cost["sync"] = _sync_cost(caps, screener, sync, patients, candidates, per_patient, group)
+
+
+def _sync_cost(
+    caps: Capabilities,
+    screener: Screener,
+    sync: Strategies,
+    patients: int,
+    searches: int,
+    typed_per_patient: int,
+    group: str | None,
+) -> dict[str, Any]:
+    """Requests of a sync run without its write-back (which is the screen's, per written patient)."""
+    level = bulk_level(caps, group is not None) or "system"
+    types = export_types(screener.needed_types, level)
+    per_export = 2 + EXPORT_POLLS + len(types)  # kick-off, polls, one file per type, DELETE
+    feed_types = len(screener.needed_types | {"Patient"})
+    change_feed = {"history": feed_types, "last-updated": feed_types, "bulk": per_export}.get(
+        sync.changes or "", 0
+    )
+    candidates = {"search": searches, "group": 1, "bulk": 0}.get(sync.candidates, 0)
+    bulk_records = sync.records == "bulk"
+    per_patient = 0 if bulk_records else typed_per_patient
+    full = candidates + (per_export if bulk_records else patients * per_patient)
+    return {
+        "fullRun": full,
+        "changeFeed": change_feed,
+        "perChangedPatient": per_patient,
+        "recordsExportPerRun": per_export if bulk_records else 0,
+        "requestsPerExport": per_export,
+        "exports": int(sync.changes == "bulk") + int(bulk_records),
+        "exportNote": f"a kick-off, about {EXPORT_POLLS} polls, {len(types)} files, the DELETE"
+        + ("; plus one read per referenced Medication" if level != "system" else ""),
     }
 
 

@@ -448,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--no-write-back", action="store_true", help="the run will not write: skip the write checks"
     )
+    c.add_argument(
+        "--group",
+        metavar="ID",
+        help="the Group screen --group or the sync's [server] group names (Group members, Group-level $export)",
+    )
     _server_options(c)
     _write_server_options(c)
     _common(c)
@@ -691,6 +696,7 @@ def _check(args: argparse.Namespace) -> int:
         args.patients,
         write_back=not args.no_write_back,
         write_target=target,
+        group=args.group,
     )
     print(render(report, args.json))
     return report.exit_code

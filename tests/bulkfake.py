@@ -1,7 +1,8 @@
 """A loopback Bulk Data server for unit tests: scripted status answers, files with faults, a request log.
 
 ``FakeBulk`` serves ``/fhir/$export`` (and ``Patient/$export``, ``Group/<id>/$export``), the status URL
-``/fhir/status/<job>``, and files at ``/files/<name>``. It records every request (method, path, whether
+``/fhir/status/<job>``, files at ``/files/<name>``, and any other GET path given in ``routes`` (a JSON
+body, e.g. ``/fhir/metadata`` or ``/fhir/Group/g1``, for tests that run a whole sync against it). It records every request (method, path, whether
 an Authorization header came), so tests can assert what the client sent where. Two instances make two
 origins (a FHIR server and a storage host).
 """
@@ -67,6 +68,8 @@ class FakeBulk:
         # per job, in order: its manifest (default: ``manifest``)
         self.manifests: list[dict[str, Any]] = []
         self.jobs = 0
+        # GET path -> JSON body (served as application/fhir+json; checked before the built-in answers)
+        self.routes: dict[str, Any] = {}
         self.deleted_jobs: list[str] = []
         self.gone_jobs: set[str] = set()
         self._polls: dict[str, int] = {}
@@ -147,6 +150,8 @@ class FakeBulk:
 
             def do_GET(self) -> None:
                 seen = self._record()
+                if seen.path in fake.routes:
+                    return self._send(200, {"Content-Type": "application/fhir+json"}, fake.routes[seen.path])
                 if seen.path.endswith("$export"):
                     return self._kick_off()
                 if seen.path.startswith("/fhir/status/"):

@@ -9,8 +9,15 @@ Three choices, each with the server's own words as evidence:
   criteria read), or ``bulk``;
 - **changes** (sync): ``history`` (type-level ``_history?_since``, deletions included), ``last-updated``
   (``_lastUpdated`` searches: deletions are invisible, the scheduled full reconciliation catches them),
-  ``bulk`` (a Bulk Data export with ``_since``; deletions from its ``deleted`` files), or ``full-only``
-  (no change feed: every run re-screens every candidate).
+  ``bulk`` (a Bulk Data export with ``_since``; deletions from its ``deleted`` files where the server
+  lists them, else at the full reconciliation), or ``full-only`` (no change feed: every run re-screens
+  every candidate).
+
+A Bulk Data export is usable at the system level, the Patient level, or the Group level when the site
+names its Group (``[server] group``, ``--group``): a Group-only server without a Group has no export the
+adapter can use. :func:`choose_sync` makes the three choices of a sync run together, so ``sync`` and
+``check`` cannot disagree: where the change feed is a Bulk Data export and there is no ``$everything``,
+the records come from exports too (``bulk``), and then so do the candidates unless a Group is named.
 
 The records strategy never changes a verdict: every strategy builds the same ``PatientRecord``.
 """
@@ -22,6 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fhir_adapter.errors import UsageError
+
+# fhir_adapter.client.bulk.Level (settings.py imports this module, and client.bulk imports settings)
+Level = Literal["system", "patient", "group"]
 
 CandidatesStrategy = Literal["search", "group", "given", "bulk"]
 RecordsStrategy = Literal["everything", "typed", "bulk"]
@@ -133,6 +143,10 @@ class Strategies:
             parts.append(f"changes: {self.changes}")
         return ", ".join(parts)
 
+    @property
+    def uses_bulk(self) -> bool:
+        return "bulk" in (self.candidates, self.records, self.changes)
+
     def to_json(self) -> dict[str, str]:
         out: dict[str, str] = {"candidates": self.candidates, "records": self.records}
         if self.changes is not None:
@@ -150,10 +164,27 @@ class Overrides:
     changes: ChangesStrategy | None = None
 
 
-def choose_records(caps: Capabilities, forced: RecordsStrategy | None = None) -> RecordsStrategy:
+def bulk_level(caps: Capabilities, group: bool = False) -> Level | None:
+    """The export level a run can use: the Group's when one is named and offered, else system, else
+    Patient; None when there is none (a Group-level export needs a Group id)."""
+    levels = caps.export_levels
+    if group and "group" in levels:
+        return "group"
+    if "system" in levels:
+        return "system"
+    return "patient" if "patient" in levels else None
+
+
+def choose_records(
+    caps: Capabilities, forced: RecordsStrategy | None = None, *, changes: ChangesStrategy | None = None
+) -> RecordsStrategy:
+    """``$everything`` where offered; else, for a sync whose change feed is a Bulk Data export, exports
+    (the server's population path, and the file verdicts); else typed searches."""
     if forced is not None:
         return forced
-    return "everything" if caps.everything else "typed"
+    if caps.everything:
+        return "everything"
+    return "bulk" if changes == "bulk" else "typed"
 
 
 def choose_candidates(
@@ -163,13 +194,18 @@ def choose_candidates(
     group: bool = False,
     forced: CandidatesStrategy | None = None,
     gate_types: Iterable[str] = ("Condition",),
+    bulk_records: bool = False,
 ) -> CandidatesStrategy:
+    """``bulk_records``: the records come from an export, which then also names the candidates (the
+    file path's matcher, no search of its own)."""
     if forced is not None:
         return forced
     if given:
         return "given"
     if group:
         return "group"
+    if bulk_records and bulk_level(caps) is not None:
+        return "bulk"
     if all(caps.supports(t, "search-type") for t in gate_types):
         return "search"
     if caps.export_levels:
@@ -181,10 +217,15 @@ def choose_candidates(
 
 
 def choose_changes(
-    caps: Capabilities, types: Iterable[str], forced: ChangesStrategy | None = None
+    caps: Capabilities,
+    types: Iterable[str],
+    forced: ChangesStrategy | None = None,
+    *,
+    group: bool = False,
 ) -> ChangesStrategy:
     """The best change feed for the types the criteria read: the history (sees deletions), else
-    ``_lastUpdated`` searches, else a Bulk Data export with ``_since``, else none."""
+    ``_lastUpdated`` searches, else a Bulk Data export with ``_since`` at a level the site can use
+    (``group``: a Group is named), else none."""
     if forced is not None:
         return forced
     wanted = sorted(set(types) | {"Patient"})
@@ -192,9 +233,39 @@ def choose_changes(
         return "history"
     if caps.last_updated_for(wanted):
         return "last-updated"
-    if caps.export_levels:
+    if bulk_level(caps, group) is not None:
         return "bulk"
     return "full-only"
+
+
+def choose_sync(
+    caps: Capabilities,
+    types: Iterable[str],
+    *,
+    gate_types: Iterable[str] = ("Condition",),
+    group: bool = False,
+    overrides: Overrides | None = None,
+) -> Strategies:
+    """The three strategies of a sync run (``check`` names the same). A forced bulk strategy on a
+    server without a usable export is a usage error, named here rather than at the first kick-off."""
+    forced = overrides or Overrides()
+    changes = choose_changes(caps, types, forced.changes, group=group)
+    records = choose_records(caps, forced.records, changes=changes)
+    candidates = choose_candidates(
+        caps, group=group, forced=forced.candidates, gate_types=gate_types, bulk_records=records == "bulk"
+    )
+    if candidates == "given":
+        raise UsageError("strategies.candidates: given patients are for screen --patient, not for sync")
+    if candidates == "group" and not group:
+        raise UsageError("strategies.candidates: the group strategy needs [server] group")
+    chosen = Strategies(candidates, records, changes)
+    if chosen.uses_bulk and bulk_level(caps, group) is None:
+        where = ", ".join(sorted(caps.export_levels)) or "none"
+        raise UsageError(
+            f"strategies: {chosen.describe()} needs a Bulk Data export at the system, Patient or (with "
+            f"[server] group) Group level; the server offers: {where}"
+        )
+    return chosen
 
 
 def _dicts(value: Any) -> list[Mapping[str, Any]]:

@@ -19,6 +19,9 @@ class Changes:
     patients: set[str] = field(default_factory=set)
     deleted: int = 0
     entries: int = 0
+    # The feed's own next watermark (a Bulk Data export's transactionTime); None: the run's server_now.
+    next_watermark: dt.datetime | None = None
+    hold_watermark: bool = False  # the feed is incomplete: keep the old watermark, read it again next run
 
 
 def server_now(client: FhirClient) -> dt.datetime:

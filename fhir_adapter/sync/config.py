@@ -18,6 +18,7 @@ from fhir_adapter.settings import (
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     MIB,
     AuthSettings,
+    BulkSettings,
     RuleSettings,
     ServerSettings,
     WriteTarget,
@@ -62,6 +63,7 @@ class SiteConfig:
     group: str | None = None  # [server] group: the candidates are this Group's members
     strategies: Overrides = field(default_factory=Overrides)  # [strategies]: forced choices
     write_target: WriteTarget | None = None  # [writeback]: a separate write server
+    bulk: BulkSettings = field(default_factory=BulkSettings)  # [bulk]: exports of the bulk strategies
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -137,6 +139,7 @@ def load_site_config(path: Path) -> SiteConfig:
         group=server.get("group"),
         strategies=Overrides(**raw.get("strategies", {})),
         write_target=_write_target(path, target, resolve) if target is not None else None,
+        bulk=_bulk_settings(raw.get("bulk", {})),
         raw=raw,
     )
 
@@ -198,3 +201,14 @@ def _write_target(
     # The read server's secrets are never reused here by accident: the defaults are variables of their own.
     secrets = ("env:FHIR_WRITE_TOKEN", "env:FHIR_WRITE_PASSWORD")
     return WriteTarget(_connection(table, "writeback", resolve, writes=True, secrets=secrets), mode, system)
+
+
+def _bulk_settings(table: dict[str, Any]) -> BulkSettings:
+    defaults = BulkSettings()
+    return BulkSettings(
+        poll_max_wait=float(table.get("poll_max_wait_seconds", defaults.poll_max_wait)),
+        export_timeout=float(table.get("export_timeout_seconds", defaults.export_timeout)),
+        downloads=int(table.get("downloads", defaults.downloads)),
+        patients_per_job=int(table.get("patients_per_job", defaults.patients_per_job)),
+        storage_origins=tuple(table.get("storage_origins", ())),
+    )

@@ -27,14 +27,8 @@ from fhir_adapter.pipeline import run as run_pipeline
 from fhir_adapter.screen import render_report
 from fhir_adapter.screening import Screener
 from fhir_adapter.source.candidates import Candidates, find_candidates, group_members
-from fhir_adapter.source.server import ServerSource
-from fhir_adapter.source.strategies import (
-    Strategies,
-    choose_candidates,
-    choose_changes,
-    choose_records,
-    read_capabilities,
-)
+from fhir_adapter.source.strategies import Capabilities, Strategies, choose_sync, read_capabilities
+from fhir_adapter.sync.bulk_changes import BulkSync, bulk_folder, records_source
 from fhir_adapter.sync.changes import Changes, changed_by_last_updated, changed_patients, server_now
 from fhir_adapter.sync.config import SiteConfig
 from fhir_adapter.sync.lock import RunLock
@@ -125,35 +119,36 @@ def _run(
     after = before
     outcome = "fatal"
     strategies: Strategies | None = None
+    bulk: BulkSync | None = None
     try:
         with client_for(config) as client, write_client_for(config, client) as writer:
             now = server_now(client)
             queue: dict[str, str] = dict(state.pending())
             caps = read_capabilities(client.capabilities())
-            strategies = Strategies(
-                choose_candidates(
-                    caps,
-                    group=config.group is not None,
-                    forced=config.strategies.candidates,
-                    gate_types=screener.gate.types or ("Condition",),
-                ),
-                choose_records(caps, config.strategies.records),
-                choose_changes(caps, screener.needed_types, config.strategies.changes),
-            )
+            strategies = _strategies(config, caps, screener)
             log.info("strategies: %s", strategies.describe())
+            if strategies.uses_bulk:
+                bulk = BulkSync(
+                    client, caps, screener, config.bulk, bulk_folder(config.state_path), config.group
+                )
             full = full or _full_due(config, state, as_of) or strategies.changes == "full-only"
+            next_mark: dt.datetime | None = now  # None: the feed is incomplete, the watermark stays
             if before is None or full:
-                found = _candidates(client, config, screener, strategies)
+                if bulk is not None and strategies.records == "bulk":
+                    # One export of everything: every record, maybe the candidates, and the watermark.
+                    next_mark = bulk.full_export()
+                found = _candidates(client, config, screener, strategies, bulk)
                 counts.candidates = len(found.patient_ids)
                 for pid in found.patient_ids:
                     queue.setdefault(pid, "full" if before is not None else "first run")
                 for pid in state.known_patients():
                     queue.setdefault(pid, "full")
             else:
-                changes = _changes(client, strategies, dt.datetime.fromisoformat(before), screener)
+                changes = _changes(client, strategies, dt.datetime.fromisoformat(before), screener, bulk)
                 counts.deleted_resources = changes.deleted
                 for pid in sorted(changes.patients):
                     queue.setdefault(pid, "changed")
+                next_mark = None if changes.hold_watermark else (changes.next_watermark or now)
             for pid in state.due_for_recheck(as_of):
                 queue.setdefault(pid, "window")
             counts.queued = len(queue)
@@ -163,14 +158,19 @@ def _run(
             if not dry_run:
                 # Persist the work, then advance the watermark: a crash from here on loses nothing.
                 state.enqueue(list(queue), "queued")
-                after = now.isoformat()
-                state.put(WATERMARK, after)
+                if next_mark is not None:
+                    after = next_mark.isoformat()
+                    state.put(WATERMARK, after)
             try:
                 problems = _process(
-                    client, writer, config, state, screener, strategies, queue, counts, dry_run, out
+                    client, writer, config, state, screener, strategies, queue, counts, dry_run, out, bulk
                 )
             finally:
                 counts.requests = client.request_count + (writer.request_count if writer is not client else 0)
+            if bulk is not None:
+                problems.extend(bulk.problems)  # the server's export errors, files it could not serve
+                counts.errors += len(bulk.problems)
+                bulk.finish(ok=True)
         outcome = "partial" if counts.errors else "ok"
     except AdapterError as exc:
         problems.append(InputProblem(config.server_url, str(exc)))
@@ -184,6 +184,7 @@ def _run(
             "asOf": as_of.isoformat(),
             "studies": list(screener.studies),
             "strategies": strategies.to_json() if strategies else None,
+            **({"bulk": bulk.to_json()} if bulk is not None else {}),
             "watermarkBefore": before,
             "watermarkAfter": after,
             "counts": counts.to_json(),
@@ -212,6 +213,7 @@ def _process(
     counts: Counts,
     dry_run: bool,
     out: TextIO,
+    bulk: BulkSync | None = None,
 ) -> list[InputProblem]:
     writeback = None
     if config.write_back:
@@ -229,24 +231,36 @@ def _process(
     limit = config.max_patients or len(chosen)
     if len(chosen) > limit:
         log.info("limit of %d patients reached; %d stay queued", limit, len(chosen) - limit)
-    records = strategies.records
-    assert records != "bulk", "sync reads each queued patient's record from the server"
-    source = ServerSource(
-        client,
-        screener,
-        patients=chosen[:limit],
-        missing="absent",
-        strategy=records,
-        concurrency=config.server.concurrency,
-    )
     sink = SyncSink(state, screener.trials, screener.as_of, counts, dry_run, writeback)
-    run_pipeline(source, screener, [sink], max_consecutive_failures=config.max_consecutive_failures)
+    with records_source(
+        client, screener, strategies.records, chosen[:limit], bulk, config.server.concurrency
+    ) as source:
+        run_pipeline(source, screener, [sink], max_consecutive_failures=config.max_consecutive_failures)
     return sink.problems
 
 
+def _strategies(config: SiteConfig, caps: Capabilities, screener: Screener) -> Strategies:
+    try:
+        return choose_sync(
+            caps,
+            screener.needed_types,
+            gate_types=screener.gate.types or ("Condition",),
+            group=config.group is not None,
+            overrides=config.strategies,
+        )
+    except UsageError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from exc
+
+
 def _candidates(
-    client: FhirClient, config: SiteConfig, screener: Screener, strategies: Strategies
+    client: FhirClient,
+    config: SiteConfig,
+    screener: Screener,
+    strategies: Strategies,
+    bulk: BulkSync | None = None,
 ) -> Candidates:
+    if strategies.candidates == "bulk" and bulk is not None:
+        return bulk.candidates()
     if strategies.candidates == "group":
         if config.group is None:
             raise ConfigError(f"{config.path}: server.group: the group strategy needs a Group id")
@@ -258,7 +272,15 @@ def _candidates(
     )
 
 
-def _changes(client: FhirClient, strategies: Strategies, since: dt.datetime, screener: Screener) -> Changes:
+def _changes(
+    client: FhirClient,
+    strategies: Strategies,
+    since: dt.datetime,
+    screener: Screener,
+    bulk: BulkSync | None = None,
+) -> Changes:
+    if strategies.changes == "bulk" and bulk is not None:
+        return bulk.changes(since)
     if strategies.changes == "history":
         return changed_patients(client, since, screener.needed_types)
     if strategies.changes == "last-updated":

@@ -112,7 +112,7 @@ def test_every_profile_gives_the_file_verdicts_with_the_strategy_its_capabilitie
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
         code = main(["check", "--server", url, "--json"])
     assert code in (0, 3), stdout.getvalue()
-    assert json.loads(stdout.getvalue())["strategies"]["records"] == records
+    assert json.loads(stdout.getvalue())["strategies"]["screen"]["records"] == records
 
 
 def test_the_candidate_search_pages_through_a_capped_server(

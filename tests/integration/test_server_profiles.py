@@ -8,8 +8,10 @@ import contextlib
 import io
 import json
 import re
+import sqlite3
 import textwrap
 import time
+import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -221,6 +223,21 @@ def manifest(config: Path) -> dict[str, Any]:
     return dict(json.loads(runs[-1].read_text()))
 
 
+def first_group(config: Path) -> str:
+    return str(tomllib.loads(config.read_text(encoding="utf-8"))["server"]["group"])
+
+
+def mark_screened(config: Path) -> None:
+    """Set every stored result's screening time to a mark: a re-screen shows even within the same second."""
+    with contextlib.closing(sqlite3.connect(config.parent / "state" / "state.sqlite")) as db, db:
+        db.execute("UPDATE result SET screened_at = 'mark'")
+
+
+def rescreened(config: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(config.parent / "state" / "state.sqlite")) as db:
+        return {p for p, at in db.execute("SELECT patient, screened_at FROM result") if at != "mark"}
+
+
 def test_sync_without_history_finds_changes_by_last_updated_and_deletions_at_the_full_run(
     site: Path, search_only_url: str, sandbox_url: str, loaded: tuple[list[str], Path, str]
 ) -> None:
@@ -251,9 +268,11 @@ def test_sync_without_history_finds_changes_by_last_updated_and_deletions_at_the
     }
     created = requests.post(f"{sandbox_url}/Observation", json=observation, timeout=30)
     assert created.status_code == 201, created.text
+    mark_screened(site)
     code, text = cli("sync", "--config", str(site))
     changed = manifest(site)["counts"]
     assert code == 0 and (changed["queued"], changed["evaluated"]) == (1, 1), text
+    assert rescreened(site) == {dm08}  # exactly that patient
 
     # A deletion is invisible to _lastUpdated searches; the full reconciliation catches it.
     gone = requests.delete(
@@ -265,3 +284,10 @@ def test_sync_without_history_finds_changes_by_last_updated_and_deletions_at_the
     code, text = cli("sync", "--config", str(site), "--full")
     full = manifest(site)["counts"]
     assert code == 0 and full["evaluated"] == len(dm) and full["written"] >= 1, text
+
+    # `check` (with the same Group) names the strategies the sync used.
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["check", "--server", search_only_url, "--group", first_group(site), "--json"])
+    assert code in (0, 3), stdout.getvalue()
+    assert json.loads(stdout.getvalue())["strategies"]["sync"] == first["strategies"]

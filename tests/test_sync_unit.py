@@ -653,6 +653,13 @@ def test_render_manifest() -> None:
     assert "queued 0 (nothing changed), evaluated 0" in sync_manifest.render_manifest(quiet)
 
 
+def test_the_run_summary_names_the_strategies_used() -> None:
+    body = manifest() | {"strategies": {"candidates": "group", "records": "bulk", "changes": "bulk"}}
+    assert sync_manifest.render_manifest(body).endswith(
+        "; strategies: candidates group, records bulk, changes bulk"
+    )
+
+
 def test_write_manifest_is_one_json_file_per_run(tmp_path: Path) -> None:
     folder = tmp_path / "runs"
     sync_manifest.write_manifest(folder, 7, manifest())

@@ -52,6 +52,7 @@ def write_manifest(folder: Path, run_id: int, manifest: dict[str, Any]) -> None:
 
 def render_manifest(manifest: dict[str, Any]) -> str:
     c = manifest["counts"]
+    strategies = manifest.get("strategies")
     return (
         f"sync run {manifest['run']} {manifest['outcome']}: as of {manifest['asOf']}; "
         f"queued {c['queued']} ({', '.join(f'{k}: {v}' for k, v in c['queuedBecause'].items()) or 'nothing changed'}), "
@@ -59,6 +60,11 @@ def render_manifest(manifest: dict[str, Any]) -> str:
         f"staff-managed {c['skippedStaffManaged']}, errors {c['errors']}"
         + (f", requests {c['requests']}" if "requests" in c else "")
         + f"; watermark {manifest['watermarkBefore']} -> {manifest['watermarkAfter']}"
+        + (
+            "; strategies: " + ", ".join(f"{k} {v}" for k, v in strategies.items())
+            if isinstance(strategies, dict) and strategies
+            else ""
+        )
     )
 
 

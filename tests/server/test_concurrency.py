@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +100,23 @@ def test_a_429_pauses_every_fetch_thread_not_only_the_one_that_got_it(
         turned_away.append(request.received)
         return Reply(429, json=outcome("throttled"), headers={"Retry-After": "1"})
 
+    def slow(request: Request) -> None:
+        time.sleep(0.15)  # each record takes a while, so unpaused threads are still busy below
+        return None  # the store answers
+
     server.on("GET", r"Patient/c03/\$everything", throttle)
+    server.on("GET", EVERYTHING, slow, repeat=True)
 
     run = screen(capsys, server, tmp_path / "r.json", "--concurrency", "4", verbose=False)
 
     assert run.code == 0, run.err[-2000:]
     assert len(run.screened()) == len(MANY)
     (at,) = turned_away
-    during = [r for r in server.requests if at < r.received < at + 0.9]
-    # Only fetches already on the wire when the 429 came (at most one per other thread) arrive during
-    # the pause; without the shared pause the other three threads would go on at full speed.
-    assert len(during) <= 3
+    # Once the client has read the 429 (0.3 s is ample, even on a busy machine), nothing starts until
+    # its 1 s pause ends: not the other fetch threads, not the main thread's write-back lookups. Without
+    # the shared pause the other threads go on filling the pool's look-ahead (eight records) meanwhile.
+    during = [r for r in server.requests if at + 0.3 < r.received < at + 0.95]
+    assert len(during) <= 1, [r.path for r in during]
     assert "paused" in run.err
 
 

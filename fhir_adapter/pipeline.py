@@ -121,16 +121,20 @@ def run(
 def _evaluated(
     items: Iterator[SourceItem], screener: Screener, pool: WorkerPool | None
 ) -> Iterator[tuple[SourceItem, Evaluated | None]]:
+    def here(item: SourceItem) -> Evaluated | None:
+        if isinstance(item, Unbuilt):
+            return evaluate(item.raw, screener, item.medication)
+        if isinstance(item, Screenable):
+            return _screen_built(item, screener)
+        return None
+
     if pool is not None:
-        yield from pool.ordered(items, lambda item: isinstance(item, Unbuilt))
+        # Only records with rows go to the workers: a stub (a patient no gate admits) is one criterion
+        # on no data, cheaper here than its trip to a worker and back.
+        yield from pool.ordered(items, lambda item: isinstance(item, Unbuilt) and bool(item.raw.rows), here)
         return
     for item in items:
-        if isinstance(item, Unbuilt):
-            yield item, evaluate(item.raw, screener, item.medication)
-        elif isinstance(item, Screenable):
-            yield item, _screen_built(item, screener)
-        else:
-            yield item, None
+        yield item, here(item)
 
 
 def _screen_built(item: Screenable, screener: Screener) -> Evaluated:

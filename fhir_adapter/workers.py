@@ -16,7 +16,7 @@ import sqlite3
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +79,20 @@ def _medication(key: str) -> bytes | None:
     return bytes(row[0]) if row else None
 
 
-def _work(raw: RawRecord) -> Evaluated:
-    return evaluate(raw, _STATE["screener"], _medication)
+def _work_many(raws: list[RawRecord]) -> list[Evaluated]:
+    return [evaluate(raw, _STATE["screener"], _medication) for raw in raws]
 
 
 # -- the main side -----------------------------------------------------------------------------------------
 class WorkerPool:
     """``workers`` processes screening records of one run. Use as a context manager."""
 
-    def __init__(self, workers: int, rules: RuleSettings, as_of: Any, index: Path, window: int = 0) -> None:
+    def __init__(
+        self, workers: int, rules: RuleSettings, as_of: Any, index: Path, window: int = 0, batch: int = 8
+    ) -> None:
         self.workers = workers
-        self.window = window or workers * 8
+        self.batch = batch
+        self.window = window or workers * 8 * batch
         self._executor = ProcessPoolExecutor(workers, initializer=_start, initargs=(rules, as_of, str(index)))
 
     def __enter__(self) -> WorkerPool:
@@ -98,15 +101,51 @@ class WorkerPool:
     def __exit__(self, *exc: object) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def ordered(self, items: Iterator[Any], is_raw: Any) -> Iterator[tuple[Any, Evaluated | None]]:
-        """Each item with its evaluation (None for items that are not raw records), in input order."""
-        pending: deque[tuple[Any, Future[Evaluated] | None]] = deque()
+    def ordered(
+        self, items: Iterator[Any], remote: Any, local: Any
+    ) -> Iterator[tuple[Any, Evaluated | None]]:
+        """Each item with its evaluation, in input order: ``remote(item)`` ones by the workers, in batches
+        of ``batch`` (one round trip per batch, not per record), the rest by ``local(item)`` in this
+        process (a patient no gate admits costs less than its trip to a worker)."""
+        pending: deque[tuple[Any, Evaluated | tuple[_Batch, int] | None]] = deque()
+        filling = _Batch()
+
+        def submit(batch: _Batch) -> None:
+            if batch.future is None and batch.raws:
+                batch.future = self._executor.submit(_work_many, batch.raws)
+
+        def ready() -> bool:
+            head = pending[0][1]
+            return not isinstance(head, tuple) or (head[0].future is not None and head[0].future.done())
+
+        def take() -> tuple[Any, Evaluated | None]:
+            item, slot = pending.popleft()
+            if not isinstance(slot, tuple):
+                return item, slot
+            batch, position = slot
+            submit(batch)  # the head waits on it: a part-filled batch goes now
+            assert batch.future is not None
+            return item, batch.future.result()[position]
+
         for item in items:
-            future = self._executor.submit(_work, item.raw) if is_raw(item) else None
-            pending.append((item, future))
-            while len(pending) > self.window or (pending and (pending[0][1] is None or pending[0][1].done())):
-                head, done = pending.popleft()
-                yield head, done.result() if done is not None else None
+            if remote(item):
+                pending.append((item, (filling, len(filling.raws))))
+                filling.raws.append(item.raw)
+                if len(filling.raws) >= self.batch:
+                    submit(filling)
+                    filling = _Batch()
+            else:
+                pending.append((item, local(item)))
+            while len(pending) > self.window or (pending and ready()):
+                yield take()
+        submit(filling)
         while pending:
-            head, done = pending.popleft()
-            yield head, done.result() if done is not None else None
+            yield take()
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Records sent to a worker together; ``future`` is set once sent."""
+
+    raws: list[RawRecord] = field(default_factory=list)
+    future: Future[list[Evaluated]] | None = None

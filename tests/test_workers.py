@@ -1,0 +1,52 @@
+"""``--workers N``: the process pool gives the result file of one worker, byte for byte (but for the time
+it was written), on the shipped examples and on a generated hospital-shaped population with bad lines."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from fhir_adapter.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from populations import write_population  # noqa: E402
+
+AS_OF = "2026-06-15"
+
+
+def screen(inputs: Path, out: Path, workers: int) -> tuple[int, bytes, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stdout(err), contextlib.redirect_stderr(err):
+        code = main(["screen", str(inputs), "--as-of", AS_OF, "--out", str(out), "--workers", str(workers)])
+    return code, re.sub(rb'"generated":"[^"]*"', b"", out.read_bytes()), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("population")
+    write_population("a", 240, folder)  # 60 candidates: several batches per worker, stubs between them
+    with (folder / "Observation.ndjson").open("ab") as fh:
+        fh.write(b'{"resourceType": "Observation", "subject": \n')  # a broken line: an errors entry
+    return folder
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_pool_writes_the_result_file_of_one_worker(population: Path, tmp_path: Path, workers: int) -> None:
+    one = screen(population, tmp_path / "one.json", 1)
+    many = screen(population, tmp_path / "many.json", workers)
+    assert one[0] == many[0] == 3  # the broken line
+    assert many[1] == one[1]
+    assert one[1].count(b'"patient":"Patient/') >= 240
+
+
+def test_a_pool_on_the_examples_writes_the_result_file_of_one_worker(tmp_path: Path) -> None:
+    one = screen(REPO / "examples" / "patients", tmp_path / "one.json", 1)
+    two = screen(REPO / "examples" / "patients", tmp_path / "two.json", 2)
+    assert one[0] == two[0]
+    assert two[1] == one[1]

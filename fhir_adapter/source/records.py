@@ -24,8 +24,9 @@ from typing import Final, Literal
 
 from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import OperationNotSupported, ServerError
-from fhir_adapter.facts.fhirjson import patient_of, ref_id
+from fhir_adapter.facts.fhirjson import patient_of
 from fhir_adapter.model import PatientRecord, Resource
+from fhir_adapter.source.grouping import MED_TYPES, medication_keys
 from fhir_adapter.source.strategies import read_capabilities
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 Strategy = Literal["everything", "typed"]
 
 PAGE_SIZE: Final = 500
-_MEDICATION_TYPES: Final = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
 _ABSENT: Final = frozenset({404, 410})
 # Answers to $everything that say "no such operation"; 400/404/410 may instead mean "no such patient".
 _NOT_SUPPORTED: Final = frozenset({405, 501})
@@ -83,7 +83,7 @@ def fetch_record(
         resources = [response.body]
         for rtype in sorted(types - {"Patient", "Medication"}):
             params: list[tuple[str, str | int]] = [("patient", patient_id), ("_count", PAGE_SIZE)]
-            if rtype in _MEDICATION_TYPES:
+            if rtype in MED_TYPES:
                 params.append(("_include", f"{rtype}:medication"))
             resources.extend(client.search(rtype, params))
     record, versions, missing = build_record(patient_id, resources, types)
@@ -129,7 +129,7 @@ def build_record(
             patient = resource
         else:
             grouped.setdefault(rtype, []).append(resource)
-    wanted = _medication_keys(grouped)
+    wanted = medication_keys(grouped)
     medications = {key: pool[key] for key in sorted(wanted) if key in pool}
     for key in list(versions):
         if key.startswith("Medication/") and key not in medications:
@@ -172,19 +172,6 @@ def _medications_by_id(client: FhirClient, ids: list[str]) -> Iterable[Resource]
     for start in range(0, len(ids), _IDS_PER_SEARCH):
         chunk = ",".join(ids[start : start + _IDS_PER_SEARCH])
         yield from client.search("Medication", [("_id", chunk), ("_count", _IDS_PER_SEARCH)])
-
-
-def _medication_keys(grouped: Mapping[str, list[Resource]]) -> set[str]:
-    keys: set[str] = set()
-    for rtype in _MEDICATION_TYPES:
-        for resource in grouped.get(rtype, []):
-            r5 = resource.get("medication")
-            ref = ref_id(resource.get("medicationReference")) or ref_id(
-                r5.get("reference") if isinstance(r5, dict) else None
-            )
-            if ref and ref.startswith("Medication/"):
-                keys.add(ref)
-    return keys
 
 
 def _note_version(versions: dict[str, str], resource: Resource) -> None:

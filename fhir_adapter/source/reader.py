@@ -14,7 +14,6 @@ import gzip
 import io
 import logging
 import os
-import re
 import stat
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +33,7 @@ LineFilter = tuple[bytes, ...] | None
 FHIR_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 MAX_BUNDLE_DEPTH = 8
 _CHUNK = 1 << 20
+_BLOCK = 1 << 22  # filtered reads search this much at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,20 +301,85 @@ def _lines(first: bytes, fh: IO[bytes], limit: int) -> Iterator[bytes | None]:
 def _ndjson(
     name: str, first: bytes, fh: IO[bytes], line_filter: LineFilter, limits: ReadLimits, raw: bool
 ) -> Iterator[Item | Line | InputProblem]:
+    if line_filter:
+        for kept in _filtered(name, first, fh, line_filter, limits.max_line_bytes):
+            if raw:
+                yield kept
+            else:
+                yield from parse_line(kept)
+        return
     lineno = 0
-    # One C-level search per line instead of a Python loop over the filter's strings.
-    wanted = re.compile(b"|".join(re.escape(f) for f in line_filter)).search if line_filter else None
     for line in _lines(first, fh, limits.max_line_bytes):
         lineno += 1
         if line is None:
             yield InputProblem(name, f"line longer than {limits.max_line_bytes} bytes: skipped", line=lineno)
             continue
-        if (wanted is not None and wanted(line) is None) or not line.strip():
+        if not line.strip():
             continue
         if raw:
             yield Line(line, name, lineno)
         else:
             yield from parse_line(Line(line, name, lineno))
+
+
+def _filtered(
+    name: str, first: bytes, fh: IO[bytes], wanted: tuple[bytes, ...], limit: int
+) -> Iterator[Line]:
+    """The lines holding one of the ``wanted`` strings, found by searching whole blocks with
+    ``bytes.find`` (memchr speed; a regular expression alternation is several times slower) rather than
+    line by line: most lines of an export do not mention the gate's types. The same
+    lines, with the same numbers, as the line-by-line read, but no problems: a line longer than
+    ``limit`` is passed over in silence (a filtered read is pass 1; pass 2 reads every line and reports
+    it)."""
+    lineno = 0  # lines before ``buf``
+    buf = first
+    skipping = False  # inside an overlong line: drop bytes up to its end
+    while True:
+        block = fh.read(_BLOCK)
+        buf = buf + block if buf else block
+        if skipping:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                buf = b""
+                if block:
+                    continue
+                return
+            lineno += 1
+            skipping = False
+            buf = buf[nl + 1 :]
+        end = len(buf) if not block else buf.rfind(b"\n") + 1  # complete lines only, but at the end
+        chunk, buf = buf[:end], buf[end:]
+        at = 0  # ``lineno`` counts the lines of ``chunk`` before ``at``
+        for hit in _hits(chunk, wanted):
+            if hit < at:
+                continue  # a second match in a line already taken
+            start = chunk.rfind(b"\n", 0, hit) + 1
+            stop = chunk.find(b"\n", hit)
+            stop = len(chunk) if stop < 0 else stop + 1
+            lineno += chunk.count(b"\n", at, start)
+            line = chunk[start:stop]
+            lineno += 1
+            at = stop
+            if len(line) - line.endswith(b"\n") <= limit and line.strip():
+                yield Line(line, name, lineno)
+        lineno += chunk.count(b"\n", at)
+        if len(buf) > limit + 1:  # no newline in sight: an overlong line, read past, never held
+            buf = b""
+            skipping = True
+        if not block:
+            return
+
+
+def _hits(chunk: bytes, wanted: tuple[bytes, ...]) -> list[int]:
+    """Where in ``chunk`` each wanted string starts, in order (no string holds a newline)."""
+    found: list[int] = []
+    for text in wanted:
+        at = chunk.find(text)
+        while at >= 0:
+            found.append(at)
+            at = chunk.find(text, at + 1)
+    found.sort()
+    return found
 
 
 def parse_line(line: Line) -> Iterator[Item | InputProblem]:

@@ -112,7 +112,8 @@ class WorkerPool:
 
         def submit(batch: _Batch) -> None:
             if batch.future is None and batch.raws:
-                batch.future = self._executor.submit(_work_many, batch.raws)
+                # A copy: the feeder thread pickles it later, and a sent batch takes no more records.
+                batch.future = self._executor.submit(_work_many, list(batch.raws))
 
         def ready() -> bool:
             head = pending[0][1]
@@ -129,6 +130,8 @@ class WorkerPool:
 
         for item in items:
             if remote(item):
+                if filling.future is not None:  # sent part-filled because the head waited on it
+                    filling = _Batch()
                 pending.append((item, (filling, len(filling.raws))))
                 filling.raws.append(item.raw)
                 if len(filling.raws) >= self.batch:

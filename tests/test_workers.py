@@ -27,10 +27,13 @@ def screen(inputs: Path, out: Path, workers: int) -> tuple[int, bytes, str]:
     return code, re.sub(rb'"generated":"[^"]*"', b"", out.read_bytes()), err.getvalue()
 
 
-@pytest.fixture(scope="module")
-def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("population")
-    write_population("a", 240, folder)  # 60 candidates: several batches per worker, stubs between them
+@pytest.fixture(scope="module", params=[("a", 240), ("c", 1500)], ids=["dense", "sparse"])
+def population(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # dense: 60 candidates in 240, several batches per worker; sparse: 1 % candidates, so hundreds of
+    # patients no gate admits pass while a batch is still filling (it must be sent part-filled)
+    kind, size = request.param
+    folder = tmp_path_factory.mktemp(f"population-{kind}")
+    write_population(kind, size, folder)
     with (folder / "Observation.ndjson").open("ab") as fh:
         fh.write(b'{"resourceType": "Observation", "subject": \n')  # a broken line: an errors entry
     return folder

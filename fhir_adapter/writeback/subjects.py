@@ -10,7 +10,8 @@ leave one ResearchSubject (HAPI enforces it and answers the loser 409 or 200; bo
 Lookups: ``prepare`` reads the study's existing ResearchSubjects (and their Provenances) in one paged
 search, so a run over unchanged subjects costs no request per patient. A patient not found there is
 searched by identifier before anything is created (a subject that lost its study link, a server that
-ignores the ``study`` parameter). What was read may be stale by the time it is used; updates carry
+ignores the ``study`` parameter), unless the study itself is not on the server (a dry run before the
+first write-back: nothing to find). What was read may be stale by the time it is used; updates carry
 ``If-Match`` and creates ``If-None-Exist``, so a subject changed meanwhile (by a coordinator, or
 another run) is re-read, never overwritten.
 
@@ -300,8 +301,12 @@ class WriteBack:
         """The patient's ResearchSubject(s) and their Provenances: from the study listing on the first
         attempt when it has them, else (and on every later attempt) searched by identifier. ``value`` is
         the identifier value as stored, ``token`` its escaped search form."""
-        if first and self._known is not None and value in self._known:
-            return self._known.pop(value)
+        if first and self._known is not None:
+            if value in self._known:
+                return self._known.pop(value)
+            if self._study_ref is None:
+                return []  # no study on the server (a dry run before the first write-back): none of it
+
         return list(self.client.search("ResearchSubject", [("identifier", token), _REVINCLUDE]))
 
     def _find(self, rtype: str, token: str) -> list[Resource]:

@@ -545,6 +545,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             conn.close()
 
     def relay(self, resp: http.client.HTTPResponse) -> None:
+        self.log_request(resp.status)  # send_response_only does not log: every relayed request is a line
         self.send_response_only(resp.status, resp.reason)
         length = resp.getheader("Content-Length")
         no_body = self.command == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200

@@ -137,6 +137,18 @@ def test_the_studys_subjects_are_listed_once_not_searched_per_patient(
     assert "unchanged 10" in again.err
 
 
+def test_a_dry_run_before_the_study_exists_searches_no_researchsubject(
+    server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load_patients(server, *MANY[:10])
+
+    run = screen(capsys, server, tmp_path / "dry.json", verbose=False)
+
+    assert run.code == 0, run.err[-2000:]
+    assert not [r for r in server.requests if r.path == "ResearchSubject"]
+    assert "would create 10" in run.err
+
+
 def test_a_server_refusing_the_study_listing_gets_one_search_per_patient_and_the_same_outcome(
     server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

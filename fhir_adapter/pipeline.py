@@ -131,7 +131,9 @@ def _evaluated(
     if pool is not None:
         # Only records with rows go to the workers: a stub (a patient no gate admits) is one criterion
         # on no data, cheaper here than its trip to a worker and back.
-        yield from pool.ordered(items, lambda item: isinstance(item, Unbuilt) and bool(item.raw.rows), here)
+        yield from pool.ordered(
+            items, lambda item: isinstance(item, Unbuilt) and (bool(item.raw.rows) or item.raw.in_index), here
+        )
         return
     for item in items:
         yield item, here(item)

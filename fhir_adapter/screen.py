@@ -113,6 +113,7 @@ def run_screen(
             workers = _workers(settings.workers, files)
             failures = settings.max_consecutive_failures
             if workers > 1:
+                files.defer_rows = True
                 with WorkerPool(workers, settings.rules, settings.as_of, files.index_path) as pool:
                     problems = _run(files, screener, paths, [], progress, out, failures, pool)
             else:
@@ -165,6 +166,7 @@ def _screen_bulk(
         workers = _workers(settings.workers, source.files)
         failures = settings.max_consecutive_failures
         if workers > 1:
+            source.files.defer_rows = True
             with WorkerPool(workers, settings.rules, settings.as_of, source.files.index_path) as pool:
                 problems = _run(source, screener, paths, [], progress, out, failures, pool)
         else:

@@ -24,6 +24,7 @@ from fhir_adapter import logs
 from fhir_adapter.model import InputProblem, SubjectResult
 from fhir_adapter.settings import RuleSettings
 from fhir_adapter.source.grouping import RawRecord, build
+from fhir_adapter.source.patient_index import rows_of
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,13 @@ def _medication(key: str) -> bytes | None:
 
 
 def _work_many(raws: list[RawRecord]) -> list[Evaluated]:
-    return [evaluate(raw, _STATE["screener"], _medication) for raw in raws]
+    return [evaluate(_with_rows(raw), _STATE["screener"], _medication) for raw in raws]
+
+
+def _with_rows(raw: RawRecord) -> RawRecord:
+    if not raw.in_index:
+        return raw
+    return RawRecord(raw.patient_id, rows_of(_STATE["db"], raw.patient_id), raw.counts)
 
 
 # -- the main side -----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ it was written), on the shipped examples and on a generated hospital-shaped popu
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from fhir_adapter.cli import main
+from fhir_adapter.source import files
+from fhir_adapter.source.patient_index import PatientIndex
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -53,3 +56,14 @@ def test_a_pool_on_the_examples_writes_the_result_file_of_one_worker(tmp_path: P
     two = screen(REPO / "examples" / "patients", tmp_path / "two.json", 2)
     assert one[0] == two[0]
     assert two[1] == one[1]
+
+
+def test_a_pool_reads_spilled_rows_from_the_index_and_writes_the_same_file(
+    population: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A spool budget of 1 kB: every candidate's rows go to the index file, and the workers read them there.
+    monkeypatch.setattr(files, "PatientIndex", functools.partial(PatientIndex, spool_memory_bytes=1000))
+    one = screen(population, tmp_path / "one.json", 1)
+    two = screen(population, tmp_path / "two.json", 2)
+    assert two[1] == one[1]
+    assert one[0] == two[0] == 3

@@ -25,6 +25,8 @@ class FileSource:
         self.screener = screener
         self._index = PatientIndex(workdir, screener.gate, screener.needed_types | {"Patient", "Medication"})
         self._built = False
+        # Set when a worker pool screens the records: rows spooled to the index file are read there.
+        self.defer_rows = False
 
     def __enter__(self) -> FileSource:
         return self
@@ -60,7 +62,7 @@ class FileSource:
                 continue
             if not index.has_patient(pid):
                 yield InputProblem("(input)", f"Patient/{pid} is referenced but not in the input")
-            yield Unbuilt(index.raw(pid), index.medication)
+            yield Unbuilt(index.deferred(pid) if self.defer_rows else index.raw(pid), index.medication)
 
     @property
     def index_path(self) -> Path:

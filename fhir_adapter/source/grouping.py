@@ -39,6 +39,9 @@ class RawRecord:
     patient_id: str
     rows: tuple[Row, ...]
     counts: dict[str, int] = field(default_factory=dict)  # a stub: no rows, only counts of the gate's types
+    # The rows are in the source's index file, not here: the worker process that screens the record reads
+    # them itself (``patient_index.rows_of``), so the main process neither reads nor pickles them.
+    in_index: bool = False
 
 
 def record_from_rows(
@@ -76,6 +79,8 @@ def record_from_rows(
 
 
 def build(raw: RawRecord, medication: MedicationLookup) -> tuple[PatientRecord, list[InputProblem]]:
+    if raw.in_index:
+        raise ValueError("a record whose rows are in the index is built where they are read")
     if not raw.rows:
         return PatientRecord(patient_id=raw.patient_id, patient=None, counts=dict(raw.counts)), []
     return record_from_rows(raw.patient_id, raw.rows, medication)

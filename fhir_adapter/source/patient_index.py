@@ -50,6 +50,12 @@ def line_filter(types: Iterable[str]) -> tuple[bytes, ...]:
     return (*(f'"{t}"'.encode() for t in sorted(types)), b"\\u")
 
 
+def rows_of(db: sqlite3.Connection, pid: str) -> tuple[Row, ...]:
+    """A patient's rows from an index file, in the order they were read."""
+    rows = db.execute("SELECT rtype, body, file, line FROM res WHERE pid = ? ORDER BY rowid", (pid,))
+    return tuple(Row(*r) for r in rows)
+
+
 class PatientIndex:
     """A temporary on-disk index of candidates' resources. Use as a context manager."""
 
@@ -241,8 +247,13 @@ class PatientIndex:
         """The candidate's rows, unparsed (parsed where the record is screened, maybe another process)."""
         if self._memory is not None:
             return RawRecord(pid, tuple(self._memory.pop(pid, ())))
-        rows = self.db.execute("SELECT rtype, body, file, line FROM res WHERE pid = ? ORDER BY rowid", (pid,))
-        return RawRecord(pid, tuple(Row(*r) for r in rows))
+        return RawRecord(pid, rows_of(self.db, pid))
+
+    def deferred(self, pid: str) -> RawRecord:
+        """Like :meth:`raw`, but rows spooled to the index file stay there for a worker to read."""
+        if self._memory is not None:
+            return self.raw(pid)
+        return RawRecord(pid, (), in_index=True)
 
     def medication(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT body FROM med WHERE key = ?", (key,)).fetchone()

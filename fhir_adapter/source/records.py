@@ -117,14 +117,14 @@ def build_record(
         seen.add((rtype, rid))
         if rtype == "Medication":
             pool[f"Medication/{rid}"] = resource
-            _note_version(versions, resource)
+            note_version(versions, resource)
             continue
         # $everything also returns what the record points at (Practitioners, other patients' linked
         # records, ResearchSubjects); the file path keeps only the types the criteria read, about
         # this patient.
         if (rtype not in types and rtype != "Patient") or patient_of(resource) != patient_id:
             continue
-        _note_version(versions, resource)
+        note_version(versions, resource)
         if rtype == "Patient":
             patient = resource
         else:
@@ -174,8 +174,10 @@ def _medications_by_id(client: FhirClient, ids: list[str]) -> Iterable[Resource]
         yield from client.search("Medication", [("_id", chunk), ("_count", _IDS_PER_SEARCH)])
 
 
-def _note_version(versions: dict[str, str], resource: Resource) -> None:
+def note_version(versions: dict[str, str], resource: Resource) -> None:
+    """Record ``"Type/id" -> versionId`` of ``resource`` when it carries all three."""
     meta = resource.get("meta")
     version = meta.get("versionId") if isinstance(meta, dict) else None
-    if isinstance(version, str) and version:
-        versions[f"{resource['resourceType']}/{resource['id']}"] = version
+    rtype, rid = resource.get("resourceType"), resource.get("id")
+    if isinstance(version, str) and version and isinstance(rtype, str) and isinstance(rid, str):
+        versions[f"{rtype}/{rid}"] = version

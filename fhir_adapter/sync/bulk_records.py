@@ -24,6 +24,7 @@ from fhir_adapter.screening import Screener
 from fhir_adapter.source.base import Absent, Screenable, SourceItem, Unbuilt
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.grouping import build
+from fhir_adapter.source.records import note_version
 
 
 def versions_of(record: PatientRecord) -> dict[str, str]:
@@ -34,11 +35,7 @@ def versions_of(record: PatientRecord) -> dict[str, str]:
         resources.extend(items)
     resources.extend(record.medications.values())
     for resource in resources:
-        meta = resource.get("meta")
-        version = meta.get("versionId") if isinstance(meta, dict) else None
-        rtype, rid = resource.get("resourceType"), resource.get("id")
-        if isinstance(version, str) and version and isinstance(rtype, str) and isinstance(rid, str):
-            versions[f"{rtype}/{rid}"] = version
+        note_version(versions, resource)
     return versions
 
 

@@ -103,7 +103,9 @@ def run_screen(
                     f"Write target: FHIR {write_release} server {writer.base_url} ({refs.describe()})"
                 )
             lines += writeback.summary()
-            lines.append(_requests_line(client, settings.server))
+            lines.append(
+                _requests_line(settings.server, *((client,) if writer is client else (client, writer)))
+            )
     else:
         if not settings.paths:
             raise UsageError("give at least one PATH, or --server URL")
@@ -124,15 +126,18 @@ def run_screen(
     return ExitCode.PARTIAL if problems else ExitCode.OK
 
 
-def _requests_line(client: FhirClient, server: ServerSettings) -> str:
-    """Every request this run sent (the metadata, the candidate search, the records, the write-back),
-    so "requests per patient" is never mistaken for the whole cost."""
-    line = f"Requests sent: {client.request_count} in all ({client.retry_count} resent)"
+def _requests_line(server: ServerSettings, *clients: FhirClient) -> str:
+    """Every request this run sent (the metadata, the candidate search, the records, the write-back, to
+    a separate write target too), so "requests per patient" is never mistaken for the whole cost."""
+    sent = sum(c.request_count for c in clients)
+    resent = sum(c.retry_count for c in clients)
+    paused = sum(c.throttled_seconds for c in clients)
+    line = f"Requests sent: {sent} in all ({resent} resent)"
     line += f"; {server.concurrency} at a time" if server.concurrency > 1 else "; one at a time"
     if server.max_rps:
         line += f", at most {server.max_rps:g}/s"
-    if client.throttled_seconds:
-        line += f"; paused {client.throttled_seconds:.1f} s on 429/503"
+    if paused:
+        line += f"; paused {paused:.1f} s on 429/503"
     return line
 
 

@@ -643,6 +643,8 @@ def test_each_server_gets_its_own_token_and_only_the_write_server_is_written(
         assert research.store.all("ResearchStudy") and research.store.all("Device")
         assert len(research.store.all("Provenance")) == 2
         assert "Write target: FHIR R4 server" in err and "created 2" in err
+        # "in all" is both servers' requests: the write target's are part of the run's cost
+        assert f"Requests sent: {len(ehr.requests) + len(research.requests)} in all" in err
 
         # The second run finds what the first wrote, by the same keys: nothing changes.
         versions = sorted((s["id"], s["meta"]["versionId"]) for s in research.store.all("ResearchSubject"))

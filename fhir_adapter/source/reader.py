@@ -350,15 +350,9 @@ def _filtered(
         end = len(buf) if not block else buf.rfind(b"\n") + 1  # complete lines only, but at the end
         chunk, buf = buf[:end], buf[end:]
         at = 0  # ``lineno`` counts the lines of ``chunk`` before ``at``
-        for hit in _hits(chunk, wanted):
-            if hit < at:
-                continue  # a second match in a line already taken
-            start = chunk.rfind(b"\n", 0, hit) + 1
-            stop = chunk.find(b"\n", hit)
-            stop = len(chunk) if stop < 0 else stop + 1
-            lineno += chunk.count(b"\n", at, start)
+        for start, stop in _matching_lines(chunk, wanted):
+            lineno += chunk.count(b"\n", at, start) + 1
             line = chunk[start:stop]
-            lineno += 1
             at = stop
             if len(line) - line.endswith(b"\n") <= limit and line.strip():
                 yield Line(line, name, lineno)
@@ -370,16 +364,23 @@ def _filtered(
             return
 
 
-def _hits(chunk: bytes, wanted: tuple[bytes, ...]) -> list[int]:
-    """Where in ``chunk`` each wanted string starts, in order (no string holds a newline)."""
-    found: list[int] = []
-    for text in wanted:
-        at = chunk.find(text)
-        while at >= 0:
-            found.append(at)
-            at = chunk.find(text, at + 1)
-    found.sort()
-    return found
+def _matching_lines(chunk: bytes, wanted: tuple[bytes, ...]) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each line of ``chunk`` holding a wanted string (no string holds a newline),
+    in order. Each string is searched again only past the line just taken, so the work is one ``find``
+    per string per matching line, however often a line repeats it."""
+    ahead = {text: chunk.find(text) for text in wanted}  # each string's next occurrence, -1: none left
+    while True:
+        hits = [at for at in ahead.values() if at >= 0]
+        if not hits:
+            return
+        hit = min(hits)
+        start = chunk.rfind(b"\n", 0, hit) + 1
+        stop = chunk.find(b"\n", hit)
+        stop = len(chunk) if stop < 0 else stop + 1
+        yield start, stop
+        for text, at in ahead.items():
+            if 0 <= at < stop:
+                ahead[text] = chunk.find(text, stop)
 
 
 def parse_line(line: Line) -> Iterator[Item | InputProblem]:

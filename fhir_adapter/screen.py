@@ -111,7 +111,7 @@ def run_screen(
             raise UsageError("give at least one PATH, or --server URL")
         if settings.write_back or settings.patients or settings.group:
             raise UsageError("--write-back, --patient and --group need --server")
-        with FileSource(settings.paths, screener) as files:
+        with FileSource(settings.paths, screener, readers=settings.workers) as files:
             workers = _workers(settings.workers, files)
             failures = settings.max_consecutive_failures
             if workers > 1:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import sqlite3
 from collections import deque
 from collections.abc import Iterator
@@ -24,16 +23,14 @@ from fhir_adapter import logs
 from fhir_adapter.model import InputProblem, SubjectResult
 from fhir_adapter.settings import RuleSettings
 from fhir_adapter.source.grouping import RawRecord, build
+from fhir_adapter.source.parallel_read import available_cores
 from fhir_adapter.source.patient_index import rows_of
 
 log = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return available_cores()
 
 
 @dataclass(frozen=True, slots=True)

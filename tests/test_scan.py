@@ -23,6 +23,9 @@ def _spellings(resource: dict[str, Any]) -> list[bytes]:
         json.dumps(resource, indent=None, separators=(" , ", " : ")).encode(),
         json.dumps(resource, ensure_ascii=True).encode(),  # non-ASCII escaped
         json.dumps(dict(reversed(list(resource.items())))).encode(),  # another key order
+        # A narrative with quotes and backslashes, as real exports carry (escapes the scan reads past).
+        orjson.dumps({**resource, "text": {"div": '<div a="b">C:\\ "q" \\</div>'}}),
+        orjson.dumps({"text": {"div": '"subject":{"reference":"Patient/zz"}'}, **resource}),
     ]
 
 
@@ -50,7 +53,13 @@ def test_what_the_scan_answers_is_what_parsing_gives_for_every_real_resource() -
     "line",
     [
         b'{"resourceType":"Observation","subject":{"reference":"Patient/p\\u0031"}}',  # escapes
-        b'{"resourceType":"Observation","subject":{"reference":"https://x.org/fhir/Patient/p1"}}',
+        b'{"resourceType":"Observation","subject":{"reference":"https://x.org/fhir/_history/Patient/p1"}}',
+        b'{"resourceType":"Observation","subject":{"reference":"https://x.org/fhir/Patient/p1?x=1"}}',
+        b'{"resourceType":"Observation","subject":{"reference":"Patient/p\\"1"}}',  # an escaped quote
+        b'{"resourceType":"Observation","subject":{"reference":"Patient\\/p1"}}',  # an escaped slash
+        b'{"resourceType":"Observation","sub\\"ject":{"reference":"Patient/p1"}}',
+        b'{"resourceType":"Observation","\\u0073ubject":{"reference":"Patient/p2"},"subject":{"reference":"Patient/p1"}}',
+        b'{"resourceType":"Observation","text":{"div":"\\"subject\\":{\\"reference\\":\\"Patient/p2\\"}"},"note":"\\u00e9"}',
         b'{"resourceType":"Observation","subject":{"reference":"Patient/p1/_history/2"}}',
         b'{"resourceType":"Observation","subject":{"reference":"urn:uuid:1234"}}',
         b'{"resourceType":"Observation","subject":{"identifier":{"value":"x"},"reference":"Patient/p1"}}',
@@ -65,6 +74,20 @@ def test_what_the_scan_answers_is_what_parsing_gives_for_every_real_resource() -
 )
 def test_the_scan_declines_whenever_the_bytes_leave_doubt(line: bytes) -> None:
     assert scan(line) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "patient"),
+    [
+        (b'{"resourceType":"Observation","subject":{"reference":"https://x.org/fhir/Patient/p1"}}', "p1"),
+        (b'{"resourceType":"Observation","subject": {"reference": "http://h:8080/Patient/p1"}}', "p1"),
+        (b'{"resourceType":"Observation","subject":{"reference":"https://h/Patient/x/Patient/p1"}}', "p1"),
+    ],
+)
+def test_the_scan_reads_absolute_references_as_parsing_does(line: bytes, patient: str) -> None:
+    hit = scan(line)
+    assert hit is not None and hit.patient == patient
+    assert patient_of(orjson.loads(line)) == patient
 
 
 def test_a_patient_line_is_recognised_but_its_id_is_left_to_the_parser() -> None:

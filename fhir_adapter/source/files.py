@@ -20,10 +20,18 @@ from fhir_adapter.source.patient_index import PatientIndex
 class FileSource:
     """Use as a context manager: the on-disk index lives until the source is closed."""
 
-    def __init__(self, paths: Sequence[Path], screener: Screener, workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        screener: Screener,
+        workdir: Path | None = None,
+        readers: int | None = 1,
+    ) -> None:
+        """``readers``: processes reading the files (None: every core, for input large enough)."""
         self.paths = tuple(paths)
         self.screener = screener
-        self._index = PatientIndex(workdir, screener.gate, screener.needed_types | {"Patient", "Medication"})
+        types = screener.needed_types | {"Patient", "Medication"}
+        self._index = PatientIndex(workdir, screener.gate, types, readers=readers)
         self._built = False
         # Set when a worker pool screens the records: rows spooled to the index file are read there.
         self.defer_rows = False

@@ -17,6 +17,7 @@ candidate's corrupt line is reported (file and line) when its record is built.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import tempfile
@@ -28,9 +29,10 @@ from fhir_adapter.model import InputProblem, PatientRecord
 from fhir_adapter.screening import Gate
 from fhir_adapter.settings import ReadLimits
 from fhir_adapter.source.grouping import RawRecord, Row, build
-from fhir_adapter.source.reader import Item, Line, parse_line, read_raw
-from fhir_adapter.source.routing import gate_hits, take
-from fhir_adapter.source.scan import scan
+from fhir_adapter.source.intake import GateTally, Intake
+from fhir_adapter.source.parallel_read import available_cores, gate_pieces, take_pieces
+from fhir_adapter.source.pieces import Piece, plan
+from fhir_adapter.source.reader import read_blocks, read_raw
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ _FLUSH_EVERY = 50_000
 # Candidates' rows stay in memory up to this many bytes, then everything moves to the SQLite file: a small
 # run never touches the disk, a large one holds no more than this.
 SPOOL_MEMORY_BYTES = 64 * 1024 * 1024
+# Reading on several processes pays from about this much input (starting them costs ~0.1 s) ...
+AUTO_PARALLEL_BYTES = 64 * 1024 * 1024
+# ... in pieces of this size: enough of them to keep every reader busy, few enough to cost nothing.
+PIECE_BYTES = 32 * 1024 * 1024
 
 
 def line_filter(types: Iterable[str]) -> tuple[bytes, ...]:
@@ -56,6 +62,17 @@ def rows_of(db: sqlite3.Connection, pid: str) -> tuple[Row, ...]:
     return tuple(Row(*r) for r in rows)
 
 
+def _size(pieces: list[Piece]) -> int:
+    total = 0
+    for piece in pieces:
+        if piece.end is not None:
+            total += piece.end - piece.start
+        else:
+            with contextlib.suppress(OSError):  # reported when it is read
+                total += piece.path.stat().st_size
+    return total
+
+
 class PatientIndex:
     """A temporary on-disk index of candidates' resources. Use as a context manager."""
 
@@ -66,8 +83,15 @@ class PatientIndex:
         types: frozenset[str] | None = None,
         limits: ReadLimits | None = None,
         spool_memory_bytes: int = SPOOL_MEMORY_BYTES,
+        readers: int | None = None,
+        piece_bytes: int | None = None,
     ) -> None:
-        """``types``: the resource types worth keeping (what the trials read); None keeps all."""
+        """``types``: the resource types worth keeping (what the trials read); None keeps all.
+        ``readers``: processes that read the input (None: every core, for an input large enough to
+        gain from it); ``piece_bytes``: how much of a file each reads at a time."""
+        self.readers = readers
+        self.readers_used = 1
+        self.piece_bytes = piece_bytes or PIECE_BYTES
         self._tmp = tempfile.TemporaryDirectory(prefix="fhir-adapter-", dir=workdir)
         self.path = Path(self._tmp.name) / "index.sqlite"
         self.db = sqlite3.connect(self.path)
@@ -102,38 +126,13 @@ class PatientIndex:
 
     def build(self, paths: Iterable[Path]) -> None:
         paths = list(paths)
-        if not self.gate.everyone:
-            self._find_candidates(paths)
-        candidates = None if self.gate.everyone else self._candidate_set()
-        patients: list[tuple[str]] = []
-        for item in read_raw(paths, limits=self.limits):
-            if isinstance(item, InputProblem):
-                self.problems.append(item)
-                continue
-            if isinstance(item, Line):
-                hit = scan(item.data)
-                if hit is not None and hit.patient is not None:
-                    self.resources_read += 1
-                    if self.types is not None and hit.resource_type not in self.types:
-                        self.skipped_types[hit.resource_type] += 1
-                    elif candidates is None or hit.patient in candidates:
-                        self._spool(hit.patient, Row(hit.resource_type, item.data, item.file, item.line))
-                    continue
-                parsed: Iterable[Item | InputProblem] = parse_line(item)
-            else:
-                parsed = (item,)
-            for one in parsed:
-                if isinstance(one, InputProblem):
-                    self.problems.append(one)
-                else:
-                    self.resources_read += 1
-                    self._take(one, candidates, patients)
-            if len(patients) >= 2000:
-                self.db.executemany("INSERT OR IGNORE INTO patient VALUES (?)", patients)
-                patients.clear()
+        planned = self._plan(paths)
+        if planned is not None:
+            self._build_parallel(planned)
+        else:
+            self._build_here(paths)
         self._flush()
-        self.db.executemany("INSERT OR IGNORE INTO patient VALUES (?)", patients)
-        if candidates is None:
+        if self.gate.everyone:
             self.db.execute("INSERT OR IGNORE INTO candidate SELECT pid FROM patient")
             if self._memory is not None:
                 self.db.executemany(
@@ -142,6 +141,75 @@ class PatientIndex:
             self.db.execute("INSERT OR IGNORE INTO candidate SELECT DISTINCT pid FROM res")
         self.db.execute("CREATE INDEX res_pid ON res (pid)")
         self.db.commit()
+
+    def _plan(self, paths: list[Path]) -> list[Piece | InputProblem] | None:
+        """The pieces for ``readers`` processes, or None to read here: one reader, or a small input."""
+        readers = self.readers if self.readers is not None else available_cores()
+        if readers < 2:
+            return None
+        planned = plan(paths, self.piece_bytes, self.limits)
+        pieces = [p for p in planned if isinstance(p, Piece)]
+        if len(pieces) < 2 or (self.readers is None and _size(pieces) < AUTO_PARALLEL_BYTES):
+            return None
+        self.readers_used = min(readers, len(pieces))
+        return planned
+
+    def _build_here(self, paths: list[Path]) -> None:
+        if not self.gate.everyone:
+            self._find_candidates(paths)
+        intake = Intake(self.types, self._candidates(), self._spool)
+        for item in read_blocks(paths, self.limits):
+            intake.add(item)
+            if len(intake.patients) >= 2000 or len(intake.medications) >= 2000:
+                self._merge(intake.patients, intake.medications)
+        self._take_tallies(intake.problems, intake.read, intake.skipped)
+        self._merge(intake.patients, intake.medications)
+
+    def _build_parallel(self, planned: list[Piece | InputProblem]) -> None:
+        """Both passes over pieces read by ``readers_used`` processes, merged in reading order. Pass 1
+        also counts each byte range's lines (with a gate that admits everyone it only counts)."""
+        pieces = [p for p in planned if isinstance(p, Piece)]
+        wanted = line_filter(self.gate.types) if not self.gate.everyone else ()
+        before: list[int] = []  # lines of the same file before each piece
+        found: set[str] = set()
+        gated = gate_pieces(pieces, self.readers_used, self.gate, wanted, self.limits)
+        previous = 0  # lines of the piece before, when it is of the same file
+        for piece, one in zip(pieces, gated, strict=True):
+            before.append(before[-1] + previous if piece.start > 0 else 0)
+            previous = one.lines
+            found |= one.found
+            self._flush_counts(one.counts)
+        self.db.executemany("INSERT OR IGNORE INTO candidate VALUES (?)", ((p,) for p in found))
+        taken = take_pieces(
+            list(zip(pieces, before, strict=True)),
+            self.readers_used,
+            self.types,
+            self._candidates(),
+            self.limits,
+        )
+        for entry in planned:
+            if isinstance(entry, InputProblem):
+                self.problems.append(entry)
+                continue
+            part = next(taken)
+            self._take_tallies(part.problems, part.read, part.skipped)
+            self._merge(part.patients, part.medications)
+            for pid, row in part.rows:
+                self._spool(pid, row)
+
+    def _take_tallies(self, problems: list[InputProblem], read: int, skipped: Counter[str]) -> None:
+        self.problems += problems
+        self.resources_read += read
+        self.skipped_types.update(skipped)
+
+    def _candidates(self) -> frozenset[str] | None:
+        return None if self.gate.everyone else self._candidate_set()
+
+    def _merge(self, patients: list[tuple[str]], medications: list[tuple[str, bytes]]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO patient VALUES (?)", patients)
+        self.db.executemany("INSERT OR REPLACE INTO med VALUES (?, ?)", medications)
+        patients.clear()
+        medications.clear()
 
     def _spool(self, pid: str, row: Row) -> None:
         if self._memory is not None:
@@ -170,20 +238,15 @@ class PatientIndex:
 
     def _find_candidates(self, paths: list[Path]) -> None:
         """Pass 1: only lines that mention one of the gate's types are parsed at all."""
-        types = self.gate.types
-        found: set[str] = set()
-        counts: Counter[tuple[str, str]] = Counter()
-        for item in read_raw(paths, line_filter=line_filter(types), limits=self.limits):
+        tally = GateTally(self.gate)
+        for item in read_raw(paths, line_filter=line_filter(self.gate.types), limits=self.limits):
             if isinstance(item, InputProblem):
                 continue  # problems are reported by pass 2, which reads every line
-            for pid, rtype, admitted in gate_hits(item, self.gate):
-                counts[(pid, rtype)] += 1
-                if admitted:
-                    found.add(pid)
-            if len(counts) > _FLUSH_EVERY:
-                self._flush_counts(counts)
-        self._flush_counts(counts)
-        self.db.executemany("INSERT OR IGNORE INTO candidate VALUES (?)", ((p,) for p in found))
+            tally.add(item)
+            if len(tally.counts) > _FLUSH_EVERY:
+                self._flush_counts(tally.counts)
+        self._flush_counts(tally.counts)
+        self.db.executemany("INSERT OR IGNORE INTO candidate VALUES (?)", ((p,) for p in tally.found))
 
     def _flush_counts(self, counts: Counter[tuple[str, str]]) -> None:
         self.db.executemany(
@@ -195,21 +258,6 @@ class PatientIndex:
     def _candidate_set(self) -> frozenset[str]:
         # Candidates are the patients a gate may admit: a few percent of an export, so their ids fit.
         return frozenset(r[0] for r in self.db.execute("SELECT pid FROM candidate"))
-
-    def _take(self, item: Item, candidates: frozenset[str] | None, patients: list[tuple[str]]) -> None:
-        kind, key, value = take(item, self.types)
-        if isinstance(value, InputProblem):
-            self.problems.append(value)
-        elif isinstance(value, bytes):  # a Medication
-            self.db.execute("INSERT OR REPLACE INTO med VALUES (?, ?)", (key, value))
-        elif value is None:  # a type no criterion reads
-            if key:
-                self.skipped_types[key] += 1
-        else:
-            if kind == "patient":
-                patients.append((key,))
-            if candidates is None or key in candidates:
-                self._spool(key, value)
 
     def patients(self) -> Iterator[tuple[str, bool]]:
         """(patient id, is a candidate) of every patient in the input, sorted by id.

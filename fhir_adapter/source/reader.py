@@ -18,8 +18,9 @@ import stat
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -50,6 +51,16 @@ class Line:
     data: bytes
     file: str
     line: int
+
+
+@dataclass(frozen=True, slots=True)
+class LineBlock:
+    """Consecutive NDJSON lines as bytes, without their newlines: ``lines[0]`` is line ``first``. A
+    line too long to hold is reported on its own and is ``b""`` here (blank lines are ``b""`` too)."""
+
+    file: str
+    first: int
+    lines: list[bytes]
 
 
 def display(path: Path | str) -> str:
@@ -188,7 +199,7 @@ def _open(
     return io.BufferedReader(capped, _CHUNK), capped
 
 
-def _is_ndjson(filename: str, first_line: bytes) -> bool:
+def is_ndjson(filename: str, first_line: bytes) -> bool:
     name = filename.lower().removesuffix(".gz")
     if name.endswith((".ndjson", ".jsonl")):
         return True
@@ -208,7 +219,10 @@ def read_file(
 ) -> Iterator[Item | Line | InputProblem]:
     """Resources of one file. ``line_filter``: NDJSON lines containing none of these byte strings are
     skipped unparsed. ``raw``: NDJSON lines come as ``Line`` bytes, unparsed (see ``parse_line``)."""
-    return _read(display(path), path.name, lambda: _open_regular(path), line_filter, limits, raw)
+    return cast(
+        Iterator[Item | Line | InputProblem],
+        _read(display(path), path.name, lambda: _open_regular(path), line_filter, limits, raw),
+    )
 
 
 def read_bytes(
@@ -221,9 +235,8 @@ def read_bytes(
 ) -> Iterator[Item | Line | InputProblem]:
     """A whole file already in memory, read exactly as :func:`read_file` reads it from disk (the Spark
     engine hands files over as bytes). ``name``: how problems cite it; ``filename``: its base name."""
-    return _read(
-        name, filename, lambda: (io.BufferedReader(io.BytesIO(data)), len(data)), line_filter, limits, raw
-    )
+    opener = lambda: (io.BufferedReader(io.BytesIO(data)), len(data))  # noqa: E731
+    return cast(Iterator[Item | Line | InputProblem], _read(name, filename, opener, line_filter, limits, raw))
 
 
 def _read(
@@ -233,7 +246,8 @@ def _read(
     line_filter: LineFilter,
     limits: ReadLimits | None,
     raw: bool,
-) -> Iterator[Item | Line | InputProblem]:
+    blocks: bool = False,
+) -> Iterator[Item | Line | LineBlock | InputProblem]:
     limits = limits or ReadLimits()
     capped: _Capped | None = None
     try:
@@ -243,8 +257,8 @@ def _read(
             if b"\x00" in first[:1024]:
                 yield InputProblem(name, "binary file, not FHIR JSON")
                 return
-            if _is_ndjson(filename, first):
-                yield from _ndjson(name, first, fh, line_filter, limits, raw)
+            if is_ndjson(filename, first):
+                yield from _ndjson(name, first, fh, line_filter, limits, raw, blocks)
             else:
                 data = first + fh.read(limits.max_document_bytes + 1 - len(first))
                 if len(data) > limits.max_document_bytes:
@@ -283,55 +297,43 @@ def _whole(name: str, data: bytes) -> Iterator[Item | InputProblem]:
     yield from _document(name, doc)
 
 
-def _lines(first: bytes, fh: IO[bytes], limit: int) -> Iterator[bytes | None]:
-    """The file's lines; None for a line longer than ``limit`` (read past in chunks, never held)."""
-    line = first
-    while line:
-        if len(line) > limit and not line.endswith(b"\n"):
-            while not line.endswith(b"\n"):
-                line = fh.readline(_CHUNK)
-                if not line:
-                    break
-            yield None
-        else:
-            yield line
-        line = fh.readline(limit + 1)
-
-
 def _ndjson(
-    name: str, first: bytes, fh: IO[bytes], line_filter: LineFilter, limits: ReadLimits, raw: bool
-) -> Iterator[Item | Line | InputProblem]:
+    name: str,
+    first: bytes,
+    fh: IO[bytes],
+    line_filter: LineFilter,
+    limits: ReadLimits,
+    raw: bool,
+    blocks: bool = False,
+) -> Iterator[Item | Line | LineBlock | InputProblem]:
     if line_filter:
-        for kept in _filtered(name, first, fh, line_filter, limits.max_line_bytes):
+        for kept in filtered_lines(name, first, fh, line_filter, limits.max_line_bytes):
             if raw:
                 yield kept
             else:
                 yield from parse_line(kept)
         return
+    for block in blocks_of(name, first, fh, limits.max_line_bytes):
+        if blocks or isinstance(block, InputProblem):
+            yield block
+            continue
+        for lineno, data in enumerate(block.lines, block.first):
+            if not data.strip():
+                continue
+            if raw:
+                yield Line(data, name, lineno)
+            else:
+                yield from parse_line(Line(data, name, lineno))
+
+
+def _chunks(
+    first: bytes, fh: IO[bytes], limit: int, tally: list[int] | None = None
+) -> Iterator[tuple[int, bytes | None]]:
+    """The file in blocks of whole lines: ``(lines before it, block)``, or ``(lines before it, None)``
+    for a line longer than ``limit`` that was read past (never held). A block holds complete lines only,
+    but the file's last may lack its newline. ``tally``: its first item is set to the number of lines
+    once the file is read (a byte range's lines, for the ranges after it)."""
     lineno = 0
-    for line in _lines(first, fh, limits.max_line_bytes):
-        lineno += 1
-        if line is None:
-            yield InputProblem(name, f"line longer than {limits.max_line_bytes} bytes: skipped", line=lineno)
-            continue
-        if not line.strip():
-            continue
-        if raw:
-            yield Line(line, name, lineno)
-        else:
-            yield from parse_line(Line(line, name, lineno))
-
-
-def _filtered(
-    name: str, first: bytes, fh: IO[bytes], wanted: tuple[bytes, ...], limit: int
-) -> Iterator[Line]:
-    """The lines holding one of the ``wanted`` strings, found by searching whole blocks with
-    ``bytes.find`` (memchr speed; a regular expression alternation is several times slower) rather than
-    line by line: most lines of an export do not mention the gate's types. The same
-    lines, with the same numbers, as the line-by-line read, but no problems: a line longer than
-    ``limit`` is passed over in silence (a filtered read is pass 1; pass 2 reads every line and reports
-    it)."""
-    lineno = 0  # lines before ``buf``
     buf = first
     skipping = False  # inside an overlong line: drop bytes up to its end
     while True:
@@ -343,12 +345,59 @@ def _filtered(
                 buf = b""
                 if block:
                     continue
-                return
-            lineno += 1
+                break
             skipping = False
             buf = buf[nl + 1 :]
         end = len(buf) if not block else buf.rfind(b"\n") + 1  # complete lines only, but at the end
-        chunk, buf = buf[:end], buf[end:]
+        if end:
+            chunk, buf = buf[:end], buf[end:]
+            yield lineno, chunk
+            lineno += chunk.count(b"\n") + (not block and not chunk.endswith(b"\n"))
+        if len(buf) > limit + 1:  # no newline in sight: an overlong line, read past, never held
+            yield lineno, None
+            lineno += 1
+            buf = b""
+            skipping = True
+        if not block:
+            break
+    if tally is not None:
+        tally[0] = lineno
+
+
+def blocks_of(name: str, first: bytes, fh: IO[bytes], limit: int) -> Iterator[LineBlock | InputProblem]:
+    """Every line, a block at a time: what the line-by-line read gives, without its per-line calls."""
+    for before, chunk in _chunks(first, fh, limit):
+        if chunk is None:
+            yield InputProblem(name, f"line longer than {limit} bytes: skipped", line=before + 1)
+            continue
+        lines = chunk.split(b"\n")
+        if chunk.endswith(b"\n"):
+            lines.pop()
+        if len(chunk) > limit:  # only then can one of its lines be too long
+            for at, line in enumerate(lines):
+                if len(line) > limit:
+                    yield InputProblem(name, f"line longer than {limit} bytes: skipped", line=before + at + 1)
+                    lines[at] = b""
+        yield LineBlock(name, before + 1, lines)
+
+
+def filtered_lines(
+    name: str,
+    first: bytes,
+    fh: IO[bytes],
+    wanted: tuple[bytes, ...],
+    limit: int,
+    tally: list[int] | None = None,
+) -> Iterator[Line]:
+    """The lines holding one of the ``wanted`` strings, found by searching whole blocks with
+    ``bytes.find`` (memchr speed; a regular expression alternation is several times slower) rather than
+    line by line: most lines of an export do not mention the gate's types. The same
+    lines, with the same numbers, as the line-by-line read, but no problems: a line longer than
+    ``limit`` is passed over in silence (a filtered read is pass 1; pass 2 reads every line and reports
+    it). ``tally``: as for ``_chunks``."""
+    for lineno, chunk in _chunks(first, fh, limit, tally):
+        if chunk is None:
+            continue
         at = 0  # ``lineno`` counts the lines of ``chunk`` before ``at``
         for start, stop in _matching_lines(chunk, wanted):
             lineno += chunk.count(b"\n", at, start) + 1
@@ -356,12 +405,6 @@ def _filtered(
             at = stop
             if len(line) - line.endswith(b"\n") <= limit and line.strip():
                 yield Line(line, name, lineno)
-        lineno += chunk.count(b"\n", at)
-        if len(buf) > limit + 1:  # no newline in sight: an overlong line, read past, never held
-            buf = b""
-            skipping = True
-        if not block:
-            return
 
 
 def _matching_lines(chunk: bytes, wanted: tuple[bytes, ...]) -> Iterator[tuple[int, int]]:
@@ -447,3 +490,27 @@ def read_raw(
         else:
             log.debug("reading %s", display(entry))
             yield from read_file(entry, line_filter, limits, raw=raw)
+
+
+def read_blocks(
+    paths: Iterable[Path], limits: ReadLimits | None = None
+) -> Iterator[Item | LineBlock | InputProblem]:
+    """Like ``read_raw``, but NDJSON lines come many at a time, as ``LineBlock`` (blank lines included):
+    a loop over every line of an export without a generator step per line."""
+    for entry in input_files(paths):
+        if isinstance(entry, InputProblem):
+            yield entry
+        else:
+            yield from read_file_blocks(entry, limits)
+
+
+def read_file_blocks(
+    path: Path, limits: ReadLimits | None = None
+) -> Iterator[Item | LineBlock | InputProblem]:
+    """One file as :func:`read_blocks` reads it."""
+    log.debug("reading %s", display(path))
+    opener = partial(_open_regular, path)
+    return cast(
+        Iterator[Item | LineBlock | InputProblem],
+        _read(display(path), path.name, opener, None, limits, raw=True, blocks=True),
+    )

@@ -10,7 +10,7 @@ both call them, so a resource cannot be routed one way on one machine and anothe
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from typing import Literal
 
 import orjson
@@ -28,7 +28,7 @@ Taken = (
     tuple[Literal["problem"], str, InputProblem]
     | tuple[Literal["medication"], str, bytes]
     | tuple[Literal["skip"], str, None]
-    | tuple[Literal["patient", "resource"], str, Row]
+    | tuple[Literal["patient", "resource"], str, Row | None]
 )
 
 
@@ -51,10 +51,11 @@ def gate_hits(item: Item | Line, gate: Gate) -> Iterator[tuple[str, str, bool]]:
             yield pid, rtype, gate.admits(resource)
 
 
-def take(item: Item, types: frozenset[str] | None) -> Taken:
+def take(item: Item, types: frozenset[str] | None, wanted: Container[str] | None = None) -> Taken:
     """Pass 2, one parsed resource: ``("problem", "", problem)``; ``("medication", "Medication/x", json)``;
     ``("skip", type, None)`` for a type no criterion reads (``""``: a Medication without an id);
-    ``("patient" | "resource", patient id, row)`` for a kept resource (a Patient's own row, or another)."""
+    ``("patient" | "resource", patient id, row)`` for a kept resource (a Patient's own row, or another),
+    the row None when its patient is not ``wanted`` (None: every patient is)."""
     resource = item.resource
     rtype = resource["resourceType"]
     where = f" line {item.line}" if item.line else ""
@@ -66,18 +67,12 @@ def take(item: Item, types: frozenset[str] | None) -> Taken:
                 item.file, f"resourceType {rtype[:40]!r} is not a FHIR resource type", line=item.line
             ),
         )
-    body = _dumped(resource)
-    if body is None:
-        return (
-            "problem",
-            "",
-            InputProblem(
-                item.file, f"{rtype}/{_shown_id(resource)} is nested too deeply: skipped", line=item.line
-            ),
-        )
     if rtype == "Medication":
         rid = resource.get("id")
-        return ("medication", f"Medication/{rid}", body) if isinstance(rid, str) else ("skip", "", None)
+        if not isinstance(rid, str):
+            return ("skip", "", None)
+        body = _dumped(resource)
+        return ("medication", f"Medication/{rid}", body) if body is not None else _too_deep(item)
     if types is not None and rtype not in types and rtype != "Patient":
         return ("skip", rtype, None)
     pid = patient_of(resource)
@@ -88,7 +83,16 @@ def take(item: Item, types: frozenset[str] | None) -> Taken:
             "",
             InputProblem(item.file, f"{rtype}/{_shown_id(resource)} {what}{where}", line=item.line),
         )
-    return ("patient" if rtype == "Patient" else "resource", pid, Row(rtype, body, item.file, item.line))
+    kind: Literal["patient", "resource"] = "patient" if rtype == "Patient" else "resource"
+    if wanted is not None and pid not in wanted:
+        return (kind, pid, None)  # not written again: most of an export's parsed lines end here
+    body = _dumped(resource)
+    return (kind, pid, Row(rtype, body, item.file, item.line)) if body is not None else _too_deep(item)
+
+
+def _too_deep(item: Item) -> Taken:
+    what = f"{item.resource['resourceType']}/{_shown_id(item.resource)}"
+    return ("problem", "", InputProblem(item.file, f"{what} is nested too deeply: skipped", line=item.line))
 
 
 def _dumped(resource: Resource) -> bytes | None:

@@ -5,12 +5,16 @@ is most of the cost of a screen. :func:`scan` returns the ``resourceType`` and t
 whose bytes leave no doubt, and ``None`` whenever they could: then the caller parses the line as before,
 so the answer never depends on how the JSON is spelled.
 
-Why a byte scan can be exact: in a line without a backslash, every ``"`` delimits a JSON string, so
-``"subject":`` can only be a key. The scan gives up (``None``) on a backslash anywhere (escaped text),
-on more than one ``"resourceType"`` (contained resources, Bundles), on a key that occurs twice, on a
-reference that is not exactly ``Patient/<id>`` (absolute URLs, versions, ``urn:uuid:``), and on a
-reference object holding nested objects. What it returns is what :func:`fhirjson.patient_of` gives for
-the parsed line. Every pattern is a fixed token with optional blanks between: linear in the line.
+Why a byte scan can be exact: a backslash in JSON only ever starts an escape inside a string, and
+escapes pair from the left, so overwriting every ``\\\\`` and then every ``\\"`` with two bytes no
+token holds leaves a line of the same length in which every ``"`` delimits a string and every string
+that held an escape is spoiled for the patterns below (their character sets exclude the filler and the
+backslash). ``"subject":`` can then only be a key. The scan gives up (``None``) on a ``\\u`` escape left
+after that (it could spell a key or a type), on more than one ``"resourceType"`` (contained resources,
+Bundles), on a key that occurs twice, on a reference other than ``Patient/<id>`` or an absolute URL
+ending in it (versions, ``urn:uuid:``, queries), and on a reference object holding nested objects. What
+it returns is what :func:`fhirjson.patient_of` gives for the parsed line. Every pattern is a fixed token
+with optional blanks between: linear in the line.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ _KEYS: Final = (
     (b'"subject"', re.compile(rb'"subject"\s*:\s*\{')),
     (b'"patient"', re.compile(rb'"patient"\s*:\s*\{')),
 )
-_PATIENT_REF: Final = re.compile(rb'"reference"\s*:\s*"Patient/([A-Za-z0-9\-.]{1,64})"')
+# ``Patient/<id>``, or an absolute URL ending in it: ``patient_of`` keeps a reference's last two parts.
+_PATIENT_REF: Final = re.compile(
+    rb'"reference"\s*:\s*"((?:https?://[A-Za-z0-9\-._~:/%@!$&\'()*+,;=]*/)?)Patient/([A-Za-z0-9\-.]{1,64})"'
+)
 _ID: Final = re.compile(rb"[A-Za-z0-9\-.]{1,64}")
 _TYPE: Final = re.compile(rb"[A-Za-z]{1,64}")
 # The compact spelling bulk servers write (HAPI, Epic, Synthea): checked with find() before any regex.
@@ -63,7 +70,9 @@ def scan(line: bytes) -> Scanned | None:
         if end < 0 or b"{" in line[start:end]:
             return None
         ref = _PATIENT_REF.search(line, start, end)
-        return Scanned(rtype, ref.group(1).decode("ascii")) if ref else None
+        if ref is None or b"/_history/" in ref.group(1):
+            return None
+        return Scanned(rtype, ref.group(2).decode("ascii"))
     return None
 
 
@@ -78,7 +87,7 @@ def _compact(line: bytes) -> Scanned | None:
     rtype = line[17:end].decode("ascii")
     if rtype == "Patient":
         return Scanned(rtype, None)
-    at = line.find(_COMPACT_SUBJECT)
+    at = line.find(_COMPACT_SUBJECT, end)
     if at < 0 or line.count(b'"subject"') != 1:
         return None
     start = at + len(_COMPACT_SUBJECT)

@@ -126,18 +126,18 @@ class _Pass2:
                 yield ("problem", at, one)
                 continue
             self.read += 1
-            kind, ref, value = take(one, self.ctx.types)
+            kind, ref, value = take(one, self.ctx.types, self.candidates)
             if isinstance(value, InputProblem):
                 yield ("problem", at, value)
             elif isinstance(value, bytes):
                 yield ("med", ref, at, value)
-            elif value is None:
+            elif kind == "skip":
                 if ref:
                     self.skipped[ref] += 1
             else:
                 if kind == "patient":
                     yield ("patient", ref)
-                if self.candidates is None or ref in self.candidates:
+                if value is not None:
                     yield from self._keep(ref, at, value)
 
     def _keep(self, pid: str, key: Position, row: Row) -> Iterator[Out]:

@@ -1,0 +1,123 @@
+"""Both passes of the file index on several processes: each reads pieces of the export
+(:mod:`fhir_adapter.source.pieces`), the main process merges what they found in reading order.
+
+Pass 1 gives, per piece, the patients its gate lines admit, the counts of the gate's types and the
+number of lines (so pass 2 can number each piece's lines as a sequential read would). Pass 2 gives,
+per piece, the :class:`~fhir_adapter.source.intake.Intake` tallies and the candidates' rows, which the
+main process spools exactly as it spools its own. Results are taken in piece order, with no more than
+``window`` pieces read ahead, so memory is bounded by the pieces in flight, not by the export.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_adapter.model import InputProblem
+from fhir_adapter.screening import Gate
+from fhir_adapter.settings import ReadLimits
+from fhir_adapter.source.grouping import Row
+from fhir_adapter.source.intake import GateTally, Intake
+from fhir_adapter.source.pieces import Piece, piece_blocks, piece_lines
+
+
+@dataclass(frozen=True, slots=True)
+class Gated:
+    """Pass 1 of one piece."""
+
+    lines: int
+    found: frozenset[str]
+    counts: Counter[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Pass 2 of one piece: an Intake's tallies and the rows it kept."""
+
+    problems: list[InputProblem]
+    read: int
+    skipped: Counter[str]
+    patients: list[tuple[str]]
+    medications: list[tuple[str, bytes]]
+    rows: list[tuple[str, Row]]
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# -- the worker side ---------------------------------------------------------------------------------------
+_STATE: dict[str, Any] = {}
+
+
+def _start(state: dict[str, Any]) -> None:
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)  # parsed JSON is acyclic: collecting it is pure overhead
+    _STATE.update(state)
+
+
+def _gate_piece(piece: Piece) -> Gated:
+    tally = GateTally(_STATE["gate"])
+    lines = [0]
+    for item in piece_lines(piece, _STATE["wanted"], _STATE["limits"], lines):
+        if not isinstance(item, InputProblem):  # problems are reported by pass 2, which reads every line
+            tally.add(item)
+    return Gated(lines[0], frozenset(tally.found), tally.counts)
+
+
+def _take_piece(piece: Piece, line_offset: int) -> Taken:
+    rows: list[tuple[str, Row]] = []
+    intake = Intake(
+        _STATE["types"], _STATE["candidates"], lambda pid, row: rows.append((pid, row)), line_offset
+    )
+    for item in piece_blocks(piece, _STATE["limits"]):
+        intake.add(item)
+    return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, rows)
+
+
+# -- the main side -----------------------------------------------------------------------------------------
+def gate_pieces(
+    pieces: Sequence[Piece], processes: int, gate: Gate, wanted: tuple[bytes, ...], limits: ReadLimits
+) -> Iterator[Gated]:
+    """Pass 1 of each piece, in order."""
+    state = {"gate": gate, "wanted": wanted, "limits": limits}
+    with ProcessPoolExecutor(processes, initializer=_start, initargs=(state,)) as pool:
+        yield from _ordered(pool, [(_gate_piece, (p,)) for p in pieces], processes * 2)
+
+
+def take_pieces(
+    pieces: Sequence[tuple[Piece, int]],
+    processes: int,
+    types: frozenset[str] | None,
+    candidates: frozenset[str] | None,
+    limits: ReadLimits,
+) -> Iterator[Taken]:
+    """Pass 2 of each ``(piece, lines before it)``, in order."""
+    state = {"types": types, "candidates": candidates, "limits": limits}
+    with ProcessPoolExecutor(processes, initializer=_start, initargs=(state,)) as pool:
+        yield from _ordered(pool, [(_take_piece, (p, n)) for p, n in pieces], processes * 2)
+
+
+def _ordered(
+    pool: ProcessPoolExecutor, calls: list[tuple[Any, tuple[Any, ...]]], window: int
+) -> Iterator[Any]:
+    pending: deque[Future[Any]] = deque()
+    queued = iter(calls)
+    for fn, args in queued:
+        pending.append(pool.submit(fn, *args))
+        if len(pending) >= window:
+            break
+    while pending:
+        result = pending.popleft().result()
+        for fn, args in queued:
+            pending.append(pool.submit(fn, *args))
+            break
+        yield result

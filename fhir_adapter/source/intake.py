@@ -13,12 +13,14 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+import orjson
+
+from fhir_adapter.facts.fhirjson import patient_of
 from fhir_adapter.model import InputProblem
 from fhir_adapter.screening import Gate
 from fhir_adapter.source.grouping import Row
-from fhir_adapter.source.reader import Item, Line, LineBlock, parse_line
+from fhir_adapter.source.reader import Item, Line, LineBlock, resources_of
 from fhir_adapter.source.routing import gate_hits, take
-from fhir_adapter.source.scan import scan
 
 
 class GateTally:
@@ -58,6 +60,8 @@ class Intake:
         self.skipped: Counter[str] = Counter()
         self.patients: list[tuple[str]] = []
         self.medications: list[tuple[str, bytes]] = []  # in reading order: the last copy wins
+        # Types whose non-candidate resources pass 2 only counts (take() keeps, skips or reports others).
+        self._plain = (types or frozenset()) - {"Patient", "Medication", "Bundle"}
 
     def add(self, item: Item | LineBlock | InputProblem) -> None:
         if isinstance(item, InputProblem):
@@ -73,37 +77,55 @@ class Intake:
         return dataclasses.replace(problem, line=problem.line + self.line_offset)
 
     def _lines(self, block: LineBlock) -> None:
-        """Each line's patient read by the byte scan; the line parsed only when the scan declines. The
-        loop runs once per line of the export: it is kept lean."""
-        types, candidates, skipped, keep, read = self.types, self.candidates, self.skipped, self.keep, 0
+        """Every line parsed with orjson and routed by its parsed patient. (A byte scan for the patient
+        reference, to skip other patients' lines unparsed, measured slower than orjson's parse at every
+        line length of the benchmark exports: docs/NOTES.md.) The loop runs once per line of the
+        export: it is kept lean."""
+        name, route, loads = block.file, self._route, orjson.loads
+        candidates, plain = self.candidates, self._plain
         for lineno, data in enumerate(block.lines, block.first + self.line_offset):
-            hit = scan(data)
-            if hit is not None and hit.patient is not None:
-                read += 1
-                if types is not None and hit.resource_type not in types:
-                    skipped[hit.resource_type] += 1
-                elif candidates is None or hit.patient in candidates:
-                    keep(hit.patient, Row(hit.resource_type, data, block.file, lineno))
-            elif data.strip():
-                self._parsed(parse_line(Line(data, block.file, lineno)))
-        self.read += read
+            try:
+                doc = loads(data)
+            except orjson.JSONDecodeError:
+                if data.strip():
+                    self.problems.append(InputProblem(name, "not valid JSON", line=lineno))
+                continue
+            if type(doc) is not dict:
+                self._parsed(resources_of(name, doc, lineno))
+                continue
+            rtype = doc.get("resourceType")
+            if candidates is not None and rtype in plain:
+                # Most lines: a type a criterion reads, of a patient no gate admits. Dropped here,
+                # with what take() would have concluded, without its checks.
+                pid = patient_of(doc)
+                if pid is not None and pid not in candidates:
+                    self.read += 1
+                    continue
+            if isinstance(rtype, str) and rtype and rtype != "Bundle":
+                # The line itself is the row's body: orjson.dumps would allocate several times its size
+                route(Item(doc, name, lineno), data)
+            else:  # a Bundle, or no resourceType: the reader's own unpacking and wording
+                self._parsed(resources_of(name, doc, lineno))
 
     def _parsed(self, items: Iterable[Item | InputProblem]) -> None:
         for one in items:
             if isinstance(one, InputProblem):
                 self.problems.append(one)
-                continue
-            self.read += 1
-            kind, key, value = take(one, self.types, self.candidates)
-            if isinstance(value, InputProblem):
-                self.problems.append(value)
-            elif isinstance(value, bytes):
-                self.medications.append((key, value))
-            elif kind == "skip":
-                if key:  # "": a Medication without an id
-                    self.skipped[key] += 1
             else:
-                if kind == "patient":
-                    self.patients.append((key,))
-                if value is not None:
-                    self.keep(key, value)
+                self._route(one)
+
+    def _route(self, one: Item, body: bytes | None = None) -> None:
+        self.read += 1
+        kind, key, value = take(one, self.types, self.candidates, body)
+        if isinstance(value, InputProblem):
+            self.problems.append(value)
+        elif isinstance(value, bytes):
+            self.medications.append((key, value))
+        elif kind == "skip":
+            if key:  # "": a Medication without an id
+                self.skipped[key] += 1
+        else:
+            if kind == "patient":
+                self.patients.append((key,))
+            if value is not None:
+                self.keep(key, value)

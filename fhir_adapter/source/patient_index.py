@@ -7,12 +7,13 @@ the gate's resource types behind. Memory therefore does not grow with the size o
 the number of patients no trial can admit. A gate that every patient may pass (``Gate.everyone``)
 skips pass 1 and spools every patient.
 
-Most NDJSON lines are never parsed: :func:`scan.scan` reads a line's type and patient from its bytes when
-that is certain, and pass 2 drops the lines of non-candidates and of types no criterion reads unparsed,
-and spools a candidate's line as it is (parsed once, when its record is built). A line the scan cannot be
-sure of is parsed, so the result never depends on how the JSON is spelled. What that costs in checking:
-a skipped line is not validated, so a corrupt line of a patient no trial admits goes unreported; a
-candidate's corrupt line is reported (file and line) when its record is built.
+Pass 2 parses every line with orjson (a byte scan that skipped other patients' lines unparsed measured
+slower than the parse on real-shaped exports: docs/NOTES.md), drops a non-candidate's line of a type
+the criteria read as soon as its patient is known, and spools a candidate's resource. Every line is
+therefore checked: a corrupt line is reported (file and line) whoever it belongs to. With several
+``readers`` both passes run on pieces of the input in other processes
+(:mod:`fhir_adapter.source.parallel_read`) and are merged here in reading order, so the index holds the
+same rows, in the same order, with the same problems, whatever the number of readers.
 """
 
 from __future__ import annotations

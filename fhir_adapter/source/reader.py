@@ -294,7 +294,7 @@ def _whole(name: str, data: bytes) -> Iterator[Item | InputProblem]:
     except orjson.JSONDecodeError as exc:
         yield InputProblem(name, f"not valid JSON ({str(exc).split(':')[0]})")
         return
-    yield from _document(name, doc)
+    yield from resources_of(name, doc)
 
 
 def _ndjson(
@@ -433,10 +433,10 @@ def parse_line(line: Line) -> Iterator[Item | InputProblem]:
     except orjson.JSONDecodeError:
         yield InputProblem(line.file, "not valid JSON", line=line.line)
         return
-    yield from _document(line.file, doc, line.line)
+    yield from resources_of(line.file, doc, line.line)
 
 
-def _document(name: str, doc: Any, line: int | None = None) -> Iterator[Item | InputProblem]:
+def resources_of(name: str, doc: Any, line: int | None = None) -> Iterator[Item | InputProblem]:
     if not isinstance(doc, dict):
         yield InputProblem(name, "JSON is not a FHIR resource (not an object)", line=line)
         return

@@ -20,7 +20,6 @@ from fhir_adapter.model import InputProblem, Resource
 from fhir_adapter.screening import Gate
 from fhir_adapter.source.grouping import Row
 from fhir_adapter.source.reader import Item, Line, parse_line
-from fhir_adapter.source.scan import scan
 
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
@@ -36,9 +35,6 @@ def gate_hits(item: Item | Line, gate: Gate) -> Iterator[tuple[str, str, bool]]:
     """Pass 1: ``(patient id, type, admitted by the gate)`` of each resource of the gate's types."""
     types = gate.types
     if isinstance(item, Line):
-        hit = scan(item.data)
-        if hit is not None and hit.resource_type not in types:
-            return  # the type's name only appears in a reference or a text
         resources = [r.resource for r in parse_line(item) if isinstance(r, Item)]
     else:
         resources = [item.resource]
@@ -51,11 +47,17 @@ def gate_hits(item: Item | Line, gate: Gate) -> Iterator[tuple[str, str, bool]]:
             yield pid, rtype, gate.admits(resource)
 
 
-def take(item: Item, types: frozenset[str] | None, wanted: Container[str] | None = None) -> Taken:
+def take(
+    item: Item,
+    types: frozenset[str] | None,
+    wanted: Container[str] | None = None,
+    body: bytes | None = None,
+) -> Taken:
     """Pass 2, one parsed resource: ``("problem", "", problem)``; ``("medication", "Medication/x", json)``;
     ``("skip", type, None)`` for a type no criterion reads (``""``: a Medication without an id);
     ``("patient" | "resource", patient id, row)`` for a kept resource (a Patient's own row, or another),
-    the row None when its patient is not ``wanted`` (None: every patient is)."""
+    the row None when its patient is not ``wanted`` (None: every patient is). ``body``: the resource's
+    own JSON when the caller has it (an NDJSON line), kept as it is instead of written again."""
     resource = item.resource
     rtype = resource["resourceType"]
     where = f" line {item.line}" if item.line else ""
@@ -71,7 +73,8 @@ def take(item: Item, types: frozenset[str] | None, wanted: Container[str] | None
         rid = resource.get("id")
         if not isinstance(rid, str):
             return ("skip", "", None)
-        body = _dumped(resource)
+        if body is None:
+            body = _dumped(resource)
         return ("medication", f"Medication/{rid}", body) if body is not None else _too_deep(item)
     if types is not None and rtype not in types and rtype != "Patient":
         return ("skip", rtype, None)
@@ -86,7 +89,8 @@ def take(item: Item, types: frozenset[str] | None, wanted: Container[str] | None
     kind: Literal["patient", "resource"] = "patient" if rtype == "Patient" else "resource"
     if wanted is not None and pid not in wanted:
         return (kind, pid, None)  # not written again: most of an export's parsed lines end here
-    body = _dumped(resource)
+    if body is None:
+        body = _dumped(resource)
     return (kind, pid, Row(rtype, body, item.file, item.line)) if body is not None else _too_deep(item)
 
 

@@ -2,7 +2,7 @@
 
 Spark reads the input (any path or URI its file systems support), finds the candidates, groups their
 resources by patient (a shuffle) and runs the local engine's own functions on each line and record: the
-reader (:mod:`fhir_adapter.source.reader`), the byte scan, the routing (:mod:`fhir_adapter.source.routing`)
+reader (:mod:`fhir_adapter.source.reader`), the routing (:mod:`fhir_adapter.source.routing`)
 and :func:`fhir_adapter.workers.evaluate` (the record, then ``Screener.screen``). Nothing about
 criteria lives here. ``pyspark`` is an optional extra: only this package imports it, and only
 :mod:`fhir_adapter.spark.run` is imported by the command line, when ``--engine spark`` is asked for.

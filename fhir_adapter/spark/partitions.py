@@ -4,8 +4,8 @@ Nothing here imports ``pyspark``: the functions take and yield plain tuples, so 
 Spark and the plan in :mod:`fhir_adapter.spark.job` only wires them together.
 
 Each function mirrors one loop of the local index (:class:`fhir_adapter.source.patient_index.PatientIndex`)
-and calls the same functions it calls: the reader (``read_bytes``, ``parse_line``), the byte scan
-(``scan``), the routing (``gate_hits``, ``take``), the record and its evaluation (``workers.evaluate``).
+and calls the same functions it calls: the reader (``read_bytes``, ``parse_line``), the routing
+(``gate_hits``, ``take``), the record and its evaluation (``workers.evaluate``).
 Lines Spark read in blocks get their true line number from the per-block line counts the driver
 collected first (``ReadContext.before``), so every problem is made, and worded, exactly as locally.
 
@@ -29,7 +29,6 @@ from fhir_adapter.settings import ReadLimits
 from fhir_adapter.source.grouping import MED_TYPES, RawRecord, Row, medication_keys
 from fhir_adapter.source.reader import Item, Line, LineFilter, parse_line, read_bytes
 from fhir_adapter.source.routing import gate_hits, take
-from fhir_adapter.source.scan import scan
 from fhir_adapter.workers import Evaluated, evaluate
 
 Position = tuple[int, int, int]
@@ -107,16 +106,6 @@ class _Pass2:
             yield ("problem", key, item)
             return
         if isinstance(item, Line):
-            hit = scan(item.data)
-            if hit is not None and hit.patient is not None:
-                self.read += 1
-                if self.ctx.types is not None and hit.resource_type not in self.ctx.types:
-                    self.skipped[hit.resource_type] += 1
-                elif self.candidates is None or hit.patient in self.candidates:
-                    yield from self._keep(
-                        hit.patient, key, Row(hit.resource_type, item.data, item.file, item.line)
-                    )
-                return
             parsed: Iterable[Item | InputProblem] = parse_line(item)
         else:
             parsed = (item,)

@@ -31,8 +31,8 @@ from fhir_adapter.screening import Gate
 from fhir_adapter.settings import ReadLimits
 from fhir_adapter.source.grouping import RawRecord, Row, build
 from fhir_adapter.source.intake import GateTally, Intake
-from fhir_adapter.source.parallel_read import available_cores, gate_pieces, take_pieces
-from fhir_adapter.source.pieces import Piece, plan
+from fhir_adapter.source.parallel_read import Taken, available_cores, gate_pieces, take_pieces
+from fhir_adapter.source.pieces import Piece, piece_blocks, plan
 from fhir_adapter.source.reader import read_blocks, read_raw
 
 log = logging.getLogger(__name__)
@@ -175,19 +175,25 @@ class PatientIndex:
         found: set[str] = set()
         gated = gate_pieces(pieces, self.readers_used, self.gate, wanted, self.limits)
         previous = 0  # lines of the piece before, when it is of the same file
+        seen: set[str] = set()  # patients with a resource of the gate's types
         for piece, one in zip(pieces, gated, strict=True):
             before.append(before[-1] + previous if piece.start > 0 else 0)
             previous = one.lines
             found |= one.found
+            seen.update(pid for pid, _ in one.counts)
             self._flush_counts(one.counts)
         self.db.executemany("INSERT OR IGNORE INTO candidate VALUES (?)", ((p,) for p in found))
-        taken = take_pieces(
-            list(zip(pieces, before, strict=True)),
-            self.readers_used,
-            self.types,
-            self._candidates(),
-            self.limits,
-        )
+        candidates = self._candidates()
+        if candidates is None or len(candidates) * 3 > len(seen):
+            # Most rows will be kept, and kept rows cross to this process anyway: sending them over costs
+            # more than reading them here (population b: 6.9 s at two readers, 9.4 s with pass 2 sent).
+            taken: Iterator[Taken] = (
+                self._take_here(p, n, candidates) for p, n in zip(pieces, before, strict=True)
+            )
+        else:
+            taken = take_pieces(
+                list(zip(pieces, before, strict=True)), self.readers_used, self.types, candidates, self.limits
+            )
         for entry in planned:
             if isinstance(entry, InputProblem):
                 self.problems.append(entry)
@@ -197,6 +203,15 @@ class PatientIndex:
             self._merge(part.patients, part.medications)
             for pid, row in part.rows:
                 self._spool(pid, row)
+
+    def _take_here(self, piece: Piece, before: int, candidates: frozenset[str] | None) -> Taken:
+        """Pass 2 of one piece in this process: its rows spooled as they are read, not returned."""
+        intake = Intake(self.types, candidates, self._spool, before)
+        for item in piece_blocks(piece, self.limits):
+            intake.add(item)
+            if len(intake.patients) >= 2000 or len(intake.medications) >= 2000:
+                self._merge(intake.patients, intake.medications)
+        return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, [])
 
     def _take_tallies(self, problems: list[InputProblem], read: int, skipped: Counter[str]) -> None:
         self.problems += problems

@@ -197,8 +197,8 @@ def _break(folder: Path) -> None:
     lines.insert(4000, b"\n")  # a blank line: not a problem, but it counts for the lines after it
     lines.insert(5000, b'{"id": "no-type"}\n')
     lines[-20] = b"{broken\n"  # in the file's last Spark block
-    # Lines the byte scan places without parsing, then cut short: a candidate's is reported when its
-    # record is built; a non-candidate's is never parsed, so never reported (locally neither).
+    # Lines cut short after their subject, a candidate's and a non-candidate's: every line is parsed,
+    # so both are reported, by either engine.
     lines.insert(6000, b'{"resourceType":"Observation","subject":{"reference":"Patient/p0000200"},"id":"c\n')
     lines.insert(6001, b'{"resourceType":"Observation","subject":{"reference":"Patient/p0000201"},"id":"c\n')
     obs.write_bytes(b"".join(lines))

@@ -24,7 +24,7 @@ from fhir_adapter.model import InputProblem, SubjectResult
 from fhir_adapter.settings import RuleSettings
 from fhir_adapter.source.grouping import RawRecord, build
 from fhir_adapter.source.parallel_read import available_cores
-from fhir_adapter.source.patient_index import rows_of
+from fhir_adapter.source.patient_index import IndexRows
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def _start(rules: RuleSettings, as_of: Any, index: str) -> None:
     gc.set_threshold(100_000, 50, 1000)  # parsed JSON is acyclic: collecting it is pure overhead
     db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, check_same_thread=False)
     _STATE["db"] = db
+    _STATE["rows"] = IndexRows(db)
     _STATE["screener"] = Screener(load_trials(rules.trials, rules.overlays, rules.mappings_dir), as_of)
 
 
@@ -84,7 +85,7 @@ def _work_many(raws: list[RawRecord]) -> list[Evaluated]:
 def _with_rows(raw: RawRecord) -> RawRecord:
     if not raw.in_index:
         return raw
-    return RawRecord(raw.patient_id, rows_of(_STATE["db"], raw.patient_id), raw.counts)
+    return RawRecord(raw.patient_id, _STATE["rows"].rows(raw.patient_id), raw.counts)
 
 
 # -- the main side -----------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class RawRecord:
     rows: tuple[Row, ...]
     counts: dict[str, int] = field(default_factory=dict)  # a stub: no rows, only counts of the gate's types
     # The rows are in the source's index file, not here: the worker process that screens the record reads
-    # them itself (``patient_index.rows_of``), so the main process neither reads nor pickles them.
+    # them itself (``patient_index.IndexRows``), so the main process neither reads nor pickles them.
     in_index: bool = False
 
 

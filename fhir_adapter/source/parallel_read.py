@@ -3,8 +3,9 @@
 
 Pass 1 gives, per piece, the patients its gate lines admit, the counts of the gate's types and the
 number of lines (so pass 2 can number each piece's lines as a sequential read would). Pass 2 gives,
-per piece, the :class:`~fhir_adapter.source.intake.Intake` tallies and the candidates' rows, which the
-main process spools exactly as it spools its own. Results are taken in piece order, with no more than
+per piece, the :class:`~fhir_adapter.source.intake.Intake` tallies; the candidates' rows stay in the
+reader's own part file (tagged with their piece, so they can be read back in reading order) and never
+cross to the main process. Results are taken in piece order, with no more than
 ``window`` pieces read ahead, so memory is bounded by the pieces in flight, not by the export.
 """
 
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import gc
 import os
+import sqlite3
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fhir_adapter.model import InputProblem
@@ -44,7 +47,8 @@ class Taken:
     skipped: Counter[str]
     patients: list[tuple[str]]
     medications: list[tuple[str, bytes]]
-    rows: list[tuple[str, Row]]
+    rows: list[tuple[str, Row]]  # kept rows sent back (none when they went to a part file)
+    part: str  # the part file the kept rows were written to, "" for none
 
 
 def available_cores() -> int:
@@ -73,14 +77,35 @@ def _gate_piece(piece: Piece) -> Gated:
     return Gated(lines[0], frozenset(tally.found), tally.counts)
 
 
-def _take_piece(piece: Piece, line_offset: int) -> Taken:
-    rows: list[tuple[str, Row]] = []
-    intake = Intake(
-        _STATE["types"], _STATE["candidates"], lambda pid, row: rows.append((pid, row)), line_offset
-    )
+def _take_piece(piece: Piece, line_offset: int, number: int) -> Taken:
+    rows: list[tuple[str, str, bytes, str, int | None, int]] = []
+
+    def keep(pid: str, row: Row) -> None:
+        rows.append((pid, row.rtype, row.body, row.file, row.line, number))
+
+    intake = Intake(_STATE["types"], _STATE["candidates"], keep, line_offset)
     for item in piece_blocks(piece, _STATE["limits"]):
         intake.add(item)
-    return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, rows)
+    path = ""
+    if rows:  # written here, not sent back: the main process only learns where they are
+        db, path = _part()
+        db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.commit()  # the process may be ended at any point once the piece is answered
+    return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, [], path)
+
+
+def _part() -> tuple[sqlite3.Connection, str]:
+    """This process's part file, made on first use beside the index."""
+    if "part" not in _STATE:
+        path = str(Path(_STATE["folder"]) / f"part-{os.getpid()}.sqlite")
+        db = sqlite3.connect(path)
+        db.executescript(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+            "CREATE TABLE res (pid TEXT, rtype TEXT, body BLOB, file TEXT, line INTEGER, piece INTEGER);"
+        )
+        _STATE["part"] = (db, path)
+    part: tuple[sqlite3.Connection, str] = _STATE["part"]
+    return part
 
 
 # -- the main side -----------------------------------------------------------------------------------------
@@ -94,16 +119,18 @@ def gate_pieces(
 
 
 def take_pieces(
-    pieces: Sequence[tuple[Piece, int]],
+    pieces: Sequence[tuple[Piece, int, int]],
     processes: int,
     types: frozenset[str] | None,
     candidates: frozenset[str] | None,
     limits: ReadLimits,
+    folder: Path,
 ) -> Iterator[Taken]:
-    """Pass 2 of each ``(piece, lines before it)``, in order."""
-    state = {"types": types, "candidates": candidates, "limits": limits}
+    """Pass 2 of each ``(piece, lines before it, its number)``, in order; the kept rows are written to
+    part files in ``folder`` (one per process), the rows of piece ``number`` tagged with it."""
+    state = {"types": types, "candidates": candidates, "limits": limits, "folder": str(folder)}
     with ProcessPoolExecutor(processes, initializer=_start, initargs=(state,)) as pool:
-        yield from _ordered(pool, [(_take_piece, (p, n)) for p, n in pieces], processes * 2)
+        yield from _ordered(pool, [(_take_piece, args) for args in pieces], processes * 2)
 
 
 def _ordered(

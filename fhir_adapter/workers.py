@@ -98,6 +98,9 @@ class WorkerPool:
         self.workers = workers
         self.batch = batch
         self.window = window or workers * 8 * batch
+        # Records screened here wait in order behind the workers' ones; they are small (a stub's results),
+        # so many may, and a sparse population (1 % candidates) still keeps every worker busy.
+        self.max_waiting = max(self.window, 10_000)
         self._executor = ProcessPoolExecutor(workers, initializer=_start, initargs=(rules, as_of, str(index)))
 
     def __enter__(self) -> WorkerPool:
@@ -133,18 +136,22 @@ class WorkerPool:
             assert batch.future is not None
             return item, batch.future.result()[position]
 
+        remote_waiting = 0
         for item in items:
             if remote(item):
                 if filling.future is not None:  # sent part-filled because the head waited on it
                     filling = _Batch()
                 pending.append((item, (filling, len(filling.raws))))
+                remote_waiting += 1
                 filling.raws.append(item.raw)
                 if len(filling.raws) >= self.batch:
                     submit(filling)
                     filling = _Batch()
             else:
                 pending.append((item, local(item)))
-            while len(pending) > self.window or (pending and ready()):
+            while remote_waiting > self.window or len(pending) > self.max_waiting or (pending and ready()):
+                if isinstance(pending[0][1], tuple):
+                    remote_waiting -= 1
                 yield take()
         submit(filling)
         while pending:

@@ -51,10 +51,13 @@ PIECE_BYTES = 32 * 1024 * 1024
 def line_filter(types: Iterable[str]) -> tuple[bytes, ...]:
     """Byte strings one of which a line must contain to be parsed in pass 1.
 
-    The type name as JSON writes it (``"Condition"``), or any ``\\u`` escape: a line that spells the type
-    with escapes (``"\\u0043ondition"``) is parsed too, so the shortcut never changes what is screened.
+    The type name as JSON writes it (``"Condition"``), or an escape that can spell an ASCII letter
+    (``\\u0041``-``\\u007a`` all begin ``\\u00``): a line that spells the type or the ``resourceType`` key
+    with escapes (``"\\u0043ondition"``) is parsed too, so the shortcut never changes what is screened,
+    while the escapes of non-Latin text (``\\u201c``, ``\\u6c2e``: most escapes of real exports) are not
+    searched for (a two-byte ``\\u`` also finds at 1.3 GB/s where ``\\u00`` finds at 2 GB/s).
     """
-    return (*(f'"{t}"'.encode() for t in sorted(types)), b"\\u")
+    return (*(f'"{t}"'.encode() for t in sorted(types)), b"\\u00")
 
 
 class IndexRows:

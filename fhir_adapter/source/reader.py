@@ -326,53 +326,60 @@ def _ndjson(
                 yield from parse_line(Line(data, name, lineno))
 
 
-def _chunks(
-    first: bytes, fh: IO[bytes], limit: int, tally: list[int] | None = None
-) -> Iterator[tuple[int, bytes | None]]:
-    """The file in blocks of whole lines: ``(lines before it, block)``, or ``(lines before it, None)``
-    for a line longer than ``limit`` that was read past (never held). A block holds complete lines only,
-    but the file's last may lack its newline. ``tally``: its first item is set to the number of lines
-    once the file is read (a byte range's lines, for the ranges after it)."""
-    lineno = 0
-    buf = first
-    skipping = False  # inside an overlong line: drop bytes up to its end
-    while True:
-        block = fh.read(_BLOCK)
-        buf = buf + block if buf else block
-        if skipping:
-            nl = buf.find(b"\n")
-            if nl < 0:
+class _Chunks:
+    """The file in blocks of whole lines, without copying them out: iterating gives ``(buf, end)``, the
+    block being ``buf[:end]``, or ``(b"", -1)`` for a line longer than ``limit`` that was read past
+    (never held). A block holds complete lines only, but the file's last may lack its newline. The
+    consumer adds the block's lines to ``lineno`` (it counts them anyway: a split, or a search for
+    lines); ``lineno`` is then the number of lines before the next block, and of the file at the end."""
+
+    def __init__(self, first: bytes, fh: IO[bytes], limit: int) -> None:
+        self._first = first
+        self._fh = fh
+        self._limit = limit
+        self.lineno = 0
+
+    def __iter__(self) -> Iterator[tuple[bytes, int]]:
+        buf = self._first
+        skipping = False  # inside an overlong line: drop bytes up to its end
+        while True:
+            block = self._fh.read(_BLOCK)
+            buf = buf + block if buf else block
+            if skipping:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    buf = b""
+                    if block:
+                        continue
+                    return
+                skipping = False
+                buf = buf[nl + 1 :]
+            end = len(buf) if not block else buf.rfind(b"\n") + 1  # complete lines only, but at the end
+            if end:
+                yield buf, end
+                buf = buf[end:]
+            if len(buf) > self._limit + 1:  # no newline in sight: an overlong line, read past, never held
+                yield b"", -1
+                self.lineno += 1
                 buf = b""
-                if block:
-                    continue
-                break
-            skipping = False
-            buf = buf[nl + 1 :]
-        end = len(buf) if not block else buf.rfind(b"\n") + 1  # complete lines only, but at the end
-        if end:
-            chunk, buf = buf[:end], buf[end:]
-            yield lineno, chunk
-            lineno += chunk.count(b"\n") + (not block and not chunk.endswith(b"\n"))
-        if len(buf) > limit + 1:  # no newline in sight: an overlong line, read past, never held
-            yield lineno, None
-            lineno += 1
-            buf = b""
-            skipping = True
-        if not block:
-            break
-    if tally is not None:
-        tally[0] = lineno
+                skipping = True
+            if not block:
+                return
 
 
 def blocks_of(name: str, first: bytes, fh: IO[bytes], limit: int) -> Iterator[LineBlock | InputProblem]:
     """Every line, a block at a time: what the line-by-line read gives, without its per-line calls."""
-    for before, chunk in _chunks(first, fh, limit):
-        if chunk is None:
-            yield InputProblem(name, f"line longer than {limit} bytes: skipped", line=before + 1)
+    chunks = _Chunks(first, fh, limit)
+    for buf, end in chunks:
+        if end < 0:
+            yield InputProblem(name, f"line longer than {limit} bytes: skipped", line=chunks.lineno + 1)
             continue
+        chunk = buf if end == len(buf) else buf[:end]
         lines = chunk.split(b"\n")
         if chunk.endswith(b"\n"):
             lines.pop()
+        before = chunks.lineno
+        chunks.lineno += len(lines)
         if len(chunk) > limit:  # only then can one of its lines be too long
             for at, line in enumerate(lines):
                 if len(line) > limit:
@@ -394,36 +401,43 @@ def filtered_lines(
     line by line: most lines of an export do not mention the gate's types. The same
     lines, with the same numbers, as the line-by-line read, but no problems: a line longer than
     ``limit`` is passed over in silence (a filtered read is pass 1; pass 2 reads every line and reports
-    it). ``tally``: as for ``_chunks``."""
-    for lineno, chunk in _chunks(first, fh, limit, tally):
-        if chunk is None:
+    it). ``tally``: its first item is set to the number of lines once the file is read (a byte range's
+    lines, for the ranges after it)."""
+    chunks = _Chunks(first, fh, limit)
+    for buf, end in chunks:
+        if end < 0:
             continue
-        at = 0  # ``lineno`` counts the lines of ``chunk`` before ``at``
-        for start, stop in _matching_lines(chunk, wanted):
-            lineno += chunk.count(b"\n", at, start) + 1
-            line = chunk[start:stop]
+        lineno = chunks.lineno  # lines before ``at``
+        at = 0
+        for start, stop in _matching_lines(buf, end, wanted):
+            lineno += buf.count(b"\n", at, start) + 1
+            line = buf[start:stop]
             at = stop
             if len(line) - line.endswith(b"\n") <= limit and line.strip():
                 yield Line(line, name, lineno)
+        # A last line without its newline (the file's end) counts too.
+        chunks.lineno = lineno + buf.count(b"\n", at, end) + (end > at and buf[end - 1] != 10)
+    if tally is not None:
+        tally[0] = chunks.lineno
 
 
-def _matching_lines(chunk: bytes, wanted: tuple[bytes, ...]) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` of each line of ``chunk`` holding a wanted string (no string holds a newline),
-    in order. Each string is searched again only past the line just taken, so the work is one ``find``
-    per string per matching line, however often a line repeats it."""
-    ahead = {text: chunk.find(text) for text in wanted}  # each string's next occurrence, -1: none left
+def _matching_lines(buf: bytes, end: int, wanted: tuple[bytes, ...]) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each line of ``buf[:end]`` holding a wanted string (no string holds a
+    newline), in order. Each string is searched again only past the line just taken, so the work is one
+    ``find`` per string per matching line, however often a line repeats it."""
+    ahead = {text: buf.find(text, 0, end) for text in wanted}  # each one's next occurrence, -1: none left
     while True:
         hits = [at for at in ahead.values() if at >= 0]
         if not hits:
             return
         hit = min(hits)
-        start = chunk.rfind(b"\n", 0, hit) + 1
-        stop = chunk.find(b"\n", hit)
-        stop = len(chunk) if stop < 0 else stop + 1
+        start = buf.rfind(b"\n", 0, hit) + 1
+        stop = buf.find(b"\n", hit, end)
+        stop = end if stop < 0 else stop + 1
         yield start, stop
         for text, at in ahead.items():
             if 0 <= at < stop:
-                ahead[text] = chunk.find(text, stop)
+                ahead[text] = buf.find(text, stop, end)
 
 
 def parse_line(line: Line) -> Iterator[Item | InputProblem]:

@@ -102,6 +102,9 @@ def _part() -> tuple[sqlite3.Connection, str]:
         db.executescript(
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
             "CREATE TABLE res (pid TEXT, rtype TEXT, body BLOB, file TEXT, line INTEGER, piece INTEGER);"
+            # Indexed as it is written, by this process: one index built afterwards by the main process
+            # would be serial work on every kept row.
+            "CREATE INDEX res_pid ON res (pid);"
         )
         _STATE["part"] = (db, path)
     part: tuple[sqlite3.Connection, str] = _STATE["part"]

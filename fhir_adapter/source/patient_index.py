@@ -242,14 +242,7 @@ class PatientIndex:
             self._adopt(sorted(parts))
 
     def _adopt(self, parts: list[str]) -> None:
-        """Rows the readers wrote to part files of their own: indexed, and read from there from now on."""
-        for path in parts:
-            db = sqlite3.connect(path)
-            try:
-                db.execute("CREATE INDEX IF NOT EXISTS res_pid ON res (pid)")
-                db.commit()
-            finally:
-                db.close()
+        """Rows the readers wrote to part files of their own (indexed there): read from there from now on."""
         self.db.executemany("INSERT INTO part VALUES (?)", ((p,) for p in parts))
         if self._memory:
             self._spill()

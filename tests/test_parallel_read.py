@@ -136,3 +136,17 @@ def test_an_index_read_by_several_processes_holds_what_one_process_reads(
     assert built[2] == built[0]
     problems = built[0]["problems"]
     assert isinstance(problems, list) and len(problems) >= 3  # the broken, overlong and unattributable lines
+
+
+def test_a_piece_whose_file_became_a_fifo_is_reported_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "Observation.ndjson"
+    path.write_bytes(b"\n".join(LINES[:2]) * 20 + b"\n")
+    pieces = [p for p in plan([path], 64, ReadLimits()) if isinstance(p, Piece)]
+    assert len(pieces) > 2
+    path.unlink()
+    os.mkfifo(path)  # replaced between the plan and the read: opening it for reading would block
+    problems = [i for i in piece_blocks(pieces[1], ReadLimits()) if isinstance(i, InputProblem)]
+    assert [p.reason for p in problems] == ["not a regular file (a FIFO): skipped"]
+    assert list(piece_lines(pieces[1], (b'"Condition"',), ReadLimits(), [0])) == []

@@ -40,15 +40,14 @@ class Gated:
 
 @dataclass(frozen=True, slots=True)
 class Taken:
-    """Pass 2 of one piece: an Intake's tallies and the rows it kept."""
+    """Pass 2 of one piece: an Intake's tallies, and where the rows it kept are."""
 
     problems: list[InputProblem]
     read: int
     skipped: Counter[str]
     patients: list[tuple[str]]
     medications: list[tuple[str, bytes]]
-    rows: list[tuple[str, Row]]  # kept rows sent back (none when they went to a part file)
-    part: str  # the part file the kept rows were written to, "" for none
+    part: str  # the part file the kept rows were written to ("" for none: none kept, or kept here)
 
 
 def available_cores() -> int:
@@ -91,7 +90,7 @@ def _take_piece(piece: Piece, line_offset: int, number: int) -> Taken:
         db, path = _part()
         db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?, ?)", rows)
         db.commit()  # the process may be ended at any point once the piece is answered
-    return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, [], path)
+    return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, path)
 
 
 def _part() -> tuple[sqlite3.Connection, str]:

@@ -236,8 +236,6 @@ class PatientIndex:
             self._merge(part.patients, part.medications)
             if part.part:
                 parts.add(part.part)
-            for pid, row in part.rows:
-                self._spool(pid, row)
         if parts:
             self._adopt(sorted(parts))
 
@@ -255,9 +253,7 @@ class PatientIndex:
             intake.add(item)
             if len(intake.patients) >= 2000 or len(intake.medications) >= 2000:
                 self._merge(intake.patients, intake.medications)
-        return Taken(
-            intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, [], ""
-        )
+        return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, "")
 
     def _take_tallies(self, problems: list[InputProblem], read: int, skipped: Counter[str]) -> None:
         self.problems += problems

@@ -11,7 +11,6 @@ Compressed files and JSON documents cannot be cut: they are one piece each.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,13 @@ from fhir_adapter.source.reader import (
     Item,
     Line,
     LineBlock,
+    NotRegular,
     blocks_of,
     display,
     filtered_lines,
     input_files,
     is_ndjson,
+    open_regular,
     read_file,
     read_file_blocks,
 )
@@ -64,14 +65,14 @@ def _splittable_size(path: Path, limits: ReadLimits) -> int | None:
     """The size of a plain (uncompressed) NDJSON file; None for anything else, or a file that cannot be
     opened now (read whole, it reports its own problem exactly as a sequential read does)."""
     try:
-        with path.open("rb") as fh:
+        fh, size = open_regular(path)
+        with fh:
             head = fh.read(2)
             if head == b"\x1f\x8b":
                 return None
             fh.seek(0)
             first = fh.readline(min(limits.max_line_bytes, 1 << 20) + 1).removeprefix(_BOM)
-            size = os.fstat(fh.fileno()).st_size
-    except OSError:
+    except (OSError, NotRegular):
         return None
     if b"\x00" in first[:1024]:
         return None  # read whole, it is reported as a binary file
@@ -87,8 +88,11 @@ def piece_lines(
         if wanted:  # () only counts lines, and a whole file's count is never needed
             yield from read_file(piece.path, wanted, limits, raw=True)
         return
-    with _range(piece) as (fh, first):
-        yield from filtered_lines(display(piece.path), first, fh, wanted, limits.max_line_bytes, tally)
+    try:
+        with _range(piece) as (fh, first):
+            yield from filtered_lines(display(piece.path), first, fh, wanted, limits.max_line_bytes, tally)
+    except (OSError, NotRegular):
+        return  # pass 2 reports it
 
 
 def piece_blocks(piece: Piece, limits: ReadLimits) -> Iterator[Item | LineBlock | InputProblem]:
@@ -96,8 +100,13 @@ def piece_blocks(piece: Piece, limits: ReadLimits) -> Iterator[Item | LineBlock 
     if piece.end is None:
         yield from read_file_blocks(piece.path, limits)
         return
-    with _range(piece) as (fh, first):
-        yield from blocks_of(display(piece.path), first, fh, limits.max_line_bytes)
+    try:
+        with _range(piece) as (fh, first):
+            yield from blocks_of(display(piece.path), first, fh, limits.max_line_bytes)
+    except NotRegular as exc:  # replaced since it was planned, as the whole-file read would report it
+        yield InputProblem(display(piece.path), f"not a regular file ({exc}): skipped")
+    except OSError as exc:
+        yield InputProblem(display(piece.path), f"cannot read: {exc.strerror or type(exc).__name__}")
 
 
 class _range:
@@ -111,7 +120,7 @@ class _range:
     def __enter__(self) -> tuple[IO[bytes], bytes]:
         piece = self._piece
         assert piece.end is not None
-        raw = piece.path.open("rb")
+        raw, _ = open_regular(piece.path)
         self._fh = raw
         start = piece.start
         if start > 0:
@@ -139,7 +148,6 @@ class _Bounded(io.RawIOBase):
     def __init__(self, inner: IO[bytes], left: int) -> None:
         self._inner = inner
         self._left = left
-        self._finishing = left == 0
         self._done = left == 0
 
     def readable(self) -> bool:
@@ -155,11 +163,8 @@ class _Bounded(io.RawIOBase):
                 self._done = True
                 return 0
             self._left -= len(data)
-            if self._left == 0:
-                if data.endswith(b"\n"):
-                    self._done = True  # the range ends on a line end: nothing to finish
-                else:
-                    self._finishing = True
+            if self._left == 0 and data.endswith(b"\n"):
+                self._done = True  # the range ends on a line end: nothing to finish
             view[: len(data)] = data
             return len(data)
         data = self._inner.read(min(len(view), 1 << 16))

@@ -173,19 +173,19 @@ class _TooLarge(Exception):
     pass
 
 
-def _open_regular(path: Path) -> tuple[IO[bytes], int]:
+def open_regular(path: Path) -> tuple[IO[bytes], int]:
     """Open without blocking and check what was opened is a regular file (the walk's check can be raced)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise _NotRegular(_kind(info.st_mode))
+        raise NotRegular(_kind(info.st_mode))
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb"), info.st_size
 
 
-class _NotRegular(Exception):
-    pass
+class NotRegular(Exception):
+    """What was opened is not a regular file (a FIFO or a device would block or never end)."""
 
 
 def _open(
@@ -221,7 +221,7 @@ def read_file(
     skipped unparsed. ``raw``: NDJSON lines come as ``Line`` bytes, unparsed (see ``parse_line``)."""
     return cast(
         Iterator[Item | Line | InputProblem],
-        _read(display(path), path.name, lambda: _open_regular(path), line_filter, limits, raw),
+        _read(display(path), path.name, lambda: open_regular(path), line_filter, limits, raw),
     )
 
 
@@ -264,7 +264,7 @@ def _read(
                 if len(data) > limits.max_document_bytes:
                     raise _TooLarge(f"larger than {limits.max_document_bytes} bytes: not read")
                 yield from _whole(name, data)
-    except _NotRegular as exc:
+    except NotRegular as exc:
         yield InputProblem(name, f"not a regular file ({exc}): skipped")
         return
     except _TooLarge as exc:
@@ -523,7 +523,7 @@ def read_file_blocks(
 ) -> Iterator[Item | LineBlock | InputProblem]:
     """One file as :func:`read_blocks` reads it."""
     log.debug("reading %s", display(path))
-    opener = partial(_open_regular, path)
+    opener = partial(open_regular, path)
     return cast(
         Iterator[Item | LineBlock | InputProblem],
         _read(display(path), path.name, opener, None, limits, raw=True, blocks=True),

@@ -165,7 +165,14 @@ def _screen_bulk(
     work = settings.bulk_dir or _default_bulk_dir(settings)
     with (
         open_client(settings.server) as client,
-        BulkSource(client, screener, settings.bulk, work, keep_files=settings.keep_bulk_files) as source,
+        BulkSource(
+            client,
+            screener,
+            settings.bulk,
+            work,
+            keep_files=settings.keep_bulk_files,
+            readers=settings.workers,
+        ) as source,
     ):
         source.prepare()
         workers = _workers(settings.workers, source.files)

@@ -138,7 +138,9 @@ class BulkSource:
         *,
         keep_files: bool = False,
         bulk: BulkClient | None = None,
+        readers: int | None = 1,
     ) -> None:
+        """``readers``: processes reading the downloaded files (as ``FileSource``'s)."""
         self.client = client
         self.screener = screener
         self.settings = settings
@@ -154,6 +156,7 @@ class BulkSource:
         self.medication_requests = 0
         self._files: FileSource | None = None
         self._plan_file: Path | None = None
+        self._readers = readers
 
     # -- Source ----------------------------------------------------------------------------
 
@@ -225,7 +228,7 @@ class BulkSource:
         if self._files is None:
             _private_dir(self.work_dir)
             paths = self._export()
-            self._files = FileSource(paths, self.screener)
+            self._files = FileSource(paths, self.screener, readers=self._readers)
         return self._files
 
     def _export(self) -> list[Path]:

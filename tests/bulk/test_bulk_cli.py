@@ -159,3 +159,37 @@ def test_a_bad_group_or_type_is_a_usage_error(fake: FakeBulk, tmp_path: Path, ba
 
     assert code == 2, text
     assert fake.kick_offs == []
+
+
+def test_screen_bulk_reads_the_downloads_on_every_worker_with_the_result_of_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fhir_adapter.source import patient_index
+
+    dm = {"coding": [{"system": "http://snomed.info/sct", "code": "396230008"}]}
+    conditions = [
+        {"resourceType": "Condition", "id": f"c{i}", "code": dm, "subject": {"reference": f"Patient/p{i}"}}
+        for i in range(0, 6, 2)
+    ]
+    parallel = []
+    real = patient_index.gate_pieces
+    monkeypatch.setattr(patient_index, "gate_pieces", lambda *a, **k: parallel.append(a[1]) or real(*a, **k))
+    results = {}
+    for workers in ("1", "2"):
+        with FakeBulk() as fake:
+            fake.files["p"] = FileSpec(ndjson(list(patients(6))))
+            fake.files["c"] = FileSpec(ndjson(conditions))
+            fake.manifest = manifest(
+                fake, [("Patient", fake.file_url("p"), 6), ("Condition", fake.file_url("c"), 3)]
+            )
+            out = tmp_path / f"r{workers}.json"
+            code, text = cli(
+                "screen", "--server", fake.base, "--bulk", "--single-pass", "--bulk-dir",
+                str(tmp_path / f"work{workers}"), "--as-of", "2026-06-15", "--out", str(out),
+                "--workers", workers, *FAST,
+            )  # fmt: skip
+        assert code == 0, text
+        results[workers] = json.loads(out.read_text())["subjects"]
+    assert parallel == [2]  # only the two-worker run read its files on two processes
+    assert results["2"] == results["1"]
+    assert sum(s["status"] != "ineligible" for s in results["1"]) == 3

@@ -60,7 +60,7 @@ class Intake:
         self.skipped: Counter[str] = Counter()
         self.patients: list[tuple[str]] = []
         self.medications: list[tuple[str, bytes]] = []  # in reading order: the last copy wins
-        # Types whose non-candidate resources pass 2 only counts (take() keeps, skips or reports others).
+        # Types whose resources pass 2 keeps or drops by their patient alone (take() sees the others).
         self._plain = (types or frozenset()) - {"Patient", "Medication", "Bundle"}
 
     def add(self, item: Item | LineBlock | InputProblem) -> None:
@@ -82,7 +82,7 @@ class Intake:
         line length of the benchmark exports: docs/NOTES.md.) The loop runs once per line of the
         export: it is kept lean."""
         name, route, loads = block.file, self._route, orjson.loads
-        candidates, plain = self.candidates, self._plain
+        candidates, plain, keep = self.candidates, self._plain, self.keep
         for lineno, data in enumerate(block.lines, block.first + self.line_offset):
             try:
                 doc = loads(data)
@@ -94,15 +94,18 @@ class Intake:
                 self._parsed(resources_of(name, doc, lineno))
                 continue
             rtype = doc.get("resourceType")
-            if candidates is not None and rtype in plain:
-                # Most lines: a type a criterion reads, of a patient no gate admits. Dropped here,
-                # with what take() would have concluded, without its checks.
+            if rtype in plain:
+                # Most lines: a type a criterion reads, with a patient. Dropped (no gate admits the
+                # patient) or kept here, as take() would conclude, without its checks: it cannot fail
+                # them. The line itself is the row's body (orjson.dumps would allocate several times its
+                # size).
                 pid = patient_of(doc)
-                if pid is not None and pid not in candidates:
+                if pid is not None:
                     self.read += 1
+                    if candidates is None or pid in candidates:
+                        keep(pid, Row(rtype, data, name, lineno))
                     continue
             if isinstance(rtype, str) and rtype and rtype != "Bundle":
-                # The line itself is the row's body: orjson.dumps would allocate several times its size
                 route(Item(doc, name, lineno), data)
             else:  # a Bundle, or no resourceType: the reader's own unpacking and wording
                 self._parsed(resources_of(name, doc, lineno))

@@ -1,10 +1,11 @@
 """Screen file records on every core: a process pool that builds and screens records, in order.
 
 Each worker loads the same rules (the run's trial ids, overlays and as-of date) and screens the rows the
-file source spooled: parsing and evaluating happen in the workers, the reading and the writing of
-results in the main process. Results come back in the order the records went out, so the result file is
-byte-identical to one written with one worker, and no more than ``window`` records are in flight, so
-memory stays bounded whatever the size of the export.
+file source spooled: parsing and evaluating happen in the workers, the writing of results in the main
+process. Results come back in the order the records went out, so the result file is byte-identical to
+one written with one worker; no more than ``window`` records are with the workers and no more than
+``max_waiting`` wait in all (the rest are stubs, screened here), so memory stays bounded whatever the
+size of the export.
 """
 
 from __future__ import annotations

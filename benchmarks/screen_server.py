@@ -15,7 +15,8 @@ bodies read and dropped): the floor a client that does nothing with the answers 
 
 Reported per row: wall seconds, patients screened (everyone the candidate search found, or the Group's
 members for the export; the gate then rejects some), requests sent (every one, from the proxy's log),
-requests per screened patient, the adapter's request rate as a share of the replay's, and whether the
+requests per screened patient, the adapter's request rate as a share of the replay's (best of
+``--repeat`` runs of each, in turn, so that both meet a warm server), and whether the
 verdicts of the trial's candidates equal the first row's (they must, whichever strategy ran). The throttled profile is not timed: its rate limit is the
 point, and its row shows that the run finished with the same verdicts and how many 429s it met.
 """
@@ -186,6 +187,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20, help="throttled profile: requests/s")
     parser.add_argument("--data", type=Path, default=Path("/tmp/fhir-adapter-bench-server"))
     parser.add_argument("--keep", action="store_true", help="leave the benchmark HAPI running")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs of each row, adapter and replay in turn: best of each"
+    )
     args = parser.parse_args()
 
     folder = args.data / f"a-{args.patients}"
@@ -255,19 +259,33 @@ def main() -> int:
                 runs.append(("bulk-export", 1, ["--bulk", "--group", "bench-all", "--poll-max-wait", "1"]))
             try:
                 for name, concurrency, extra in runs:
-                    out = args.data / f"server-{name}-{concurrency}.json"
-                    mark = proxy.mark()
-                    seconds, _ = _screen(proxy.url, concurrency, out, extra)
-                    made = proxy.requests_since(mark)
-                    results.append(_verdicts(out))
-                    throttled = sum(1 for _, _, status in made if status == 429)
-                    gets = [path for method, path, status in made if method == "GET" and status != 429]
-                    floor = (
-                        None
-                        if name in ("throttled", "bulk-export")
-                        else _replay(f"http://127.0.0.1:{proxy.port}", gets, concurrency)
-                    )
-                    rows.append((name, concurrency, seconds, len(made), throttled, floor))
+                    # Adapter and replay in turn, best of each: the first run of a row meets a server
+                    # that has not served these requests yet (HAPI's JIT and caches), and the replay
+                    # after it a warm one; best of --repeat compares both on a warm server.
+                    best: tuple[float, float | None] | None = None
+                    for _ in range(max(args.repeat, 1)):
+                        out = args.data / f"server-{name}-{concurrency}.json"
+                        mark = proxy.mark()
+                        seconds, _ = _screen(proxy.url, concurrency, out, extra)
+                        made = proxy.requests_since(mark)
+                        throttled = sum(1 for _, _, status in made if status == 429)
+                        gets = [path for method, path, status in made if method == "GET" and status != 429]
+                        floor = (
+                            None
+                            if name in ("throttled", "bulk-export")
+                            else _replay(f"http://127.0.0.1:{proxy.port}", gets, concurrency)
+                        )
+                        if best is None:
+                            first = (len(made), throttled, _verdicts(out))
+                            best = (seconds, floor)
+                        else:
+                            best = (
+                                min(best[0], seconds),
+                                None if floor is None or best[1] is None else min(best[1], floor),
+                            )
+                    assert best is not None
+                    results.append(first[2])
+                    rows.append((name, concurrency, best[0], first[0], first[1], best[1]))
             finally:
                 proxy.stop()
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -27,19 +27,25 @@ def fetch_in_order(
     if threads <= 1:
         yield from _one_ahead(fetch, items)
         return
-    limit = max(ahead or 2 * threads, threads)
-    pending: deque[Future[R]] = deque()
     with ThreadPoolExecutor(threads, thread_name_prefix="fhir-fetch") as pool:
-        try:
-            for item in items:
-                pending.append(pool.submit(fetch, item))
-                if len(pending) >= limit:
-                    yield pending.popleft().result()
-            while pending:
+        yield from in_order(pool, fetch, items, max(ahead or 2 * threads, threads))
+
+
+def in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """``fn(item)`` for every item on ``pool`` (threads or processes), yielded in item order, with at
+    most ``window`` submitted and not yet taken. An exception ``fn`` raises is raised here at its item's
+    turn; a consumer that stops early cancels what has not started."""
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
                 yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def _one_ahead(fetch: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:

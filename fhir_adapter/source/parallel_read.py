@@ -5,8 +5,8 @@ Pass 1 gives, per piece, the patients its gate lines admit, the counts of the ga
 number of lines (so pass 2 can number each piece's lines as a sequential read would). Pass 2 gives,
 per piece, the :class:`~fhir_adapter.source.intake.Intake` tallies; the candidates' rows stay in the
 reader's own part file (tagged with their piece, so they can be read back in reading order) and never
-cross to the main process. Results are taken in piece order, with no more than
-``window`` pieces read ahead, so memory is bounded by the pieces in flight, not by the export.
+cross to the main process. Results are taken in piece order (``fetch_pool.in_order``), with no more
+than two pieces per process read ahead, so memory is bounded by the pieces in flight, not by the export.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 import gc
 import os
 import sqlite3
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from fhir_adapter.model import InputProblem
 from fhir_adapter.screening import Gate
 from fhir_adapter.settings import ReadLimits
+from fhir_adapter.source.fetch_pool import in_order
 from fhir_adapter.source.grouping import Row
 from fhir_adapter.source.intake import GateTally, Intake
 from fhir_adapter.source.pieces import Piece, piece_blocks, piece_lines
@@ -76,7 +77,8 @@ def _gate_piece(piece: Piece) -> Gated:
     return Gated(lines[0], frozenset(tally.found), tally.counts)
 
 
-def _take_piece(piece: Piece, line_offset: int, number: int) -> Taken:
+def _take_piece(job: tuple[Piece, int, int]) -> Taken:
+    piece, line_offset, number = job
     rows: list[tuple[str, str, bytes, str, int | None, int]] = []
 
     def keep(pid: str, row: Row) -> None:
@@ -117,7 +119,7 @@ def gate_pieces(
     """Pass 1 of each piece, in order."""
     state = {"gate": gate, "wanted": wanted, "limits": limits}
     with ProcessPoolExecutor(processes, initializer=_start, initargs=(state,)) as pool:
-        yield from _ordered(pool, [(_gate_piece, (p,)) for p in pieces], processes * 2)
+        yield from in_order(pool, _gate_piece, pieces, processes * 2)
 
 
 def take_pieces(
@@ -132,21 +134,4 @@ def take_pieces(
     part files in ``folder`` (one per process), the rows of piece ``number`` tagged with it."""
     state = {"types": types, "candidates": candidates, "limits": limits, "folder": str(folder)}
     with ProcessPoolExecutor(processes, initializer=_start, initargs=(state,)) as pool:
-        yield from _ordered(pool, [(_take_piece, args) for args in pieces], processes * 2)
-
-
-def _ordered(
-    pool: ProcessPoolExecutor, calls: list[tuple[Any, tuple[Any, ...]]], window: int
-) -> Iterator[Any]:
-    pending: deque[Future[Any]] = deque()
-    queued = iter(calls)
-    for fn, args in queued:
-        pending.append(pool.submit(fn, *args))
-        if len(pending) >= window:
-            break
-    while pending:
-        result = pending.popleft().result()
-        for fn, args in queued:
-            pending.append(pool.submit(fn, *args))
-            break
-        yield result
+        yield from in_order(pool, _take_piece, pieces, processes * 2)

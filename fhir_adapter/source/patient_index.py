@@ -33,7 +33,7 @@ from fhir_adapter.source.grouping import RawRecord, Row, build
 from fhir_adapter.source.intake import GateTally, Intake
 from fhir_adapter.source.parallel_read import Taken, available_cores, gate_pieces, take_pieces
 from fhir_adapter.source.pieces import Piece, piece_blocks, plan
-from fhir_adapter.source.reader import read_blocks, read_raw
+from fhir_adapter.source.reader import Item, LineBlock, input_files, read_blocks, read_raw
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,12 @@ class IndexRows:
             part.close()
 
 
-def _size(pieces: list[Piece]) -> int:
+def _input_bytes(paths: Iterable[Path]) -> int:
     total = 0
-    for piece in pieces:
-        if piece.end is not None:
-            total += piece.end - piece.start
-        else:
+    for entry in input_files(paths):
+        if not isinstance(entry, InputProblem):
             with contextlib.suppress(OSError):  # reported when it is read
-                total += piece.path.stat().st_size
+                total += entry.stat().st_size
     return total
 
 
@@ -176,11 +174,11 @@ class PatientIndex:
     def _plan(self, paths: list[Path]) -> list[Piece | InputProblem] | None:
         """The pieces for ``readers`` processes, or None to read here: one reader, or a small input."""
         readers = self.readers if self.readers is not None else available_cores()
-        if readers < 2:
-            return None
+        if readers < 2 or (self.readers is None and _input_bytes(paths) < AUTO_PARALLEL_BYTES):
+            return None  # sized first: planning opens every file, in vain for a small input
         planned = plan(paths, self.piece_bytes, self.limits)
         pieces = [p for p in planned if isinstance(p, Piece)]
-        if len(pieces) < 2 or (self.readers is None and _size(pieces) < AUTO_PARALLEL_BYTES):
+        if len(pieces) < 2:
             return None
         self.readers_used = min(readers, len(pieces))
         return planned
@@ -188,11 +186,9 @@ class PatientIndex:
     def _build_here(self, paths: list[Path]) -> None:
         if not self.gate.everyone:
             self._find_candidates(paths)
-        intake = Intake(self.types, self._candidates(), self._spool)
-        for item in read_blocks(paths, self.limits):
-            intake.add(item)
-            if len(intake.patients) >= 2000 or len(intake.medications) >= 2000:
-                self._merge(intake.patients, intake.medications)
+        intake = self._drain(
+            Intake(self.types, self._candidates(), self._spool), read_blocks(paths, self.limits)
+        )
         self._take_tallies(intake.problems, intake.read, intake.skipped)
         self._merge(intake.patients, intake.medications)
 
@@ -248,12 +244,19 @@ class PatientIndex:
 
     def _take_here(self, piece: Piece, before: int, candidates: frozenset[str] | None) -> Taken:
         """Pass 2 of one piece in this process: its rows spooled as they are read, not returned."""
-        intake = Intake(self.types, candidates, self._spool, before)
-        for item in piece_blocks(piece, self.limits):
+        intake = self._drain(
+            Intake(self.types, candidates, self._spool, before), piece_blocks(piece, self.limits)
+        )
+        return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, "")
+
+    def _drain(self, intake: Intake, items: Iterable[Item | LineBlock | InputProblem]) -> Intake:
+        """Pass 2 here: ``items`` through ``intake``, rows spooled as they come, Patients and
+        Medications written in batches (the rest is left in ``intake`` for the caller)."""
+        for item in items:
             intake.add(item)
             if len(intake.patients) >= 2000 or len(intake.medications) >= 2000:
                 self._merge(intake.patients, intake.medications)
-        return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, "")
+        return intake
 
     def _take_tallies(self, problems: list[InputProblem], read: int, skipped: Counter[str]) -> None:
         self.problems += problems

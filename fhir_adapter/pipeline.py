@@ -127,7 +127,7 @@ def _evaluated(
 
     def here(item: SourceItem) -> Evaluated | None:
         if isinstance(item, Unbuilt):
-            if not item.raw.rows and not item.raw.in_index:
+            if item.raw.is_stub:
                 return stubs.evaluate(item.raw, screener)
             return evaluate(item.raw, screener, item.medication)
         if isinstance(item, Screenable):
@@ -137,9 +137,7 @@ def _evaluated(
     if pool is not None:
         # Only records with rows go to the workers: a stub (a patient no gate admits) is one criterion
         # on no data, cheaper here than its trip to a worker and back.
-        yield from pool.ordered(
-            items, lambda item: isinstance(item, Unbuilt) and (bool(item.raw.rows) or item.raw.in_index), here
-        )
+        yield from pool.ordered(items, lambda item: isinstance(item, Unbuilt) and not item.raw.is_stub, here)
         return
     for item in items:
         yield item, here(item)

@@ -25,7 +25,8 @@ from fhir_adapter.screening import Screener
 from fhir_adapter.settings import ScreenSettings, ServerSettings
 from fhir_adapter.source.base import Source
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.workers import WorkerPool, default_workers
+from fhir_adapter.source.parallel_read import available_cores
+from fhir_adapter.workers import WorkerPool
 
 if TYPE_CHECKING:
     from fhir_adapter.client.http import FhirClient
@@ -204,7 +205,7 @@ AUTO_WORKERS_FROM = 200
 def _workers(wanted: int | None, files: FileSource) -> int:
     if wanted is not None:
         return wanted
-    return default_workers() if files.candidates() >= AUTO_WORKERS_FROM else 1
+    return available_cores() if files.candidates() >= AUTO_WORKERS_FROM else 1
 
 
 def _check_outputs(settings: ScreenSettings, trials: Sequence[Mappings]) -> list[Path | None]:

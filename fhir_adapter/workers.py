@@ -24,14 +24,9 @@ from fhir_adapter import logs
 from fhir_adapter.model import InputProblem, SubjectResult
 from fhir_adapter.settings import RuleSettings
 from fhir_adapter.source.grouping import RawRecord, build
-from fhir_adapter.source.parallel_read import available_cores
 from fhir_adapter.source.patient_index import IndexRows
 
 log = logging.getLogger(__name__)
-
-
-def default_workers() -> int:
-    return available_cores()
 
 
 @dataclass(frozen=True, slots=True)

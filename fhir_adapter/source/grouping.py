@@ -43,6 +43,11 @@ class RawRecord:
     # them itself (``patient_index.IndexRows``), so the main process neither reads nor pickles them.
     in_index: bool = False
 
+    @property
+    def is_stub(self) -> bool:
+        """A patient no gate admits: nothing to read, here or in the index."""
+        return not self.rows and not self.in_index
+
 
 def record_from_rows(
     patient_id: str, rows: Iterable[Row], medication: MedicationLookup

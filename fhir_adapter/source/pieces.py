@@ -19,6 +19,7 @@ from typing import IO, Any
 from fhir_adapter.model import InputProblem
 from fhir_adapter.settings import ReadLimits
 from fhir_adapter.source.reader import (
+    BOM,
     Item,
     Line,
     LineBlock,
@@ -26,14 +27,14 @@ from fhir_adapter.source.reader import (
     blocks_of,
     display,
     filtered_lines,
+    first_line,
     input_files,
+    is_binary,
     is_ndjson,
     open_regular,
     read_file,
     read_file_blocks,
 )
-
-_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +72,10 @@ def _splittable_size(path: Path, limits: ReadLimits) -> int | None:
             if head == b"\x1f\x8b":
                 return None
             fh.seek(0)
-            first = fh.readline(min(limits.max_line_bytes, 1 << 20) + 1).removeprefix(_BOM)
+            first = first_line(fh, min(limits.max_line_bytes, 1 << 20))
     except (OSError, NotRegular):
         return None
-    if b"\x00" in first[:1024]:
+    if is_binary(first):
         return None  # read whole, it is reported as a binary file
     return size if is_ndjson(path.name, first) else None
 
@@ -135,7 +136,7 @@ class _range:
             raw.seek(start)
         bounded = io.BufferedReader(_Bounded(raw, max(piece.end - start, 0)), 1 << 20)
         first = b"" if start else bounded.read(3)
-        return bounded, first.removeprefix(_BOM)
+        return bounded, first.removeprefix(BOM)
 
     def __exit__(self, *exc: object) -> None:
         if self._fh is not None:

@@ -199,6 +199,18 @@ def _open(
     return io.BufferedReader(capped, _CHUNK), capped
 
 
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which some exporters write first
+
+
+def first_line(fh: IO[bytes], limit: int) -> bytes:
+    """The file's first line (at most ``limit`` + 1 bytes), without a BOM: what decides how it is read."""
+    return fh.readline(limit + 1).removeprefix(BOM)
+
+
+def is_binary(first_line: bytes) -> bool:
+    return b"\x00" in first_line[:1024]
+
+
 def is_ndjson(filename: str, first_line: bytes) -> bool:
     name = filename.lower().removesuffix(".gz")
     if name.endswith((".ndjson", ".jsonl")):
@@ -253,8 +265,8 @@ def _read(
     try:
         fh, capped = _open(opener, limits)
         with fh:
-            first = fh.readline(limits.max_line_bytes + 1).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM
-            if b"\x00" in first[:1024]:
+            first = first_line(fh, limits.max_line_bytes)
+            if is_binary(first):
                 yield InputProblem(name, "binary file, not FHIR JSON")
                 return
             if is_ndjson(filename, first):

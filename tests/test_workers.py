@@ -4,7 +4,6 @@ it was written), on the shipped examples and on a generated hospital-shaped popu
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import re
 import sys
@@ -58,11 +57,19 @@ def test_a_pool_on_the_examples_writes_the_result_file_of_one_worker(tmp_path: P
     assert two[1] == one[1]
 
 
+@pytest.mark.parametrize("readers", [1, None], ids=["one-reader", "as-many-readers-as-workers"])
 def test_a_pool_reads_spilled_rows_from_the_index_and_writes_the_same_file(
-    population: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    population: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readers: int | None
 ) -> None:
     # A spool budget of 1 kB: every candidate's rows go to the index file, and the workers read them there.
-    monkeypatch.setattr(files, "PatientIndex", functools.partial(PatientIndex, spool_memory_bytes=1000))
+    # With one reader they are in the index itself; with as many readers as workers (what --workers 2
+    # asks for) in the readers' part files: both must give the file one worker writes.
+    def index(*args: object, **kwargs: object) -> PatientIndex:
+        if readers is not None:
+            kwargs["readers"] = readers
+        return PatientIndex(*args, spool_memory_bytes=1000, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files, "PatientIndex", index)
     one = screen(population, tmp_path / "one.json", 1)
     two = screen(population, tmp_path / "two.json", 2)
     assert two[1] == one[1]

@@ -3,7 +3,7 @@
 ``requests`` timeouts bound each socket operation, not the exchange: a server that sends one byte
 every few seconds (a "trickling" body, or trickling headers) never trips a read timeout and can hold a
 request for hours. Here a timer shuts the connection's socket down when the deadline passes, which
-wakes the blocked read wherever it is (headers or body); the caller sees :class:`Watch.fired` and reports
+wakes the blocked read wherever it is (headers or body; one watchdog thread keeps every exchange's deadline); the caller sees :class:`Watch.fired` and reports
 the deadline instead of whatever the truncated read looked like.
 
 The socket is found through connection classes of our own that register themselves with the exchange
@@ -18,8 +18,12 @@ past ``max_bytes`` reading stops and :class:`BodyTooLarge` is raised.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
+import os
 import socket
 import threading
+import time
 from typing import Any, Final
 
 import requests
@@ -51,39 +55,105 @@ class Watch:
     def __init__(self, seconds: float) -> None:
         self._lock = threading.Lock()
         self._connections: list[Any] = []
-        self._done = False
+        self._seconds = max(seconds, 0.0)
+        self.done = False
         self.fired = False
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
-        self._timer.daemon = True
 
     def __enter__(self) -> Watch:
         _local.watch = self
-        self._timer.start()
+        _WATCHDOG.add(time.monotonic() + self._seconds, self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
-            self._done = True
+            self.done = True
             self._connections.clear()
-        self._timer.cancel()
+        _WATCHDOG.finished()
         _local.watch = None
 
     def attach(self, connection: Any) -> None:
         with self._lock:
-            if not self._done:
+            if not self.done:
                 self._connections.append(connection)
             fired = self.fired
         if fired:
             _shutdown(connection)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         with self._lock:
-            if self._done:
+            if self.done:
                 return
             self.fired = True
             connections = list(self._connections)
         for connection in connections:
             _shutdown(connection)
+
+
+class _Watchdog:
+    """One thread for the deadlines of every exchange of the process, not a timer thread per request
+    (starting and stopping a thread cost more CPU than a small request itself).
+
+    Deadlines wait in a heap; a finished exchange is only marked done, and the heap is rebuilt without
+    the finished ones once they are the majority, so it holds about as many entries as exchanges in
+    flight within one deadline of each other, not every request of the run."""
+
+    _COMPACT_AT = 64
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty, with no thread (also what a forked child starts from: it has the heap, perhaps a
+        lock held mid-update, but not the thread)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Watch]] = []
+        self._seq = itertools.count()
+        self._finished = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, when: float, watch: Watch) -> None:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fhir-adapter-deadlines", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (when, next(self._seq), watch))
+            if self._heap[0][2] is watch:  # earlier than what the thread sleeps towards
+                self._cond.notify()
+
+    def finished(self) -> None:
+        with self._cond:
+            self._finished += 1
+            if self._finished >= self._COMPACT_AT and self._finished * 2 >= len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].done]
+                heapq.heapify(self._heap)
+                self._finished = 0
+
+    def pending(self) -> int:
+        """Entries in the heap, finished ones included (what compaction bounds)."""
+        with self._cond:
+            return len(self._heap)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    while self._heap and self._heap[0][2].done:
+                        heapq.heappop(self._heap)
+                        self._finished = max(self._finished - 1, 0)
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    wait = self._heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        watch = heapq.heappop(self._heap)[2]
+                        break
+                    self._cond.wait(wait)
+            watch.fire()
+
+
+_WATCHDOG: Final = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHDOG.reset)
 
 
 def _shutdown(connection: Any) -> None:

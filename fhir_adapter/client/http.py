@@ -22,6 +22,7 @@ requests under ``max_rps`` and makes a 429 pause them all.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from types import TracebackType
 from typing import Final, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
+import orjson
 import requests
 import requests.auth
 
@@ -763,14 +765,17 @@ class FhirClient:
         if not resp.content:
             return None
         try:
-            # Strict: JSON is UTF-8 (or -16/-32, detected from the bytes); requests' resp.json() would
-            # replace undecodable bytes and carry on with altered data.
-            body = json.loads(resp.content)
-        except (ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
+            # Strict UTF-8, as FHIR requires and as files are read (a BOM is dropped): requests'
+            # resp.json() would replace undecodable bytes and carry on with altered data. orjson, not
+            # json: the parse was a sixth of the client's CPU per request (nesting past 1,024 levels is
+            # its error, not a RecursionError).
+            body = orjson.loads(resp.content.removeprefix(codecs.BOM_UTF8))
+        except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict):
             raise ServerError(
-                f"HTTP {resp.status_code} on {method} {self._display(url)}: the body is not a JSON object",
+                f"HTTP {resp.status_code} on {method} {self._display(url)}: "
+                "the body is not a UTF-8 JSON object",
                 resp.status_code,
                 no_query(url),
             )

@@ -88,6 +88,35 @@ def connection_refused() -> requests.exceptions.ConnectionError:
     return requests.exceptions.ConnectionError(MaxRetryError(None, f"/r4/Patient?identifier={MRN}", reason))  # type: ignore[arg-type]
 
 
+# -- bodies --------------------------------------------------------------------------------------
+
+
+def test_a_body_with_a_utf8_byte_order_mark_reads_like_one_without(
+    mocked: responses.RequestsMock, clock: FakeClock
+) -> None:
+    mocked.get(f"{BASE}/Patient/p1", body=b"\xef\xbb\xbf" + json.dumps(patient("p1")).encode())
+
+    assert make_client(clock).get("Patient/p1") == patient("p1")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps(patient("p1")).encode("utf-16"),
+        b'{"resourceType": "Patient", "id": "p1", "n": NaN}',
+        b'{"resourceType": "Patient", "id": "p1"} trailing',
+    ],
+    ids=["utf-16", "nan", "trailing-bytes"],
+)
+def test_a_body_that_is_not_strict_utf8_json_is_a_server_error_naming_the_request(
+    body: bytes, mocked: responses.RequestsMock, clock: FakeClock
+) -> None:
+    mocked.get(f"{BASE}/Patient/p1", body=body)
+
+    with pytest.raises(ServerError, match=r"GET .*Patient/p1: the body is not a UTF-8 JSON object"):
+        make_client(clock).get("Patient/p1")
+
+
 # -- headers -------------------------------------------------------------------------------------
 
 

@@ -13,18 +13,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-import jwt
 import requests
 import requests.auth
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from fhir_adapter.client.secrets import resolve_secret
 from fhir_adapter.client.transport import BodyTooLarge, DeadlinePassed, exchange, watched_session
 from fhir_adapter.client.urls import check_configured_url, check_server_url, origin_of
 from fhir_adapter.errors import AuthError, ConfigError, UnsafeUrl
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,8 @@ class SmartBackendAuth(requests.auth.AuthBase):
             headers["kid"] = self.kid
         if self.jku is not None:
             headers["jku"] = self.jku
+        import jwt  # here, not at the top: only SMART backend services sign, and it costs every run ~40 ms
+
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
 
     def _fetch_token(self) -> str:
@@ -285,6 +287,9 @@ def discover_token_url(
 
 def _load_signing_key(pem: bytes, algorithm: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     # Fail at start-up with a config error, not at the first request with a JWT library error.
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         key = load_pem_private_key(pem, password=None)
     except (ValueError, TypeError):

@@ -42,7 +42,6 @@ from typing import Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
-import pydantic
 
 from fhir_adapter import __version__
 from fhir_adapter.config.types import Trial
@@ -363,6 +362,10 @@ def validate(resource: Resource, release: Release) -> None:
     if not isinstance(rtype, str) or not rtype.isalpha():
         raise WriteBackError(f"refusing to write a resource without a valid resourceType: {rtype!r}")
     package = "fhir.resources.R4B" if release == "R4" else "fhir.resources"
+    # Imported at the first validation, not at start-up: the next record is fetched meanwhile, and
+    # commands that validate nothing (check, export) never pay for it.
+    import pydantic
+
     try:
         model: Any = getattr(importlib.import_module(f"{package}.{rtype.lower()}"), rtype)
         model.model_validate(resource)

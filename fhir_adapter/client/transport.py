@@ -2,9 +2,10 @@
 
 ``requests`` timeouts bound each socket operation, not the exchange: a server that sends one byte
 every few seconds (a "trickling" body, or trickling headers) never trips a read timeout and can hold a
-request for hours. Here a timer shuts the connection's socket down when the deadline passes, which
-wakes the blocked read wherever it is (headers or body; one watchdog thread keeps every exchange's deadline); the caller sees :class:`Watch.fired` and reports
-the deadline instead of whatever the truncated read looked like.
+request for hours. Here a watchdog thread (one for every exchange of the process) shuts the
+connection's socket down when the deadline passes, which wakes the blocked read wherever it is (headers
+or body); the caller sees :class:`Watch.fired` and reports the deadline instead of whatever the
+truncated read looked like.
 
 The socket is found through connection classes of our own that register themselves with the exchange
 running on this thread (``requests`` gives no handle on the connection before the headers are in).

@@ -1,7 +1,7 @@
 """Benchmark: screen a live FHIR server through each sandbox profile, beside replaying the same requests
 with a bare HTTP client.
 
-    python benchmarks/screen_server.py                      # 1,600 patients (400 candidates), concurrency 1 and 4
+    python benchmarks/screen_server.py               # 1,600 patients (400 candidates), concurrency 1 and 4
     python benchmarks/screen_server.py --patients 100 --concurrency 1   # a quick look
 
 It starts its own HAPI sandbox (``sandbox.sh start --name bench``: an empty database, so the

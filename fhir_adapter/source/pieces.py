@@ -34,6 +34,7 @@ from fhir_adapter.source.reader import (
     open_regular,
     read_file,
     read_file_blocks,
+    read_problem,
 )
 
 
@@ -104,10 +105,8 @@ def piece_blocks(piece: Piece, limits: ReadLimits) -> Iterator[Item | LineBlock 
     try:
         with _range(piece) as (fh, first):
             yield from blocks_of(display(piece.path), first, fh, limits.max_line_bytes)
-    except NotRegular as exc:  # replaced since it was planned, as the whole-file read would report it
-        yield InputProblem(display(piece.path), f"not a regular file ({exc}): skipped")
-    except OSError as exc:
-        yield InputProblem(display(piece.path), f"cannot read: {exc.strerror or type(exc).__name__}")
+    except (NotRegular, OSError) as exc:  # replaced or gone since it was planned
+        yield read_problem(display(piece.path), exc)
 
 
 class _range:

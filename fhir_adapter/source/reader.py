@@ -188,6 +188,15 @@ class NotRegular(Exception):
     """What was opened is not a regular file (a FIFO or a device would block or never end)."""
 
 
+def read_problem(name: str, exc: NotRegular | OSError | EOFError | zlib.error) -> InputProblem:
+    """A file that could not be opened or read to its end, worded alike wherever it is read (whole, or
+    a byte range of it)."""
+    if isinstance(exc, NotRegular):
+        return InputProblem(name, f"not a regular file ({exc}): skipped")
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    return InputProblem(name, f"cannot read: {detail}")
+
+
 def _open(
     opener: Callable[[], tuple[IO[bytes], int]], limits: ReadLimits
 ) -> tuple[IO[bytes], _Capped | None]:
@@ -276,15 +285,11 @@ def _read(
                 if len(data) > limits.max_document_bytes:
                     raise _TooLarge(f"larger than {limits.max_document_bytes} bytes: not read")
                 yield from _whole(name, data)
-    except NotRegular as exc:
-        yield InputProblem(name, f"not a regular file ({exc}): skipped")
-        return
     except _TooLarge as exc:
         yield InputProblem(name, str(exc))
         return
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        yield InputProblem(name, f"cannot read: {detail}")
+    except (NotRegular, OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        yield read_problem(name, exc)
         return
     if capped is not None and capped.exceeded:
         yield InputProblem(

@@ -18,6 +18,13 @@ from pathlib import Path
 import requests
 
 
+def bare_get(session: requests.Session, url: str) -> None:
+    """One GET as a client that does nothing with the answer makes it: the body read and dropped."""
+    with session.get(url, headers={"Accept": "application/fhir+json"}, stream=True, timeout=120) as resp:
+        for _ in resp.iter_content(65536):
+            pass
+
+
 def replay(origin: str, gets: list[str], concurrency: int) -> float:
     local = threading.local()
 
@@ -25,11 +32,7 @@ def replay(origin: str, gets: list[str], concurrency: int) -> float:
         session = getattr(local, "session", None)
         if session is None:
             session = local.session = requests.Session()
-        with session.get(
-            origin + path, headers={"Accept": "application/fhir+json"}, stream=True, timeout=120
-        ) as resp:
-            for _ in resp.iter_content(65536):
-                pass
+        bare_get(session, origin + path)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -38,6 +41,8 @@ def replay(origin: str, gets: list[str], concurrency: int) -> float:
 
 
 def main() -> int:
+    if len(sys.argv) != 4 or not sys.argv[2].isdigit():
+        raise SystemExit("usage: python benchmarks/replay_gets.py ORIGIN CONCURRENCY GETS_FILE")
     origin, concurrency, gets_file = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     gets = [line for line in gets_file.read_text(encoding="utf-8").splitlines() if line]
     print(f"{replay(origin, gets, concurrency):.6f}")

@@ -3,11 +3,12 @@
     python benchmarks/request_cpu.py http://127.0.0.1:8591/fhir /tmp/fhir-adapter-bench-server/replay-gets.txt
 
 GETS_FILE is a list of base-relative GETs, one per line (``benchmarks/screen_server.py`` leaves the last
-replayed row's in ``--data``/replay-gets.txt). The searches among them (a type and a query; paging links left out) are sent one at
-a time, first by a plain ``requests.Session`` (body read and dropped), then by ``FhirClient.search``
-(deadline, size cap, strict JSON parse, paging), each after 20 warm-up requests; printed: CPU
-milliseconds per request (``time.process_time``, so the server's own time does not count) and wall
-milliseconds per request. Run it two or three times: the server shares the machine.
+replayed row's in ``--data``/replay-gets.txt). The searches among them (a type and a query; paging links
+left out) are sent one at a time, first by a plain ``requests.Session`` as the replay sends them
+(``replay_gets.bare_get``), then by ``FhirClient.search`` (deadline, size cap, strict JSON parse,
+paging), each after 20 warm-up requests; printed: CPU milliseconds per request (``time.process_time``,
+so the server's own time does not count) and wall milliseconds per request. Run it two or three times:
+the server shares the machine.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
+from replay_gets import bare_get  # the replay's own GET (this folder is on the path when run)
 
 from fhir_adapter.client.http import FhirClient
 
@@ -60,11 +62,7 @@ def main() -> int:
     session = requests.Session()
 
     def bare(path: str) -> None:
-        with session.get(
-            f"{base}/{path}", headers={"Accept": "application/fhir+json"}, stream=True, timeout=120
-        ) as resp:
-            for _ in resp.iter_content(65536):
-                pass
+        bare_get(session, f"{base}/{path}")
 
     client = FhirClient(base)
 

@@ -50,7 +50,7 @@ def in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: i
 
 def _one_ahead(fetch: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
     """One request at a time, but the next record is fetched while the caller screens this one, so the
-    screening's CPU (about 1 s per 100 records) overlaps the wait on a remote server. (On the 2-core
+    screening's CPU (a few milliseconds a record) overlaps the wait on a remote server. (On the 2-core
     benchmark machine HAPI needs the very cores the screening uses: no change in time there.) The next
     fetch starts only once this one has succeeded, so a failure stops the run exactly where one thread
     doing both would have stopped: nothing more was asked of the server."""

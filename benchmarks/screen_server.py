@@ -192,6 +192,9 @@ def main() -> int:
         "--repeat", type=int, default=2, help="runs of each row, adapter and replay in turn: best of each"
     )
     args = parser.parse_args()
+    # The proxy logs and the replayed GETs name patients (ids in the queries), as the results do:
+    # everything this benchmark and its children write is private, like the adapter's own outputs.
+    os.umask(0o077)
 
     folder = args.data / f"a-{args.patients}"
     if not (folder / "stats.json").exists():

@@ -20,9 +20,10 @@ cannot admit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -65,46 +66,93 @@ def search_tokens(concept: Concept) -> list[str]:
     return sorted(t.replace(",", "\\,") for t in tokens)
 
 
-def find_candidates(client: FhirClient, gate: Gate) -> Candidates:
+def find_candidates(client: FhirClient, gate: Gate, concurrency: int = 1) -> Candidates:
     """Patients with a resource that can pass a trial's gate, found by token and ``:text`` searches
-    of each type the gate reads (a Condition search for a diagnosis gate)."""
+    of each type the gate reads (a Condition search for a diagnosis gate).
+
+    The searches (one per chunk of codes, one per text) are independent, so ``concurrency`` of them run
+    at a time: a server's paging can make each take a while (HAPI holds the second page of a search
+    about half a second while it finishes loading), and one after the other those waits add up before
+    the first record is fetched. Every search runs whatever the concurrency, and their results are
+    merged in search order, so the candidates and warnings do not depend on it.
+    """
     if gate.everyone:
         raise UsageError(
             "every patient can pass this trial's gate, so the server cannot be searched for candidates: "
             "give --patient or --group (or use a Bulk Data export)"
         )
-    before = client.thread_request_count
-    found: set[str] = set()
-    warnings: list[str] = []
-
-    def take(resources: Iterator[dict[str, object]]) -> None:
-        for resource in resources:
-            pid = patient_of(resource)
-            if pid is not None and gate.admits(resource):
-                found.add(pid)
-
+    searches: list[_Search] = []
     for rtype, concepts in gate.selectors:
         tokens = sorted({t for c in concepts for t in search_tokens(c)})
         texts = sorted({t for c in concepts for t in c.text})
         for start in range(0, len(tokens), CODES_PER_SEARCH):
-            chunk = ",".join(tokens[start : start + CODES_PER_SEARCH])
-            take(client.search(rtype, _params("code", chunk)))
-        for text in texts:
-            try:
-                take(client.search(rtype, _params("code:text", text)))
-            except AuthError:
-                raise
-            except ServerError as exc:
-                if isinstance(exc, ServerUnreachable) or (exc.status or 0) >= 500:
-                    raise
-                # Only this part of the search is lost; say so instead of failing the whole run.
-                warnings.append(
-                    f"the server rejected {rtype}?code:text= ({exc}); patients whose {rtype} has only a "
-                    "local code are not found: add the code to the site overlay"
-                )
-                break
-    log.info("candidate search: %d patient(s) with a resource that can pass the gate", len(found))
-    return Candidates(tuple(sorted(found)), client.thread_request_count - before, tuple(warnings))
+            searches.append(_Search(rtype, "code", ",".join(tokens[start : start + CODES_PER_SEARCH])))
+        searches.extend(_Search(rtype, "code:text", text) for text in texts)
+
+    def run(search: _Search) -> _Found:
+        before = client.thread_request_count
+        try:
+            found = _run_search(client, gate, search)
+        finally:
+            spent = client.thread_request_count - before
+        return dataclasses.replace(found, requests=spent)
+
+    workers = max(1, min(concurrency, len(searches)))
+    if workers == 1:
+        outcomes = [run(search) for search in searches]
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="candidates") as pool:
+            futures = [pool.submit(run, search) for search in searches]
+            # In search order: the first search that failed is the one raised, as one at a time.
+            outcomes = [future.result() for future in futures]
+    patients: set[str] = set()
+    warnings: list[str] = []
+    rejected: set[str] = set()
+    for outcome in outcomes:
+        patients |= outcome.patients
+        if outcome.rejected is not None and outcome.rtype not in rejected:
+            # One warning per type: a server that refuses :text refuses every text of it.
+            rejected.add(outcome.rtype)
+            warnings.append(outcome.rejected)
+    requests = sum(o.requests for o in outcomes)
+    log.info("candidate search: %d patient(s) with a resource that can pass the gate", len(patients))
+    return Candidates(tuple(sorted(patients)), requests, tuple(warnings))
+
+
+@dataclass(frozen=True, slots=True)
+class _Search:
+    rtype: str
+    param: str  # "code" (a chunk of system|code tokens) or "code:text"
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    rtype: str
+    patients: frozenset[str]
+    rejected: str | None = None  # the warning, when the server refused a :text search
+    requests: int = 0
+
+
+def _run_search(client: FhirClient, gate: Gate, search: _Search) -> _Found:
+    patients: set[str] = set()
+    try:
+        for resource in client.search(search.rtype, _params(search.param, search.value)):
+            pid = patient_of(resource)
+            if pid is not None and gate.admits(resource):
+                patients.add(pid)
+    except AuthError:
+        raise
+    except ServerError as exc:
+        if search.param != "code:text" or isinstance(exc, ServerUnreachable) or (exc.status or 0) >= 500:
+            raise
+        # Only this part of the search is lost; say so instead of failing the whole run.
+        warning = (
+            f"the server rejected {search.rtype}?code:text= ({exc}); patients whose {search.rtype} has "
+            "only a local code are not found: add the code to the site overlay"
+        )
+        return _Found(search.rtype, frozenset(), warning)
+    return _Found(search.rtype, frozenset(patients))
 
 
 def group_members(client: FhirClient, group_id: str) -> Candidates:

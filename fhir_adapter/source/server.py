@@ -121,7 +121,7 @@ class ServerSource:
                     raise UsageError("the group candidates strategy needs --group ID")
                 self.candidates = group_members(self.client, self.group)
             elif candidates == "search":
-                self.candidates = find_candidates(self.client, self.screener.gate)
+                self.candidates = find_candidates(self.client, self.screener.gate, self.concurrency)
             else:
                 raise UsageError("the bulk candidates strategy reads a Bulk Data export: use --bulk")
             self.warnings.extend(self.candidates.warnings)

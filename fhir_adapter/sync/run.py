@@ -266,7 +266,7 @@ def _candidates(
             raise ConfigError(f"{config.path}: server.group: the group strategy needs a Group id")
         return group_members(client, config.group)
     if strategies.candidates == "search":
-        return find_candidates(client, screener.gate)
+        return find_candidates(client, screener.gate, config.server.concurrency)
     raise ConfigError(
         f"{config.path}: strategies.candidates: {strategies.candidates} is not available to sync"
     )

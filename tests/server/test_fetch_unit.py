@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -362,6 +363,67 @@ def test_server_rejecting_text_search_costs_a_warning_not_the_run(
     assert len(found.warnings) == 1
     assert "code:text" in found.warnings[0] and "error/not-supported" in found.warnings[0]
     assert "modifier :text not supported" not in found.warnings[0]  # server text is not log text
+
+
+def _search_answers(request: Any) -> tuple[int, dict[str, str], str]:
+    """Answers that depend on the query alone, so the order in which searches arrive does not matter:
+    each code chunk's search finds a patient named after its first code and has a second page that
+    finds another, and :text searches are refused."""
+    query = parse_qs(urlsplit(request.url).query)
+    if "code:text" in query:
+        return 400, {}, json.dumps({"resourceType": "OperationOutcome", "issue": []})
+    if "_getpages" in query:
+        return 200, {}, json.dumps(bundle([condition(pid=f"paged-{query['_getpages'][0]}")]))
+    first = query["code"][0].split(",")[0].rsplit("|", 1)[1]
+    more = f"{BASE}?_getpages={first}&_getpagesoffset=1"
+    return 200, {}, json.dumps(bundle([condition(pid=f"p-{first}")], next_url=more))
+
+
+@pytest.mark.parametrize("concurrency", [2, 4, 16])
+def test_candidate_searches_run_concurrently_give_the_candidates_requests_and_warnings_of_one_at_a_time(
+    mocked: responses.RequestsMock, client: FhirClient, mappings: Mappings, concurrency: int
+) -> None:
+    mocked.add_callback(responses.GET, f"{BASE}/Condition", callback=_search_answers)
+    mocked.add_callback(responses.GET, BASE, callback=_search_answers)
+    gate = Screener([mappings], AS_OF).gate
+
+    one = find_candidates(client, gate, 1)
+    many = find_candidates(client, gate, concurrency)
+
+    assert many == one
+    concept = mappings.concepts["dermatomyositis"]
+    chunks = len(range(0, len(search_tokens(concept)), 20))
+    assert len(one.patient_ids) == 2 * chunks > 2
+    assert len(one.warnings) == 1 and "code:text" in one.warnings[0]
+    # every code chunk and its second page, every text (each refused once)
+    assert one.requests == 2 * chunks + len(concept.text)
+
+
+def test_candidate_searches_are_in_flight_together_with_concurrency(
+    mocked: responses.RequestsMock, client: FhirClient, mappings: Mappings
+) -> None:
+    # The first two searches must be at the server at once to pass the barrier; one at a time, the
+    # first waits alone, the barrier breaks and the search fails.
+    together = threading.Barrier(2, timeout=10)
+    arrived = iter(range(1_000))
+    lock = threading.Lock()
+
+    def answer(request: Any) -> tuple[int, dict[str, str], str]:
+        with lock:
+            n = next(arrived)
+        if n < 2:
+            together.wait()
+        return 200, {}, json.dumps(bundle([condition(pid="p1")]))
+
+    mocked.add_callback(responses.GET, f"{BASE}/Condition", callback=answer)
+    gate = Screener([mappings], AS_OF).gate
+    searches = len(range(0, len(search_tokens(mappings.concepts["dermatomyositis"])), 20))
+    searches += len(mappings.concepts["dermatomyositis"].text)
+
+    found = find_candidates(client, gate, 2)
+
+    assert found.patient_ids == ("p1",)
+    assert found.requests == searches
 
 
 def test_group_members_are_its_active_patient_entities(

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 # Long OR-lists make long URLs; proxies in front of hospital servers often cap the request line at 4-8 KB.
 CODES_PER_SEARCH: Final = 20
-PAGE_SIZE: Final = 200
+# The records' searches' page size: with only the code and the subject of each entry (_elements), a page
+# is small, and each further page is a round trip (and on HAPI a wait while the search finishes loading).
+PAGE_SIZE: Final = 500
 _ID_RE: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # ICD-10 / ICD-10-CM codes below a 4-character stem (M33.1) have one more digit at most (M33.10..M33.19).
 _STEM_CHILDREN: Final = tuple(str(d) for d in range(10))

@@ -235,8 +235,8 @@ def _connection_options(
             type=int,
             default=limits.concurrency,
             metavar="N",
-            help=f"patient records fetched at once (default {limits.concurrency}; results are the same "
-            "and in the same order whatever N)",
+            help=f"patient records fetched (and candidate searches run) at once (default "
+            f"{limits.concurrency}; results are the same and in the same order whatever N)",
         )
     g.add_argument(
         opt("max-rps"),

@@ -10,10 +10,12 @@ to ``ServerError.server_text``, which only the result file's ``errors`` carry (d
 
 from __future__ import annotations
 
+import codecs
 import http
 import re
 from typing import Any, Final
 
+import orjson
 import requests
 
 from fhir_adapter.client.urls import no_query
@@ -72,9 +74,22 @@ def reason_phrase(status: int) -> str:
 
 
 def json_or_none(resp: requests.Response) -> Any:
+    """The body as JSON, or None when it is empty or not UTF-8 JSON (an error page, a broken body)."""
+    return json_body(resp.content)
+
+
+def json_body(content: bytes) -> Any:
+    """Strict UTF-8 JSON, as FHIR requires and as files are read (a UTF-8 BOM dropped); None otherwise.
+
+    ``requests``' ``resp.json()`` guesses UTF-16/32 and reads undecodable bytes as U+FFFD, so a Bulk Data
+    manifest with a broken byte in a URL would have been followed with an altered URL. orjson also
+    refuses NaN and Infinity, which ``json`` accepts.
+    """
+    if not content:
+        return None
     try:
-        return resp.json() if resp.content else None
-    except ValueError:
+        return orjson.loads(content.removeprefix(codecs.BOM_UTF8))
+    except orjson.JSONDecodeError:
         return None
 
 

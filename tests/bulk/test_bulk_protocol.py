@@ -356,6 +356,31 @@ def test_a_malformed_manifest_is_an_error(change: dict[str, Any]) -> None:
         parse_manifest({**MANIFEST, **change}, STATUS)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        # an undecodable byte in a URL: requests' resp.json() would have read it as U+FFFD
+        json.dumps(MANIFEST).replace("Binary/a", "Binary/\udcff", 1).encode("utf-8", "surrogateescape"),
+        json.dumps(MANIFEST).encode("utf-16"),  # JSON in FHIR is UTF-8
+        json.dumps(MANIFEST).encode("utf-8").replace(b"true", b"NaN", 1),  # not JSON
+    ],
+    ids=["broken-utf8", "utf16", "nan"],
+)
+def test_a_manifest_that_is_not_utf8_json_is_an_error_not_a_guess(
+    mocked: responses.RequestsMock, clock: Clock, body: bytes
+) -> None:
+    mocked.get(STATUS, body=body, content_type="application/json")
+
+    with pytest.raises(ServerError, match="manifest"):
+        bulk(clock).poll(STATUS)
+
+
+def test_a_manifest_with_a_utf8_bom_is_read(mocked: responses.RequestsMock, clock: Clock) -> None:
+    mocked.get(STATUS, body=b"\xef\xbb\xbf" + json.dumps(MANIFEST).encode(), content_type="application/json")
+
+    assert [f.url for f in bulk(clock).poll(STATUS).output] == [f"{BASE}/Binary/a"]
+
+
 def test_a_negative_or_non_integer_count_is_ignored() -> None:
     body = {
         **MANIFEST,

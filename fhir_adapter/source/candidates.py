@@ -92,12 +92,9 @@ def find_candidates(client: FhirClient, gate: Gate, concurrency: int = 1) -> Can
         searches.extend(_Search(rtype, "code:text", text) for text in texts)
 
     def run(search: _Search) -> _Found:
-        before = client.thread_request_count
-        try:
-            found = _run_search(client, gate, search)
-        finally:
-            spent = client.thread_request_count - before
-        return dataclasses.replace(found, requests=spent)
+        before = client.thread_request_count  # counted per thread: this search's own requests
+        found = _run_search(client, gate, search)
+        return dataclasses.replace(found, requests=client.thread_request_count - before)
 
     workers = max(1, min(concurrency, len(searches)))
     if workers == 1:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -68,7 +69,14 @@ def search_tokens(concept: Concept) -> list[str]:
     return sorted(t.replace(",", "\\,") for t in tokens)
 
 
-def find_candidates(client: FhirClient, gate: Gate, concurrency: int = 1) -> Candidates:
+def find_candidates(
+    client: FhirClient,
+    gate: Gate,
+    concurrency: int = 1,
+    *,
+    pool: Executor | None = None,
+    on_found: Callable[[str], None] | None = None,
+) -> Candidates:
     """Patients with a resource that can pass a trial's gate, found by token and ``:text`` searches
     of each type the gate reads (a Condition search for a diagnosis gate).
 
@@ -77,6 +85,10 @@ def find_candidates(client: FhirClient, gate: Gate, concurrency: int = 1) -> Can
     about half a second while it finishes loading), and one after the other those waits add up before
     the first record is fetched. Every search runs whatever the concurrency, and their results are
     merged in search order, so the candidates and warnings do not depend on it.
+
+    ``pool``: run the searches there (a caller's pool, shared with record fetches so that one bound
+    holds for both) instead of a pool of their own; ``on_found(pid)``: called, from a search's thread,
+    for each patient a page admits (once per search), as soon as the page is read.
     """
     if gate.everyone:
         raise UsageError(
@@ -93,17 +105,18 @@ def find_candidates(client: FhirClient, gate: Gate, concurrency: int = 1) -> Can
 
     def run(search: _Search) -> _Found:
         before = client.thread_request_count  # counted per thread: this search's own requests
-        found = _run_search(client, gate, search)
+        found = _run_search(client, gate, search, on_found)
         return dataclasses.replace(found, requests=client.thread_request_count - before)
 
     workers = max(1, min(concurrency, len(searches)))
-    if workers == 1:
+    if pool is not None:
+        # In search order: the first search that failed is the one raised, as one at a time.
+        outcomes = _in_search_order([pool.submit(run, search) for search in searches])
+    elif workers == 1:
         outcomes = [run(search) for search in searches]
     else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="candidates") as pool:
-            futures = [pool.submit(run, search) for search in searches]
-            # In search order: the first search that failed is the one raised, as one at a time.
-            outcomes = [future.result() for future in futures]
+        with ThreadPoolExecutor(workers, thread_name_prefix="candidates") as own:
+            outcomes = _in_search_order([own.submit(run, search) for search in searches])
     patients: set[str] = set()
     warnings: list[str] = []
     rejected: set[str] = set()
@@ -133,13 +146,25 @@ class _Found:
     requests: int = 0
 
 
-def _run_search(client: FhirClient, gate: Gate, search: _Search) -> _Found:
+def _in_search_order(futures: list[Future[_Found]]) -> list[_Found]:
+    try:
+        return [future.result() for future in futures]
+    finally:
+        for future in futures:
+            future.cancel()  # after a failure, the searches not started yet are not sent
+
+
+def _run_search(
+    client: FhirClient, gate: Gate, search: _Search, on_found: Callable[[str], None] | None
+) -> _Found:
     patients: set[str] = set()
     try:
         for resource in client.search(search.rtype, _params(search.param, search.value)):
             pid = patient_of(resource)
-            if pid is not None and gate.admits(resource):
+            if pid is not None and pid not in patients and gate.admits(resource):
                 patients.add(pid)
+                if on_found is not None:
+                    on_found(pid)
     except AuthError:
         raise
     except ServerError as exc:

@@ -10,7 +10,7 @@ consumed: memory stays bounded however many candidates there are.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -31,20 +31,29 @@ def fetch_in_order(
         yield from in_order(pool, fetch, items, max(ahead or 2 * threads, threads))
 
 
-def in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+def in_order(
+    pool: Executor,
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    window: int,
+    started: Mapping[T, Future[R]] | None = None,
+) -> Iterator[R]:
     """``fn(item)`` for every item on ``pool`` (threads or processes), yielded in item order, with at
-    most ``window`` submitted and not yet taken. An exception ``fn`` raises is raised here at its item's
-    turn; a consumer that stops early cancels what has not started."""
+    most ``window`` submitted and not yet taken. ``started``: items already submitted (fetched ahead),
+    whose futures are taken at their turn instead of submitting again. An exception ``fn`` raises is
+    raised here at its item's turn; a consumer that stops early cancels what has not started."""
+    ahead = dict(started or {})
     pending: deque[Future[R]] = deque()
     try:
         for item in items:
-            pending.append(pool.submit(fn, item))
+            future = ahead.pop(item, None)
+            pending.append(future if future is not None else pool.submit(fn, item))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
     finally:
-        for future in pending:
+        for future in [*pending, *ahead.values()]:
             future.cancel()
 
 

@@ -23,6 +23,7 @@ import logging
 import statistics
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 from fhir_adapter import logs
@@ -40,7 +41,7 @@ from fhir_adapter.screening import Screener
 from fhir_adapter.source.attachments import fetch_attachments
 from fhir_adapter.source.base import Absent, Screenable, SourceItem
 from fhir_adapter.source.candidates import Candidates, find_candidates, given_patients, group_members
-from fhir_adapter.source.fetch_pool import fetch_in_order
+from fhir_adapter.source.fetch_pool import fetch_in_order, in_order
 from fhir_adapter.source.records import Fetched, Strategy, fetch_record
 from fhir_adapter.source.strategies import (
     Capabilities,
@@ -54,6 +55,8 @@ from fhir_adapter.source.strategies import (
 log = logging.getLogger(__name__)
 
 STRATEGY_NAMES = {"everything": "$everything", "typed": "typed searches"}
+# Records fetched ahead during the candidate search, per fetch thread: they wait, built, for their turn.
+AHEAD_PER_THREAD = 8
 
 
 class ServerSource:
@@ -83,7 +86,9 @@ class ServerSource:
         self.missing = missing
         self.overrides = overrides or Overrides()
         self.concurrency = max(1, concurrency)
-        self._lock = threading.Lock()  # the strategy switch and the counters, shared by fetch threads
+        self._lock = threading.Lock()  # the strategy switch, counters and fetches ahead, shared by threads
+        self._pool: ThreadPoolExecutor | None = None  # searches and fetches, from the candidate search on
+        self._ahead: dict[str, Future[SourceItem]] = {}  # records fetched during the candidate search
         self.capabilities: Capabilities | None = None
         self.strategies: Strategies | None = None
         self.candidates: Candidates | None = None
@@ -121,21 +126,63 @@ class ServerSource:
                     raise UsageError("the group candidates strategy needs --group ID")
                 self.candidates = group_members(self.client, self.group)
             elif candidates == "search":
-                self.candidates = find_candidates(self.client, self.screener.gate, self.concurrency)
+                self.candidates = self._search_candidates()
             else:
                 raise UsageError("the bulk candidates strategy reads a Bulk Data export: use --bulk")
             self.warnings.extend(self.candidates.warnings)
         return self.candidates
+
+    def _search_candidates(self) -> Candidates:
+        """The gate's search; with several threads, the records of the patients its first pages name
+        are fetched meanwhile, in the same pool (so ``concurrency`` bounds searches and fetches
+        together), at most ``AHEAD_PER_THREAD`` per thread, and handed on at their turn in patient
+        order. A server's paging (HAPI holds a search's second page about half a second) then no
+        longer holds up the first record."""
+        gate = self.screener.gate
+        if self.concurrency < 2:
+            return find_candidates(self.client, gate)
+        pool = self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fhir-fetch")
+        limit = self.concurrency * AHEAD_PER_THREAD
+
+        def found(pid: str) -> None:
+            with self._lock:
+                if pid not in self._ahead and len(self._ahead) < limit:
+                    self._ahead[pid] = pool.submit(self._item, pid)
+
+        try:
+            return find_candidates(self.client, gate, self.concurrency, pool=pool, on_found=found)
+        except BaseException:
+            self._close_pool()
+            raise
+
+    def _close_pool(self) -> None:
+        with self._lock:
+            ahead, self._ahead = self._ahead, {}
+        for future in ahead.values():
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def expected(self) -> int | None:
         return len(self.prepare().patient_ids)
 
     def records(self) -> Iterator[SourceItem]:
         candidates = self.prepare()
-        for item in fetch_in_order(self._item, candidates.patient_ids, self.concurrency):
-            if isinstance(item, Screenable) and item.requests is not None:
-                self.requests_per_patient.append(item.requests)
-            yield item
+        try:
+            if self._pool is not None:
+                with self._lock:
+                    ahead, self._ahead = self._ahead, {}
+                window = 2 * self.concurrency
+                items = in_order(self._pool, self._item, candidates.patient_ids, window, ahead)
+            else:
+                items = fetch_in_order(self._item, candidates.patient_ids, self.concurrency)
+            for item in items:
+                if isinstance(item, Screenable) and item.requests is not None:
+                    self.requests_per_patient.append(item.requests)
+                yield item
+        finally:
+            self._close_pool()
 
     def _item(self, pid: str) -> SourceItem:
         """One candidate's record, or why there is none; raises only what dooms every patient."""

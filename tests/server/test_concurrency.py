@@ -180,3 +180,77 @@ def test_the_summary_counts_every_request_the_server_received(
 
     assert run.code == 0, run.err[-2000:]
     assert f"Requests sent: {len(server.requests)} in all" in run.err
+
+
+# -- fetching ahead while the candidate search pages ------------------------------------------------
+
+
+def test_records_are_fetched_while_the_candidate_search_is_still_paging(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fast_retries: None
+) -> None:
+    with FaultServer(page_size=5) as server:
+        load_patients(server, *MANY[:12])
+        fetched = threading.Event()
+
+        def everything(request: Request) -> None:
+            fetched.set()
+            return None
+
+        def later_page(request: Request) -> Reply | None:
+            # The search's next pages wait for a record fetch: one only comes meanwhile if records
+            # are fetched ahead; otherwise the wait runs out and the search fails.
+            if request.param("_offset") and not fetched.wait(10):
+                return Reply(500, json=outcome("exception"))
+            return None
+
+        server.on("GET", EVERYTHING, everything, repeat=True)
+        server.on("GET", "Condition", later_page, repeat=True)
+
+        run = screen(capsys, server, tmp_path / "r.json", "--concurrency", "4", verbose=False)
+
+    assert run.code == 0, run.err[-2000:]
+    assert run.screened() == [f"Patient/{p}" for p in sorted(MANY[:12])]
+
+
+def test_records_fetched_ahead_come_out_where_concurrency_1_puts_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fast_retries: None
+) -> None:
+    with FaultServer(page_size=5) as server:
+        load_patients(server, *MANY)
+        # A failure among the first pages' patients too: its error must come out in the same place.
+        server.on("GET", r"Patient/c01/\$everything", Reply(500, json=outcome("exception")), repeat=True)
+        one, four = tmp_path / "one.json", tmp_path / "four.json"
+
+        first = screen(capsys, server, one, "--concurrency", "1", verbose=False)
+        second = screen(capsys, server, four, "--concurrency", "4", verbose=False)
+
+    assert first.code == second.code == 3
+    assert _without_timestamp(four) == _without_timestamp(one)
+    assert len(second.screened()) == len(MANY) - 1
+
+
+def test_searches_and_records_fetched_ahead_share_the_concurrency_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FaultServer(page_size=5) as server:
+        load_patients(server, *MANY)
+        lock = threading.Lock()
+        at_once = [0]
+        most = [0]
+
+        def held(request: Request) -> None:
+            # Each GET is held a moment so that overlapping ones are seen together.
+            with lock:
+                at_once[0] += 1
+                most[0] = max(most[0], at_once[0])
+            time.sleep(0.02)
+            with lock:
+                at_once[0] -= 1
+            return None
+
+        server.on("GET", r"Condition|Patient/c\d\d/\$everything", held, repeat=True)
+
+        run = screen(capsys, server, tmp_path / "r.json", "--concurrency", "3", verbose=False)
+
+    assert run.code == 0, run.err[-2000:]
+    assert 2 <= most[0] <= 3

@@ -19,16 +19,27 @@ R = TypeVar("R")
 
 
 def fetch_in_order(
-    fetch: Callable[[T], R], items: Iterable[T], threads: int, ahead: int | None = None
+    fetch: Callable[[T], R],
+    items: Iterable[T],
+    threads: int,
+    ahead: int | None = None,
+    *,
+    pool: Executor | None = None,
+    started: Mapping[T, Future[R]] | None = None,
 ) -> Iterator[R]:
     """``fetch(item)`` for every item, on ``threads`` threads, yielded in item order. An exception
     ``fetch`` raises is raised here at its item's turn (the items after it are not yielded); a consumer
-    that stops early cancels what has not started."""
+    that stops early cancels what has not started. ``pool``: a caller's pool of ``threads`` threads,
+    already fetching ``started`` (see :func:`in_order`), instead of one of its own."""
+    window = max(ahead or 2 * threads, threads)
+    if pool is not None:
+        yield from in_order(pool, fetch, items, window, started)
+        return
     if threads <= 1:
         yield from _one_ahead(fetch, items)
         return
-    with ThreadPoolExecutor(threads, thread_name_prefix="fhir-fetch") as pool:
-        yield from in_order(pool, fetch, items, max(ahead or 2 * threads, threads))
+    with ThreadPoolExecutor(threads, thread_name_prefix="fhir-fetch") as own:
+        yield from in_order(own, fetch, items, window)
 
 
 def in_order(

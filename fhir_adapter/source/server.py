@@ -41,7 +41,7 @@ from fhir_adapter.screening import Screener
 from fhir_adapter.source.attachments import fetch_attachments
 from fhir_adapter.source.base import Absent, Screenable, SourceItem
 from fhir_adapter.source.candidates import Candidates, find_candidates, given_patients, group_members
-from fhir_adapter.source.fetch_pool import fetch_in_order, in_order
+from fhir_adapter.source.fetch_pool import fetch_in_order
 from fhir_adapter.source.records import Fetched, Strategy, fetch_record
 from fhir_adapter.source.strategies import (
     Capabilities,
@@ -169,14 +169,12 @@ class ServerSource:
 
     def records(self) -> Iterator[SourceItem]:
         candidates = self.prepare()
+        with self._lock:
+            ahead, self._ahead = self._ahead, {}
         try:
-            if self._pool is not None:
-                with self._lock:
-                    ahead, self._ahead = self._ahead, {}
-                window = 2 * self.concurrency
-                items = in_order(self._pool, self._item, candidates.patient_ids, window, ahead)
-            else:
-                items = fetch_in_order(self._item, candidates.patient_ids, self.concurrency)
+            items = fetch_in_order(
+                self._item, candidates.patient_ids, self.concurrency, pool=self._pool, started=ahead
+            )
             for item in items:
                 if isinstance(item, Screenable) and item.requests is not None:
                     self.requests_per_patient.append(item.requests)

@@ -19,8 +19,8 @@ members for the export; the gate then rejects some), requests sent (every one, f
 requests per screened patient, the adapter's request rate as a share of the replay's, both programs
 timed from launch to exit (``rate/replay``), and as a share of the replay's requests alone, its
 interpreter start not counted (``vs fetches``: the stricter figure), best of ``--repeat`` runs of each,
-in turn, so that both meet a warm server (a row without a replay runs once); and whether the verdicts of the trial's candidates equal the
-first row's (they must, whichever strategy ran). The throttled profile is not timed: its rate limit is
+in turn, so that both meet a warm server (a row without a replay runs once); and whether the verdicts
+of the trial's candidates equal the first row's (they must, whichever strategy ran). The throttled profile is not timed: its rate limit is
 the point, and its row shows that the run finished with the same verdicts and how many 429s it met.
 """
 

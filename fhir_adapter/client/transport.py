@@ -25,12 +25,14 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
 import requests.auth
+import requests.sessions
 from requests.utils import get_environ_proxies
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -261,15 +263,8 @@ class WatchedSession(requests.Session):
         }
 
 
-def _merge(request: Any, session: Any) -> Any:
-    """``requests.sessions.merge_setting``: the request's setting over the session's, dicts key by key."""
-    if session is None:
-        return request
-    if request is None:
-        return session
-    if not (isinstance(request, dict) and isinstance(session, dict)):
-        return request
-    return {k: v for k, v in {**session, **request}.items() if v is not None}
+# requests' own merge of a request's setting over the session's (its stub leaves it unannotated).
+_merge: Callable[[Any, Any], Any] = requests.sessions.merge_setting
 
 
 def watched_session(connections: int = 10) -> requests.Session:

@@ -41,6 +41,8 @@ from fhir_adapter.source.bulk_plan import export_types
 from fhir_adapter.source.candidates import CODES_PER_SEARCH, search_tokens
 from fhir_adapter.source.strategies import (
     Capabilities,
+    Overrides,
+    RecordsStrategy,
     Strategies,
     bulk_level,
     choose_candidates,
@@ -67,6 +69,7 @@ class Report:
     server: str
     findings: list[Finding] = field(default_factory=list)
     strategies: dict[str, dict[str, str]] = field(default_factory=dict)  # "screen", "sync"
+    forced: dict[str, list[str]] = field(default_factory=dict)  # the steps the operator chose, per run
     cost: dict[str, Any] = field(default_factory=dict)
     fhir_version: str = ""
     write_server: str | None = None  # a separate write target's URL
@@ -91,6 +94,7 @@ class Report:
                 self.exit_code
             ],
             "strategies": self.strategies,
+            "forcedStrategies": self.forced,
             "requestEstimate": self.cost,
             "findings": [
                 {"area": f.area, "what": f.what, "status": f.status, "detail": f.detail}
@@ -114,7 +118,11 @@ class Report:
         if self.strategies:
             lines.append("")
             for run, chosen in self.strategies.items():
-                lines.append(f"strategies of {run}: " + ", ".join(f"{k} {v}" for k, v in chosen.items()))
+                forced = self.forced.get(run, [])
+                lines.append(
+                    f"strategies of {run}: "
+                    + ", ".join(f"{k} {v}" + (" (forced)" if k in forced else "") for k, v in chosen.items())
+                )
         if self.cost:
             c = self.cost
             lines.append(
@@ -146,9 +154,14 @@ def run_check(
     write_back: bool = True,
     write_target: WriteTarget | None = None,
     group: str | None = None,
+    *,
+    screen_records: RecordsStrategy | None = None,
+    sync_overrides: Overrides | None = None,
 ) -> Report:
     """``group``: the Group the sync names (``[server] group``): Group members as candidates, and a
-    Group-level export as the change feed where the server offers no other."""
+    Group-level export as the change feed where the server offers no other. ``screen_records`` is
+    ``screen --records``; ``sync_overrides`` the site's ``[strategies]``: what the operator forces is
+    what the runs do, so the preflight names it too."""
     report = Report(server.url)
     if write_back and write_target is not None:
         _write_target(write_target, report)
@@ -183,7 +196,7 @@ def run_check(
         _bulk(caps, report, group)
         if write_back and write_target is None:
             _writes(caps, report)
-        sync = _strategies(caps, screener, report, group)
+        sync = _strategies(caps, screener, report, group, screen_records, sync_overrides or Overrides())
         _cost(caps, screener, report, patients, write_back, sync, group)
     return report
 
@@ -423,23 +436,35 @@ def _write_target(target: WriteTarget, report: Report) -> None:
 
 
 def _strategies(
-    caps: Capabilities, screener: Screener, report: Report, group: str | None
+    caps: Capabilities,
+    screener: Screener,
+    report: Report,
+    group: str | None,
+    screen_records: RecordsStrategy | None,
+    overrides: Overrides,
 ) -> Strategies | None:
-    """What ``screen --server`` (with ``--group`` when given) and ``sync`` (with ``[server] group``) choose:
-    the same functions the runs call."""
+    """What ``screen --server`` (with ``--group`` and ``--records`` when given) and ``sync`` (with
+    ``[server] group`` and ``[strategies]``) choose: the same functions the runs call."""
     gate_types = screener.gate.types or ("Condition",)
     try:
         candidates: str = choose_candidates(caps, group=group is not None, gate_types=gate_types)
     except AdapterError as exc:
         report.add("read", "candidates", "failed", str(exc))
         candidates = "none"
-    report.strategies["screen"] = {"candidates": candidates, "records": choose_records(caps)}
+    report.strategies["screen"] = {"candidates": candidates, "records": choose_records(caps, screen_records)}
+    if screen_records is not None:
+        report.forced["screen"] = ["records"]
     try:
-        sync = choose_sync(caps, screener.needed_types, gate_types=gate_types, group=group is not None)
+        sync = choose_sync(
+            caps, screener.needed_types, gate_types=gate_types, group=group is not None, overrides=overrides
+        )
     except AdapterError as exc:
         report.add("changes", "sync strategies", "failed", str(exc))
         return None
     report.strategies["sync"] = sync.to_json()
+    forced = [step for step in ("candidates", "records", "changes") if getattr(overrides, step) is not None]
+    if forced:
+        report.forced["sync"] = forced
     changes = sync.changes
     if changes == "full-only":
         hint = (
@@ -489,7 +514,9 @@ def _cost(
     )
     texts = sum(len({t for c in concepts for t in c.text}) for _, concepts in screener.gate.selectors)
     candidates = -(-tokens // CODES_PER_SEARCH) + texts
-    per_patient = 1 if caps.everything else 1 + len(screener.needed_types - {"Patient", "Medication"})
+    typed = 1 + len(screener.needed_types - {"Patient", "Medication"})
+    # The strategy the screen uses, forced or chosen: a forced `typed` costs typed searches on any server.
+    per_patient = 1 if report.strategies.get("screen", {}).get("records") == "everything" else typed
     writes = 4 if write_back else 0  # search, conditional create, Provenance search, Provenance create
     report.cost = {
         "patients": patients,
@@ -499,7 +526,8 @@ def _cost(
         "total": candidates + patients * (per_patient + writes),
     }
     if sync is not None:
-        report.cost["sync"] = _sync_cost(caps, screener, sync, patients, candidates, per_patient, group)
+        sync_per_patient = 1 if sync.records == "everything" else typed
+        report.cost["sync"] = _sync_cost(caps, screener, sync, patients, candidates, sync_per_patient, group)
 
 
 def _sync_cost(
@@ -508,7 +536,7 @@ def _sync_cost(
     sync: Strategies,
     patients: int,
     searches: int,
-    typed_per_patient: int,
+    per_record: int,
     group: str | None,
 ) -> dict[str, Any]:
     """Requests of a sync run without its write-back (which is the screen's, per written patient)."""
@@ -521,7 +549,7 @@ def _sync_cost(
     )
     candidates = {"search": searches, "group": 1, "bulk": 0}.get(sync.candidates, 0)
     bulk_records = sync.records == "bulk"
-    per_patient = 0 if bulk_records else typed_per_patient
+    per_patient = 0 if bulk_records else per_record
     full = candidates + (per_export if bulk_records else patients * per_patient)
     return {
         "fullRun": full,

@@ -439,8 +439,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(y)
 
-    c = sub.add_parser("check", help="preflight a FHIR server: what it offers, what screen and sync would do")
+    c = sub.add_parser(
+        "check",
+        help="preflight a FHIR server: what it offers, what screen and sync would do",
+        description="Preflight a FHIR server: what it offers, what screen and sync would do there. Give the "
+        "server and the screen's options (--trial, --mappings, --group, --records, --write-server), or "
+        "--config site.toml for what that sync would do (its server, studies, overlays, Group, "
+        "[strategies] and [writeback]).",
+    )
+    c.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="site.toml",
+        help="check what this sync configuration would do (instead of --server and the rule options)",
+    )
     c.add_argument("--trial", action="append", default=[], metavar="ID|FILE.toml")
+    c.add_argument(
+        "--mappings",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="OVERLAY.toml",
+        help="site overlay; repeatable, applied in order (as screen --mappings)",
+    )
+    c.add_argument(
+        "--records",
+        choices=["everything", "typed"],
+        default=None,
+        help="as screen --records: the screen's way of reading each record (default: the server's best)",
+    )
     c.add_argument("--json", action="store_true", help="machine-readable report")
     c.add_argument(
         "--patients", type=int, default=1000, metavar="N", help="estimate the requests of N patients"
@@ -687,16 +715,45 @@ def _check(args: argparse.Namespace) -> int:
     from fhir_adapter.check import render, run_check
     from fhir_adapter.config.loader import load_trials
     from fhir_adapter.screening import Screener
+    from fhir_adapter.source.strategies import Overrides
+    from fhir_adapter.sync.config import load_site_config
 
-    screener = Screener(load_trials(args.trial), dt.date.today())
-    target = None if args.no_write_back else write_target_settings(args)
+    if args.config is not None:
+        given = [
+            name
+            for name, value in (
+                ("--server", args.server),
+                ("--write-server", args.write_server),
+                ("--trial", args.trial),
+                ("--mappings", args.mappings),
+                ("--group", args.group),
+            )
+            if value
+        ]
+        if given:
+            raise UsageError(
+                f"--config names the server, studies, overlays and Group: drop {', '.join(given)}"
+            )
+        config = load_site_config(args.config)
+        server, rules, group, overrides = config.server, config.rules, config.group, config.strategies
+        write_back = config.write_back and not args.no_write_back
+        target = config.write_target if write_back else None
+        as_of = config.as_of or dt.date.today()
+    else:
+        target = None if args.no_write_back else write_target_settings(args)
+        server = server_settings(args, writes=target is None)
+        rules = RuleSettings(trials=tuple(args.trial), overlays=tuple(args.mappings))
+        group, overrides, write_back, as_of = args.group, Overrides(), not args.no_write_back, dt.date.today()
+    screener = Screener(load_trials(rules.trials, rules.overlays), as_of)
     report = run_check(
-        server_settings(args, writes=target is None),
+        server,
         screener,
         args.patients,
-        write_back=not args.no_write_back,
+        write_back=write_back,
         write_target=target,
-        group=args.group,
+        group=group,
+        screen_records=args.records,
+        sync_overrides=overrides,
     )
     print(render(report, args.json))
     return report.exit_code

@@ -131,7 +131,12 @@ class Report:
                 "per patient on a first run, 1 when unchanged)"
             )
             s = c.get("sync")
-            if s:
+            if s and s["everyRunFull"]:
+                lines.append(
+                    f"requests of sync with {c['patients']} patients: every run is a full run (no change "
+                    f"feed), about {s['fullRun']} (+ write-back)"
+                )
+            elif s:
                 lines.append(
                     f"requests of sync with {c['patients']} patients: a full run about {s['fullRun']}, an "
                     f"incremental run about {s['changeFeed']} for the change feed + {s['perChangedPatient']} per "
@@ -553,6 +558,7 @@ def _sync_cost(
     full = candidates + (per_export if bulk_records else patients * per_patient)
     return {
         "fullRun": full,
+        "everyRunFull": sync.changes == "full-only",  # no change feed: there is no incremental run
         "changeFeed": change_feed,
         "perChangedPatient": per_patient,
         "recordsExportPerRun": per_export if bulk_records else 0,

@@ -135,3 +135,17 @@ def test_check_config_with_a_bad_site_file_names_the_file_and_the_key(
     err = capsys.readouterr().err
     assert str(config) in err and "strategies.records" in err
     assert "Traceback" not in err
+
+
+def test_check_of_a_sync_without_change_feed_says_every_run_is_a_full_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with FaultServer() as server:
+        config = site(tmp_path, server.base, '[strategies]\nchanges = "full-only"\n')
+        _, report = check_json(capsys, "--config", str(config))
+        assert main(["check", "--config", str(config), "--no-write-back"]) == 3  # degraded: no feed
+        text = capsys.readouterr().out
+    sync = report["requestEstimate"]["sync"]
+    assert sync["everyRunFull"] is True
+    assert "every run is a full run (no change feed)" in text
+    assert "incremental run" not in text

@@ -340,3 +340,29 @@ def test_a_run_killed_while_the_export_runs_resumes_the_same_job(server: Server,
     assert len(server.fake.kick_offs) == 1  # the second run polled the first run's job
     assert last_manifest(config)["counts"]["evaluated"] == len(DM)
     assert not list(folder.rglob("bulk-job-*.json"))
+
+
+def test_a_large_export_is_read_on_every_core_with_the_verdicts_of_one(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fhir_adapter.source import patient_index
+
+    # The examples are a few kB: let them count as large, cut into pieces, on two cores even where
+    # the test runs on one.
+    monkeypatch.setattr(patient_index, "AUTO_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(patient_index, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(patient_index, "available_cores", lambda: 2)
+    readers: list[int] = []
+    real = patient_index.gate_pieces
+    monkeypatch.setattr(patient_index, "gate_pieces", lambda *a, **k: readers.append(a[1]) or real(*a, **k))
+    server.next_manifest(example_resources(MEMBERS))
+    config = site(tmp_path, server.fake.base)
+
+    code, text = sync(config)
+
+    assert code == 0, text
+    assert readers == [2]  # the records' export read on two processes
+    files = file_verdicts(DM, tmp_path)
+    assert {p: (s["status"], s["criteria"]) for p, s in latest(config).items()} == {
+        p: (s["status"], s["criteria"]) for p, s in files.items()
+    }

@@ -471,7 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--json", action="store_true", help="machine-readable report")
     c.add_argument(
-        "--patients", type=int, default=1000, metavar="N", help="estimate the requests of N patients"
+        "--patients",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="estimate the requests of a run that reads N records (the candidates a search finds, or "
+        "the Group's members; not the whole population)",
     )
     c.add_argument(
         "--no-write-back", action="store_true", help="the run will not write: skip the write checks"
@@ -718,6 +723,7 @@ def _check(args: argparse.Namespace) -> int:
     from fhir_adapter.source.strategies import Overrides
     from fhir_adapter.sync.config import load_site_config
 
+    _non_negative(args.patients, "--patients")
     if args.config is not None:
         given = [
             name

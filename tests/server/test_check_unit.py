@@ -149,3 +149,8 @@ def test_check_of_a_sync_without_change_feed_says_every_run_is_a_full_run(
     assert sync["everyRunFull"] is True
     assert "every run is a full run (no change feed)" in text
     assert "incremental run" not in text
+
+
+def test_check_refuses_a_negative_number_of_patients(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--server", "https://ehr.example.org/fhir", "--patients", "-1"]) == 2
+    assert "--patients must be >= 0" in capsys.readouterr().err

@@ -79,20 +79,15 @@ def test_check_mappings_counts_the_overlays_candidate_searches(
 def test_check_config_names_the_strategies_the_sites_sync_is_forced_to(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    overlay = tmp_path / "overlay.toml"
-    overlay.write_text(OVERLAY, encoding="utf-8")
-    config = site(
-        tmp_path,
-        "",  # filled below, once the server's port is known
-        """\
+    (tmp_path / "overlay.toml").write_text(OVERLAY, encoding="utf-8")
+    extra = """\
         [mappings]
         overlays = ["overlay.toml"]
         [strategies]
         records = "typed"
-        """,
-    )
+        """
     with FaultServer() as server:
-        config.write_text(config.read_text(encoding="utf-8").replace('url = ""', f'url = "{server.base}"'))
+        config = site(tmp_path, server.base, extra)
         code, report = check_json(capsys, "--config", str(config))
         _, plain = check_json(capsys, "--server", server.base)
         assert not [r for r in server.requests if r.method != "GET"]  # a preflight never writes

@@ -725,20 +725,18 @@ def _check(args: argparse.Namespace) -> int:
 
     _non_negative(args.patients, "--patients")
     if args.config is not None:
-        given = [
-            name
-            for name, value in (
-                ("--server", args.server),
-                ("--write-server", args.write_server),
-                ("--trial", args.trial),
-                ("--mappings", args.mappings),
-                ("--group", args.group),
-            )
-            if value
-        ]
+        # site.toml holds the servers, their auth and limits, the studies, overlays and Group: an option
+        # given beside it would be ignored, so it is refused instead.
+        own = {"command", "config", "json", "patients", "no_write_back", "records", "verbose"}
+        defaults = vars(build_parser().parse_args(["check"]))
+        given = sorted(
+            "--" + key.replace("_", "-")
+            for key, value in vars(args).items()
+            if key not in own and value != defaults.get(key)
+        )
         if given:
             raise UsageError(
-                f"--config names the server, studies, overlays and Group: drop {', '.join(given)}"
+                f"--config names the servers, studies, overlays and Group: drop {', '.join(given)}"
             )
         config = load_site_config(args.config)
         server, rules, group, overrides = config.server, config.rules, config.group, config.strategies

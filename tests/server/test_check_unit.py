@@ -122,6 +122,23 @@ def test_check_config_refuses_a_server_given_beside_it(
     assert "drop --server" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        (["--token", "env:OTHER_TOKEN"], "--token"),
+        (["--timeout", "5"], "--timeout"),
+        (["--write-auth", "bearer"], "--write-auth"),
+        (["--trial", "NCT02728752"], "--trial"),
+    ],
+)
+def test_check_config_refuses_an_option_it_would_otherwise_ignore(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, option: list[str], named: str
+) -> None:
+    config = site(tmp_path, "https://ehr.example.org/fhir")
+    assert main(["check", "--config", str(config), *option]) == 2
+    assert f"drop {named}" in capsys.readouterr().err
+
+
 def test_check_config_with_a_bad_site_file_names_the_file_and_the_key(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fhirdata import baseline, for_patient, ndjson_lines
@@ -18,7 +22,7 @@ from fhir_adapter.model import InputProblem
 from fhir_adapter.output.parts import MANIFEST, merge_results
 from fhir_adapter.screening import Gate
 from fhir_adapter.source.patient_index import PatientIndex
-from fhir_adapter.source.reader import input_files
+from fhir_adapter.source.reader import input_files, kind_of
 from fhir_adapter.spark import partitions
 from fhir_adapter.spark.inputs import Entry, plan_inputs
 from fhir_adapter.spark.partitions import SMALL, ReadContext, line_counts, read_lines, small_outputs
@@ -39,6 +43,10 @@ class LocalFs:
     def head(self, uri: str, n: int) -> bytes:
         with open(uri, "rb") as fh:
             return fh.read(n)
+
+    def special(self, uri: str) -> str | None:
+        mode = Path(uri).stat().st_mode
+        return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else kind_of(mode)
 
     def _entry(self, p: Path) -> Entry:
         return Entry(str(p.resolve()), p.name, p.is_dir(), 0 if p.is_dir() else p.stat().st_size)
@@ -77,6 +85,22 @@ def test_inputs_are_planned_in_the_local_readers_order_with_its_names(tmp_path: 
     planned = sorted([(f.index, f.display) for f in plan.files] + [(i, p.file) for i, p in plan.problems])
     assert [name for _, name in planned] == local
     assert [p.reason for _, p in plan.problems] == ["no such file or folder"]
+
+
+def test_a_fifo_among_the_inputs_is_a_problem_as_locally_and_never_opened(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    os.mkfifo(root / "b" / "pipe.ndjson")  # opening it would wait for a writer for ever
+    args = [str(root / "b")]
+    planned: list[Any] = []
+    worker = threading.Thread(target=lambda: planned.append(plan_inputs(LocalFs(), args)), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert planned, "planning the inputs hung on the FIFO"
+    plan = planned[0]
+    local = [e for e in input_files([root / "b"]) if isinstance(e, InputProblem)]
+    assert [(p.file, p.reason) for _, p in plan.problems] == [(p.file, p.reason) for p in local]
+    assert [p.reason for _, p in plan.problems] == ["not a regular file (a FIFO): skipped"]
+    assert "pipe.ndjson" not in {f.name for f in plan.files}
 
 
 def test_each_file_is_read_the_way_that_keeps_the_local_readers_behaviour(tmp_path: Path) -> None:

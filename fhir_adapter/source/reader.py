@@ -83,7 +83,7 @@ def input_files(paths: Iterable[Path]) -> Iterator[Path | InputProblem]:
         elif stat.S_ISREG(info.st_mode):
             yield path
         else:
-            yield InputProblem(display(path), f"not a regular file ({_kind(info.st_mode)}): skipped")
+            yield InputProblem(display(path), f"not a regular file ({kind_of(info.st_mode)}): skipped")
 
 
 def _walk(top: Path) -> Iterator[Path | InputProblem]:
@@ -119,11 +119,12 @@ def _walk(top: Path) -> Iterator[Path | InputProblem]:
                 if stat.S_ISREG(mode):
                     yield path
                 else:
-                    yield InputProblem(display(path), f"not a regular file ({_kind(mode)}): skipped")
+                    yield InputProblem(display(path), f"not a regular file ({kind_of(mode)}): skipped")
         stack.extend(reversed(subfolders))  # depth first, in name order
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """What a file that is not a regular one is, as problems name it."""
     if stat.S_ISFIFO(mode):
         return "a FIFO"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -179,7 +180,7 @@ def open_regular(path: Path) -> tuple[IO[bytes], int]:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise NotRegular(_kind(info.st_mode))
+        raise NotRegular(kind_of(info.st_mode))
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb"), info.st_size
 

@@ -7,10 +7,12 @@ Spark's file sources.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
 from fhir_adapter.output.private import write_private_bytes
+from fhir_adapter.source.reader import kind_of
 from fhir_adapter.spark.inputs import Entry
 
 
@@ -96,6 +98,16 @@ class HadoopFs:
         if str(qualified.getScheme()) != "file":
             return None
         return Path(str(qualified.getPath()))
+
+    def special(self, uri: str) -> str | None:
+        local = self.local_path(uri)
+        if local is None:
+            return None  # object stores and HDFS hold files and folders only
+        try:
+            mode = local.stat().st_mode
+        except OSError:
+            return None  # gone or unreadable: reading it says so
+        return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else kind_of(mode)
 
     def delete(self, uri: str) -> None:
         jpath = self._path(uri)

@@ -59,6 +59,12 @@ class FileSystem(Protocol):
         """The first ``n`` bytes of a file (fewer for a shorter file)."""
         ...
 
+    def special(self, uri: str) -> str | None:
+        """What a listed file really is when it is not a regular file on a local disk (``"a FIFO"``, ``"a
+        device"``, ``"a socket"``), else None. Hadoop lists such a file as an empty file, and opening a
+        FIFO waits for a writer for ever."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class InputFile:
@@ -100,8 +106,13 @@ def plan_inputs(fs: FileSystem, paths: Sequence[str], threads: int = 16) -> Inpu
         walked = _walk(fs, top, ()) if top.is_dir else iter([((), top)])
         for rel, entry in walked:
             # The same file named twice is read once: its resources would only be duplicates.
-            if entry.uri not in seen:
-                seen.add(entry.uri)
+            if entry.uri in seen:
+                continue
+            seen.add(entry.uri)
+            kind = fs.special(entry.uri)
+            if kind is not None:  # as the local reader says it, and never opened
+                found.append(InputProblem(_display(path, rel), f"not a regular file ({kind}): skipped"))
+            else:
                 found.append((_display(path, rel), entry))
     heads = _heads(fs, [f[1] for f in found if isinstance(f, tuple) and _may_be_lines(f[1])], threads)
     files: list[InputFile] = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -26,6 +25,7 @@ from fhir_adapter.client.factory import open_client
 from fhir_adapter.config.loader import load_trials
 from fhir_adapter.errors import ExitCode, UsageError
 from fhir_adapter.model import InputProblem
+from fhir_adapter.output.private import atomic_writer
 from fhir_adapter.screening import Screener
 from fhir_adapter.settings import ExportSettings
 from fhir_adapter.source.bulk import level_of
@@ -122,12 +122,6 @@ def _write_summary(
         "deleted": list(result.deleted),
         "errors": [p.to_json() for p in problems],
     }
-    path = folder / SUMMARY
-    tmp = folder / f".{SUMMARY}.tmp"
-    # 0600 whatever the umask: created with the mode, then fchmod-ed.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_writer(folder / SUMMARY) as fh:  # 0600 whatever the umask
         json.dump(body, fh, indent=1, ensure_ascii=False)
         fh.write("\n")
-    os.replace(tmp, path)

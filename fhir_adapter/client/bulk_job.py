@@ -29,7 +29,7 @@ from fhir_adapter.client.bulk_download import Downloader, Downloads, FileFailure
 from fhir_adapter.client.bulk_files import deleted_refs, error_problems
 from fhir_adapter.client.urls import no_query
 from fhir_adapter.model import InputProblem
-from fhir_adapter.output.private import private_dir
+from fhir_adapter.output.private import atomic_writer, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +120,10 @@ def load_job(path: Path) -> JobState | None:
 def save_job(path: Path, state: JobState) -> None:
     """Atomically, 0600 (the status URL is a capability to the export's files on some servers)."""
     _private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_writer(path) as fh:
         json.dump(state.to_json(), fh, indent=1)
         fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+        os.fsync(fh.fileno())  # on disk before the rename: a crash right after must still find the job
 
 
 def clear_job(path: Path) -> None:

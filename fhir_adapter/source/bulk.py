@@ -26,7 +26,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from fhir_adapter.client.http import FhirClient
 from fhir_adapter.errors import AuthError, ServerError
 from fhir_adapter.facts.fhirjson import patient_of
 from fhir_adapter.model import InputProblem
-from fhir_adapter.output.private import private_dir
+from fhir_adapter.output.private import atomic_writer, private_dir
 from fhir_adapter.screening import Screener
 from fhir_adapter.settings import BulkSettings
 from fhir_adapter.source.base import SourceItem
@@ -361,12 +360,8 @@ class BulkSource:
         path = self._plan_path(first)
         self._plan_file = path
         body = {"made": dt.datetime.now(dt.UTC).isoformat(), "candidates": candidates}
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with atomic_writer(path) as fh:
             json.dump(body, fh)
-        os.replace(tmp, path)
 
     def _remove_downloads(self) -> None:
         for folder in self.work_dir.glob("files-*"):

@@ -34,7 +34,7 @@ from fhir_adapter.client.http import FhirClient
 from fhir_adapter.client.retry import TRANSPORT_ERRORS, backoff, describe_transport_error
 from fhir_adapter.client.urls import no_query, origin_of
 from fhir_adapter.errors import ConfigError, ServerError
-from fhir_adapter.output.private import private_dir
+from fhir_adapter.output.private import open_private, private_dir
 from fhir_adapter.settings import BulkSettings
 
 log = logging.getLogger(__name__)
@@ -280,8 +280,7 @@ class Downloader:
 
     def _write(self, resp: requests.Response, part: Path, *, append: bool) -> str | None:
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-        fd = os.open(part, flags | os.O_CLOEXEC, 0o600)
-        os.fchmod(fd, 0o600)
+        fd = open_private(part, flags)
         try:
             with os.fdopen(fd, "ab" if append else "wb") as fh:
                 for chunk in resp.iter_content(CHUNK):

@@ -20,6 +20,7 @@ cannot admit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -109,14 +110,18 @@ def find_candidates(
         return dataclasses.replace(found, requests=client.thread_request_count - before)
 
     workers = max(1, min(concurrency, len(searches)))
-    if pool is not None:
-        # In search order: the first search that failed is the one raised, as one at a time.
-        outcomes = _in_search_order([pool.submit(run, search) for search in searches])
-    elif workers == 1:
+    if pool is None and workers == 1:
         outcomes = [run(search) for search in searches]
     else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="candidates") as own:
-            outcomes = _in_search_order([own.submit(run, search) for search in searches])
+        with contextlib.ExitStack() as stack:
+            # A caller's pool stays open for the record fetches; a pool of our own closes with the searches.
+            runner = (
+                pool
+                if pool is not None
+                else stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="candidates"))
+            )
+            # In search order: the first search that failed is the one raised, as one at a time.
+            outcomes = _in_search_order([runner.submit(run, search) for search in searches])
     patients: set[str] = set()
     warnings: list[str] = []
     rejected: set[str] = set()

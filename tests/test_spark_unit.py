@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import stat
 import sys
 import threading
 from pathlib import Path
@@ -22,7 +21,7 @@ from fhir_adapter.model import InputProblem
 from fhir_adapter.output.parts import MANIFEST, merge_results
 from fhir_adapter.screening import Gate
 from fhir_adapter.source.patient_index import PatientIndex
-from fhir_adapter.source.reader import input_files, kind_of
+from fhir_adapter.source.reader import input_files, irregular
 from fhir_adapter.spark import partitions
 from fhir_adapter.spark.inputs import Entry, plan_inputs
 from fhir_adapter.spark.partitions import SMALL, ReadContext, line_counts, read_lines, small_outputs
@@ -45,8 +44,7 @@ class LocalFs:
             return fh.read(n)
 
     def special(self, uri: str) -> str | None:
-        mode = Path(uri).stat().st_mode
-        return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else kind_of(mode)
+        return irregular(Path(uri).stat().st_mode)
 
     def _entry(self, p: Path) -> Entry:
         return Entry(str(p.resolve()), p.name, p.is_dir(), 0 if p.is_dir() else p.stat().st_size)

@@ -123,6 +123,11 @@ def _walk(top: Path) -> Iterator[Path | InputProblem]:
         stack.extend(reversed(subfolders))  # depth first, in name order
 
 
+def irregular(mode: int) -> str | None:
+    """None for a regular file or a folder; else what it is (``"a FIFO"``, ...), as problems name it."""
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else kind_of(mode)
+
+
 def kind_of(mode: int) -> str:
     """What a file that is not a regular one is, as problems name it."""
     if stat.S_ISFIFO(mode):

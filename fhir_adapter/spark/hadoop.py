@@ -7,12 +7,11 @@ Spark's file sources.
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from typing import Any
 
 from fhir_adapter.output.private import write_private_bytes
-from fhir_adapter.source.reader import kind_of
+from fhir_adapter.source.reader import irregular
 from fhir_adapter.spark.inputs import Entry
 
 
@@ -107,7 +106,7 @@ class HadoopFs:
             mode = local.stat().st_mode
         except OSError:
             return None  # gone or unreadable: reading it says so
-        return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else kind_of(mode)
+        return irregular(mode)
 
     def delete(self, uri: str) -> None:
         jpath = self._path(uri)

@@ -55,11 +55,10 @@ class ExportRecords:
         complete: bool,
         description: str,
         workdir: Path | None = None,
-        readers: int | None = None,
     ) -> None:
-        """``readers``: processes reading the files (None: every core once the export is large enough to
-        gain from them, as ``screen DIR`` does; the verdicts do not depend on it)."""
-        self._files = FileSource(files, screener, workdir, readers=readers)
+        # Every core once the export is large enough to gain from them, as `screen DIR` reads (the
+        # verdicts do not depend on it).
+        self._files = FileSource(files, screener, workdir, readers=None)
         self.wanted = sorted(set(patients))
         self.complete = complete
         self._description = description

@@ -18,6 +18,7 @@ lack of ``$everything``, no change feed, writes not offered), 4 when they cannot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -467,7 +468,7 @@ def _strategies(
         report.add("changes", "sync strategies", "failed", str(exc))
         return None
     report.strategies["sync"] = sync.to_json()
-    forced = [step for step in ("candidates", "records", "changes") if getattr(overrides, step) is not None]
+    forced = [f.name for f in dataclasses.fields(overrides) if getattr(overrides, f.name) is not None]
     if forced:
         report.forced["sync"] = forced
     changes = sync.changes

@@ -154,7 +154,13 @@ def patient_of(resource: Resource) -> str | None:
         if isinstance(subject, dict):
             # Fast path for the bulk-export form "Patient/<id>" (most of an export's resources).
             plain = subject.get("reference")
-            if isinstance(plain, str) and plain.startswith("Patient/") and plain.count("/") == 1:
+            if (
+                isinstance(plain, str)
+                and plain.startswith("Patient/")
+                and plain.count("/") == 1
+                and "?" not in plain
+                and not plain[-1].isspace()
+            ):
                 return plain[len("Patient/") :] or None
         ref = ref_id(subject)
         if ref and ref.startswith("Patient/"):

@@ -94,7 +94,7 @@ class Intake:
                 self._parsed(resources_of(name, doc, lineno))
                 continue
             rtype = doc.get("resourceType")
-            if rtype in plain:
+            if type(rtype) is str and rtype in plain:
                 # Most lines: a type a criterion reads, with a patient. Dropped (no gate admits the
                 # patient) or kept here, as take() would conclude, without its checks: it cannot fail
                 # them. The line itself is the row's body (orjson.dumps would allocate several times its

@@ -479,7 +479,12 @@ def resources_of(name: str, doc: Any, line: int | None = None) -> Iterator[Item 
         return
     rtype = doc.get("resourceType")
     if not isinstance(rtype, str) or not rtype:
-        yield InputProblem(name, "JSON object has no resourceType", line=line)
+        what = (
+            "has no resourceType"
+            if rtype is None or rtype == ""
+            else "has a resourceType that is not a string"
+        )
+        yield InputProblem(name, f"JSON object {what}", line=line)
         return
     if rtype != "Bundle":
         yield Item(doc, name, line)

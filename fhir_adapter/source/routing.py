@@ -22,6 +22,7 @@ from fhir_adapter.source.grouping import Row
 from fhir_adapter.source.reader import Item, Line, parse_line
 
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_WORD = re.compile(r"\s{0,4}[A-Za-z]{1,40}\s{0,4}")
 
 Taken = (
     tuple[Literal["problem"], str, InputProblem]
@@ -62,12 +63,13 @@ def take(
     rtype = resource["resourceType"]
     where = f" line {item.line}" if item.line else ""
     if not _TYPE_NAME.fullmatch(rtype):
+        # Quoted only when it is a word: free text here may be anything, a patient's name included, and
+        # problems reach the terminal and the logs.
+        shown = repr(rtype) if _WORD.fullmatch(rtype) else "(not a name)"
         return (
             "problem",
             "",
-            InputProblem(
-                item.file, f"resourceType {rtype[:40]!r} is not a FHIR resource type", line=item.line
-            ),
+            InputProblem(item.file, f"resourceType {shown} is not a FHIR resource type", line=item.line),
         )
     if rtype == "Medication":
         rid = resource.get("id")

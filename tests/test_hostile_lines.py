@@ -1,0 +1,85 @@
+"""Lines a fuzzer found mishandled (one test per finding): each costs its own line, never the run, and
+reads the same whoever spells it, at one worker and at two."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fhirdata import HGB, baseline, ndjson_lines, observation
+
+from fhir_adapter.cli import main
+from fhir_adapter.facts.fhirjson import patient_of
+
+
+def _screen(folder: Path, out: Path, workers: int) -> tuple[int, dict[str, Any], str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(
+            ["screen", str(folder), "--as-of", "2026-06-15", "--out", str(out), "--workers", str(workers)]
+        )
+    return code, json.loads(out.read_text(encoding="utf-8")), err.getvalue()
+
+
+def _two_files(folder: Path, extra: list[str]) -> None:
+    """A candidate's record in one file and ``extra`` lines in a second: two files are two pieces, so two
+    workers read them in two processes."""
+    folder.mkdir()
+    (folder / "a.ndjson").write_text(ndjson_lines(baseline()), encoding="utf-8")
+    (folder / "b.ndjson").write_text("".join(line + "\n" for line in extra), encoding="utf-8")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("rtype", [["Condition"], {"a": 1}, 7])
+def test_a_resource_type_that_is_not_a_string_costs_its_line_not_the_run(
+    tmp_path: Path, workers: int, rtype: object
+) -> None:
+    line = json.dumps({"resourceType": rtype, "id": "x", "subject": {"reference": "Patient/p1"}})
+    _two_files(tmp_path / "in", [line])
+    code, result, err = _screen(tmp_path / "in", tmp_path / "r.json", workers)
+    assert code == 3, err
+    assert [s["status"] for s in result["subjects"]] == ["candidate"]
+    reasons = [e["reason"] for e in result["errors"]]
+    wanted = "has no resourceType" if rtype is None else "resourceType that is not a string"
+    assert any(wanted in r for r in reasons), reasons
+
+
+def test_free_text_in_a_resource_type_is_not_repeated_on_the_terminal(tmp_path: Path) -> None:
+    line = json.dumps({"resourceType": "Jane Roe MRN 4711 1981-03-02", "id": "x"})
+    _two_files(tmp_path / "in", [line, json.dumps({"resourceType": "Observation ", "id": "y"})])
+    code, result, err = _screen(tmp_path / "in", tmp_path / "r.json", 1)
+    assert code == 3
+    assert "Jane" not in err and "4711" not in err and "Jane" not in json.dumps(result["errors"])
+    reasons = [e["reason"] for e in result["errors"]]
+    assert "resourceType (not a name) is not a FHIR resource type" in reasons
+    assert "resourceType 'Observation ' is not a FHIR resource type" in reasons  # a word is still shown
+
+
+@pytest.mark.parametrize(
+    "reference", ["Patient/p1 ", "Patient/p1?_format=json", "Patient/p1\t", "http://h/fhir/Patient/p1"]
+)
+def test_a_patient_reference_reads_the_same_on_the_fast_path_and_the_general_one(reference: str) -> None:
+    resource = {"resourceType": "Observation", "subject": {"reference": reference}}
+    assert patient_of(resource) == "p1"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_padded_reference_is_its_patient_not_a_second_one(tmp_path: Path, workers: int) -> None:
+    resources = baseline()
+    for r in resources:
+        if r["resourceType"] == "Condition":
+            r["subject"]["reference"] = "Patient/p1 "
+    hb = observation(HGB, 79, "g/L")
+    hb["subject"]["reference"] = "Patient/p1?x=1"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.ndjson").write_text(ndjson_lines(resources), encoding="utf-8")
+    (folder / "b.ndjson").write_text(ndjson_lines([hb]), encoding="utf-8")
+    code, result, err = _screen(folder, tmp_path / "r.json", workers)
+    assert [s["patient"] for s in result["subjects"]] == ["Patient/p1"], err
+    assert code == 0, err
+    assert result["subjects"][0]["status"] == "ineligible"  # the diagnosis and the Hb 79 g/L are its own

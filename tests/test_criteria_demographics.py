@@ -71,6 +71,41 @@ def test_age_without_a_patient_resource_is_unknown() -> None:
     assert "Patient resource not in the input" in reason(result, "age")
 
 
+@pytest.mark.parametrize(
+    ("birth", "why"),
+    [
+        ("2026-06-16", "after 2026-06-15"),  # born tomorrow
+        ("9999-12-31", "after 2026-06-15"),
+        ("2027", "after 2026-06-15"),
+        ("1875-06-16", "150 years"),  # the oldest age still taken at its word ...
+        ("1875-06-15", "not a plausible age"),  # ... and 151 on the day
+        ("0001-01-01", "not a plausible age"),
+        ("+1980", "not a date"),
+        ("19800", "not a date"),
+        ("1980-1", "not a date"),
+        ("1980-00", "not a date"),
+        ("1980-13", "not a date"),
+        ("0000", "not a date"),
+        ("-1980", "not a date"),
+        ("\uff11\uff19\uff18\uff10", "not a date"),  # full-width digits
+    ],
+)
+def test_an_impossible_or_malformed_birth_date_gives_an_unknown_age_never_a_guess(
+    birth: str, why: str
+) -> None:
+    result = screen(*_with_patient(birth))
+    # 150 is still an age to judge by (above 75: not-met); anything else here is not.
+    expected = "not-met" if why == "150 years" else "unknown"
+    assert verdict(result, "age") == expected, reason(result, "age")
+    assert why in reason(result, "age")
+
+
+def test_a_year_only_birth_date_in_the_as_of_year_is_age_zero() -> None:
+    result = screen(*_with_patient("2026"))
+    assert verdict(result, "age") == "not-met"
+    assert "0 years" in reason(result, "age")
+
+
 @pytest.mark.parametrize("birth", ["1950", "2008"])
 def test_year_only_birth_date_straddling_a_limit_is_unknown_with_both_ages(birth: str) -> None:
     # born in 1950: 75 or 76 on 2026-06-15; born in 2008: 17 or 18

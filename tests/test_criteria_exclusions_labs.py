@@ -196,6 +196,22 @@ def test_renal_without_weight_is_unknown_saying_cockcroft_gault_needs_it() -> No
     assert "Cockcroft-Gault lacks" in why and "body weight" in why
 
 
+@pytest.mark.parametrize("kg", [0, -60])
+def test_renal_cockcroft_gault_from_a_weight_of_zero_or_less_is_unknown_not_a_clearance_of_zero(
+    kg: float,
+) -> None:
+    v, why, _ = check("renal-insufficiency", weight(kg), drop=(WEIGHT,))
+    assert v == "unknown"
+    assert "Cockcroft-Gault not computable" in why and "mL/min" not in why
+
+
+@pytest.mark.parametrize("birth", ["0001-01-01", "1850-06-15"])
+def test_renal_cockcroft_gault_from_an_implausible_age_is_unknown(birth: str) -> None:
+    v, why, _ = check("renal-insufficiency", birth=birth)
+    assert v == "unknown"
+    assert "not a plausible age" in why
+
+
 def test_renal_without_creatinine_is_unknown() -> None:
     v, why, _ = check("renal-insufficiency", drop=(CREATININE,))
     assert v == "unknown"

@@ -323,6 +323,8 @@ def _cockcroft_gault(ctx: Context, spec: FactSpec, creat: Fact) -> Fact:
     if creat.comparator is not None or weight.comparator is not None or creat.value <= 0:
         return Fact(spec.name, None, reason=f"Cockcroft-Gault not computable from {creat.reason}")
     assert isinstance(weight.value, Decimal)
+    if weight.value <= 0:  # a wrong weight, not a clearance of 0 mL/min
+        return Fact(spec.name, None, reason=f"Cockcroft-Gault not computable from {weight.reason}")
     mg_dl = creat.value / Decimal(str(spec.get("umol_per_mg_dl")))
     value = (Decimal(140) - age.value) * weight.value / (Decimal(72) * mg_dl)
     if sex.value == "female":

@@ -67,6 +67,15 @@ def test_anemia_hemoglobin_below_80_g_per_l(value: float, unit: str, expected: s
     assert check("anemia", observation(HGB, value, unit, date=days_ago(1)), drop=(HGB,))[0] == expected
 
 
+def test_anemia_from_a_hemoglobin_text_with_an_ambiguous_comma_is_unknown() -> None:
+    hb = observation(HGB, 0, "g/L")
+    del hb["valueQuantity"]
+    hb["valueString"] = "1,280"
+    v, why, _ = check("anemia", hb, drop=(HGB,))
+    assert v == "unknown"
+    assert "'1,280' is not a number" in why
+
+
 def test_anemia_evidence_shows_the_converted_value_and_the_reported_one() -> None:
     v, _, ev = check("anemia", observation(HGB, 7.9, "g/dL", id="hb1"), drop=(HGB,))
     assert v == "met"

@@ -145,6 +145,17 @@ def test_real_numbers_stay_exact(value: object, expected: str) -> None:
     assert str(to_decimal(value)) == expected
 
 
+@pytest.mark.parametrize("text", ["1,280", "-1,280", "12,500", "999,999"])
+def test_a_comma_before_three_digits_is_not_read_as_a_decimal_comma(text: str) -> None:
+    # 1,280 g/L of hemoglobin read as 1.28 would be an anemia; read as 1280, none: neither is a guess to make.
+    assert to_decimal(text) is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0,125", "0.125"), ("1,2805", "1.2805"), ("12,5", "12.5")])
+def test_a_decimal_comma_that_cannot_be_a_thousands_separator_is_read(text: str, expected: str) -> None:
+    assert str(to_decimal(text)) == expected
+
+
 def test_a_misspelled_or_padded_resource_type_is_counted_or_reported(tmp_path: Path) -> None:
     from fhir_adapter.cli import main
 

@@ -171,6 +171,8 @@ def patient_of(resource: Resource) -> str | None:
 # Beyond this a number is not a lab value, a dose or a score but noise: "1e999999" must not become a
 # Decimal that a later quantize() or division cannot handle.
 _MAX_EXPONENT = 30
+# "1,280": a thousands separator (1280) or a decimal comma (1.28)? Nothing in the string says which.
+_COMMA_OR_THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2},\d{3}")
 
 
 def to_decimal(value: Any) -> Decimal | None:
@@ -178,7 +180,13 @@ def to_decimal(value: Any) -> Decimal | None:
     "Infinity", or a magnitude no measurement has."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    text = str(value).strip().replace(",", ".") if isinstance(value, str) else repr(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _COMMA_OR_THOUSANDS.fullmatch(text):
+            return None
+        text = text.replace(",", ".")
+    else:
+        text = repr(value)
     if len(text) > 64:
         return None
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhirdata import HGB, baseline, ndjson_lines, observation
+from fhirdata import HGB, baseline, ndjson_lines, observation, without
 
 from fhir_adapter.cli import main
 from fhir_adapter.facts.fhirjson import patient_of
@@ -69,7 +69,7 @@ def test_a_patient_reference_reads_the_same_on_the_fast_path_and_the_general_one
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_padded_reference_is_its_patient_not_a_second_one(tmp_path: Path, workers: int) -> None:
-    resources = baseline()
+    resources = without(baseline(), HGB)
     for r in resources:
         if r["resourceType"] == "Condition":
             r["subject"]["reference"] = "Patient/p1 "
@@ -83,3 +83,32 @@ def test_a_padded_reference_is_its_patient_not_a_second_one(tmp_path: Path, work
     assert [s["patient"] for s in result["subjects"]] == ["Patient/p1"], err
     assert code == 0, err
     assert result["subjects"][0]["status"] == "ineligible"  # the diagnosis and the Hb 79 g/L are its own
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("first", ["", '{"resourceType": "Observation", broken'])
+def test_ndjson_named_json_behind_a_blank_or_broken_first_line_costs_that_line_not_the_file(
+    tmp_path: Path, workers: int, first: str
+) -> None:
+    _two_files(tmp_path / "in", [])
+    (tmp_path / "in" / "a.ndjson").rename(tmp_path / "in" / "a.json")
+    body = (tmp_path / "in" / "a.json").read_text(encoding="utf-8")
+    (tmp_path / "in" / "a.json").write_text(first + "\n" + body, encoding="utf-8")
+    code, result, err = _screen(tmp_path / "in", tmp_path / "r.json", workers)
+    assert [s["status"] for s in result["subjects"]] == ["candidate"], err
+    errors = [(e["reason"], e.get("line")) for e in result["errors"]]
+    assert errors == ([("not valid JSON", 1)] if first else [])
+    assert code == (3 if first else 0)
+
+
+def test_a_broken_pretty_printed_bundle_is_still_one_problem_not_a_line_each(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    text = json.dumps(
+        {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in baseline()]},
+        indent=2,
+    )
+    (folder / "b.json").write_text(text[:-40], encoding="utf-8")  # cut short
+    code, result, _ = _screen(folder, tmp_path / "r.json", 1)
+    assert code == 3
+    assert [e["reason"].split(" (")[0] for e in result["errors"]] == ["not valid JSON"]

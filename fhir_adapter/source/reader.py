@@ -290,7 +290,14 @@ def _read(
                 data = first + fh.read(limits.max_document_bytes + 1 - len(first))
                 if len(data) > limits.max_document_bytes:
                     raise _TooLarge(f"larger than {limits.max_document_bytes} bytes: not read")
-                yield from _whole(name, data)
+                doc = _whole(name, data)
+                if isinstance(doc, InputProblem) and _lines_of_resources(data):
+                    # NDJSON after all, behind a blank or broken first line: it costs that line, not the file.
+                    yield from _ndjson(name, b"", io.BytesIO(data), line_filter, limits, raw, blocks)
+                elif isinstance(doc, InputProblem):
+                    yield doc
+                else:
+                    yield from resources_of(name, doc)
     except _TooLarge as exc:
         yield InputProblem(name, str(exc))
         return
@@ -305,19 +312,38 @@ def _read(
         )
 
 
-def _whole(name: str, data: bytes) -> Iterator[Item | InputProblem]:
+def _whole(name: str, data: bytes) -> Any:
+    """The document, or the problem that it is none."""
     if not data.strip():
-        yield InputProblem(name, "empty file")
-        return
+        return InputProblem(name, "empty file")
     if b"\x00" in data[:4096]:
-        yield InputProblem(name, "binary file, not FHIR JSON")
-        return
+        return InputProblem(name, "binary file, not FHIR JSON")
     try:
-        doc = orjson.loads(data)
+        return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        yield InputProblem(name, f"not valid JSON ({str(exc).split(':')[0]})")
-        return
-    yield from resources_of(name, doc)
+        return InputProblem(name, f"not valid JSON ({str(exc).split(':')[0]})")
+
+
+def _lines_of_resources(data: bytes, look_at: int = 20) -> bool:
+    """Whether a document that is not JSON has lines that are whole resources by themselves (so it is
+    NDJSON whose first line is blank or broken). A pretty-printed document's lines never are: a line
+    that is a whole object is a coding or a reference, without a resourceType."""
+    seen = 0
+    for line in data.split(b"\n", 4 * look_at)[: 4 * look_at]:
+        line = line.strip()
+        if not line:
+            continue
+        seen += 1
+        if seen > look_at:
+            return False
+        if line.startswith(b"{") and line.endswith(b"}"):
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("resourceType"), str):
+                return True
+    return False
 
 
 def _ndjson(

@@ -24,6 +24,7 @@ from typing import Any, get_args
 
 from fhir_adapter import __version__, logs
 from fhir_adapter.errors import AdapterError, ExitCode, UsageError
+from fhir_adapter.output.printable import printable
 from fhir_adapter.settings import (
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     MAX_CONCURRENCY,
@@ -814,7 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report_error(message: str) -> None:
     """On a terminal, a plain line; under cron/systemd/Kubernetes, a JSON log line like every other."""
     if sys.stderr.isatty():
-        print(f"fhir-adapter: {message}", file=sys.stderr)
+        print(printable(f"fhir-adapter: {message}"), file=sys.stderr)
     else:
         log.error("%s", message)
 

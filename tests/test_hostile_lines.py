@@ -112,3 +112,26 @@ def test_a_broken_pretty_printed_bundle_is_still_one_problem_not_a_line_each(tmp
     code, result, _ = _screen(folder, tmp_path / "r.json", 1)
     assert code == 3
     assert [e["reason"].split(" (")[0] for e in result["errors"]] == ["not valid JSON"]
+
+
+def test_control_characters_in_a_file_name_reach_the_terminal_as_escapes_not_as_controls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bad\x1b[31m\x9bred.ndjson").write_text("garbage\n", encoding="utf-8")
+    code = main(["screen", str(folder), "--as-of", "2026-06-15", "--out", str(tmp_path / "r.json")])
+    assert code == 3
+    shown = capsys.readouterr()
+    assert "\x1b" not in shown.err + shown.out and "\x9b" not in shown.err + shown.out
+    assert "bad\\x1b[31m\\x9bred.ndjson:1: not valid JSON" in shown.err + shown.out
+
+
+def test_the_text_log_format_escapes_control_characters() -> None:
+    import logging
+
+    from fhir_adapter.logs import JsonFormatter, TextFormatter
+
+    record = logging.LogRecord("x", logging.WARNING, "f", 1, "file %s", ("a\x1b]0;owned\x07",), None)
+    assert TextFormatter("%(message)s").format(record) == "file a\\x1b]0;owned\\x07"
+    assert "\\\\x1b]0;owned\\\\x07" in JsonFormatter().format(record)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fhir_adapter.model import InputProblem
+from fhir_adapter.output.printable import printable
 from fhir_adapter.output.result_file import Tally
 
 _STATUSES = ("candidate", "potential-candidate", "ineligible")
@@ -31,7 +32,7 @@ def render(tally: Tally, errors: list[InputProblem], order: list[str]) -> str:
         lines.append(f'{len(errors)} input(s) could not be read (listed under "errors" in the result):')
         for e in errors[:10]:
             where = f":{e.line}" if e.line else ""
-            lines.append(f"  {e.file}{where}: {e.reason}")
+            lines.append(printable(f"  {e.file}{where}: {e.reason}"))
         if len(errors) > 10:
             lines.append(f"  ... and {len(errors) - 10} more")
     return "\n".join(lines)

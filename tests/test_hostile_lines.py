@@ -135,3 +135,60 @@ def test_the_text_log_format_escapes_control_characters() -> None:
     record = logging.LogRecord("x", logging.WARNING, "f", 1, "file %s", ("a\x1b]0;owned\x07",), None)
     assert TextFormatter("%(message)s").format(record) == "file a\\x1b]0;owned\\x07"
     assert "\\\\x1b]0;owned\\\\x07" in JsonFormatter().format(record)
+
+
+def test_a_bundle_entry_that_lost_its_resource_is_reported_but_a_deletion_or_response_is_not(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    entries: list[dict[str, Any]] = [{"resource": r} for r in baseline()]
+    entries += [
+        {"fullUrl": "urn:uuid:1"},
+        {"resource": None},
+        {"request": {"method": "DELETE", "url": "Observation/x"}},
+        {"response": {"status": "201 Created"}},
+    ]
+    (folder / "b.json").write_text(
+        json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries})
+    )
+    code, result, _ = _screen(folder, tmp_path / "r.json", 1)
+    assert code == 3
+    assert [s["status"] for s in result["subjects"]] == ["candidate"]
+    n = len(baseline())
+    assert [e["reason"] for e in result["errors"]] == [
+        f"entry[{n}]: entry has no resource",
+        f"entry[{n + 1}]: entry has no resource",
+    ]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_resources_of_patients_the_input_does_not_hold_are_counted_not_dropped_in_silence(
+    tmp_path: Path, workers: int
+) -> None:
+    ghost = json.dumps(
+        {
+            "resourceType": "Observation",
+            "id": "g",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": "Patient/ghost"},
+        }
+    )
+    other = json.dumps(
+        {
+            "resourceType": "Condition",
+            "id": "c",
+            "code": {"text": "asthma"},
+            "subject": {"reference": "Patient/g2"},
+        }
+    )
+    listed = json.dumps({"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/p1"}})
+    _two_files(tmp_path / "in", [ghost, other, ghost.replace('"g"', '"g3"'), listed])
+    code, result, _ = _screen(tmp_path / "in", tmp_path / "r.json", workers)
+    assert code == 3
+    assert [s["patient"] for s in result["subjects"]] == ["Patient/p1"]
+    assert [e["reason"] for e in result["errors"]] == [
+        "2 patient(s) have resources but no Patient resource in the input and nothing a trial's gate "
+        "admits: not listed or screened"
+    ]

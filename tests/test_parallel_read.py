@@ -83,7 +83,8 @@ def test_a_compressed_file_or_a_json_document_is_one_piece(tmp_path: Path) -> No
 
 def _hostile(folder: Path) -> Path:
     """A generated population with what a real export also holds: broken and overlong lines, a
-    resource without a patient, a Medication twice (the last copy wins), a Bundle, a .gz file."""
+    resource without a patient, a Medication twice (copies that differ, nothing to order them: the first is
+    kept and the conflict reported), a Bundle, a .gz file."""
     write_population("a", 60, folder)
     with (folder / "Observation.ndjson").open("ab") as fh:
         fh.write(b'{"resourceType": "Observation", "subject": \n')

@@ -31,7 +31,8 @@ LOCAL = {
     "synthea-smart-r4": ("2019-04-23", 2, set()),
     "synthea-bulk-2023-10pt": ("2023-04-03", 3, set()),
     "hl7-us-core": ("2005-07-05", 1, set()),
-    "hl7-fhir-r4-examples": ("2018-03-11", 2, {"Observation-decimal.json"}),  # subject-less Observation
+    # a subject-less Observation; resources of 5 patients the examples hold no Patient for
+    "hl7-fhir-r4-examples": ("2018-03-11", 2, {"Observation-decimal.json", "(input)"}),
     "inferno-reference-server": ("2023-08-30", 3, set()),
     "carebundle": ("2026-01-31", 3, {"DEFECTS.json"}),  # a JSON list, not FHIR
 }

@@ -158,9 +158,20 @@ def test_lines_read_in_blocks_give_the_local_indexs_problems_and_line_numbers(tm
     assert read == 4 and not skipped and not seen
 
 
-def test_the_medication_read_last_wins() -> None:
-    first, last = ((0, 1, 0), b"first"), ((1, 1, 0), b"last")
-    assert partitions.later(first, last) == partitions.later(last, first) == last
+def test_of_a_medications_copies_spark_keeps_what_the_local_index_keeps() -> None:
+    def med(version: str, text: str) -> bytes:
+        body = {
+            "resourceType": "Medication",
+            "id": "m",
+            "meta": {"versionId": version},
+            "code": {"text": text},
+        }
+        return json.dumps(body).encode()
+
+    old, new, other = ((0, 1, 0), med("1", "old")), ((1, 1, 0), med("2", "new")), ((2, 0, 0), med("", "x"))
+    # Whatever order Spark hands them over in: the newer wins, and with nothing to order them, the first read.
+    assert partitions.kept_copy([new, old]) == partitions.kept_copy([old, new]) == new
+    assert partitions.kept_copy([other, old]) == partitions.kept_copy([old, other]) == old
 
 
 def _parts(folder: Path, subjects: list[dict[str, object]], summary: dict[str, object]) -> None:

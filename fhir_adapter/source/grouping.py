@@ -1,9 +1,9 @@
 """One patient's resources as spooled JSON rows -> the ``PatientRecord`` every engine screens.
 
 A pure function, so the file source, its worker processes and the Spark engine build the same record from
-the same rows: Patient apart, the rest grouped by type in input order, the first occurrence of a repeated
-``Type/id`` kept (the same resource in a Bundle and in NDJSON), and the Medications the medication
-resources reference looked up by reference.
+the same rows: Patient apart, the rest grouped by type in input order, one copy of a repeated ``Type/id``
+(the same resource in a Bundle and in NDJSON: the newer, else the first; :mod:`.copies`), and the
+Medications the medication resources reference looked up by reference.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import orjson
 
 from fhir_adapter.facts.fhirjson import ref_id
 from fhir_adapter.model import InputProblem, PatientRecord, Resource
+from fhir_adapter.source.copies import UNORDERED, choose
 
 MED_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
 
@@ -54,7 +55,7 @@ def record_from_rows(
 ) -> tuple[PatientRecord, list[InputProblem]]:
     """The patient's record, and the problems of rows that turn out not to be JSON objects."""
     grouped: dict[str, list[Resource]] = {}
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], int] = {}  # Type/id -> its place in grouped[Type]
     problems: list[InputProblem] = []
     for row in rows:
         try:
@@ -69,10 +70,18 @@ def record_from_rows(
             continue
         rid = resource.get("id")
         key = (row.rtype, rid if isinstance(rid, str) else "")
-        if key[1] and key in seen:
+        kept = grouped.setdefault(row.rtype, [])
+        at = seen.get(key) if key[1] else None
+        if at is None:
+            seen[key] = len(kept)
+            kept.append(resource)
             continue
-        seen.add(key)
-        grouped.setdefault(row.rtype, []).append(resource)
+        choice = choose(kept[at], resource)
+        if choice == "second":
+            kept[at] = resource  # in the place of the first: the record's order is the reading order
+        elif choice == "unordered":
+            ref = f"{row.rtype}/{key[1]}"
+            problems.append(InputProblem(row.file, f"{ref}: {UNORDERED}", line=row.line, resource=ref))
     patients = grouped.pop("Patient", [])
     record = PatientRecord(
         patient_id=patient_id,

@@ -59,7 +59,10 @@ class Intake:
         # Resources of a type no criterion reads, by type: a misspelled resourceType shows up here.
         self.skipped: Counter[str] = Counter()
         self.patients: list[tuple[str]] = []
-        self.medications: list[tuple[str, bytes]] = []  # in reading order: the last copy wins
+        self.medications: list[tuple[str, bytes]] = []  # in reading order (copies: source.copies)
+        # Patients whose resources were dropped (not candidates): the index finds those of them the
+        # input has no Patient for, who would otherwise vanish without a trace.
+        self.others: set[str] = set()
         # Types whose resources pass 2 keeps or drops by their patient alone (take() sees the others).
         self._plain = (types or frozenset()) - {"Patient", "Medication", "Bundle"}
 
@@ -82,7 +85,7 @@ class Intake:
         line length of the benchmark exports: docs/NOTES.md.) The loop runs once per line of the
         export: it is kept lean."""
         name, route, loads = block.file, self._route, orjson.loads
-        candidates, plain, keep = self.candidates, self._plain, self.keep
+        candidates, plain, keep, others = self.candidates, self._plain, self.keep, self.others
         for lineno, data in enumerate(block.lines, block.first + self.line_offset):
             try:
                 doc = loads(data)
@@ -104,6 +107,8 @@ class Intake:
                     self.read += 1
                     if candidates is None or pid in candidates:
                         keep(pid, Row(rtype, data, name, lineno))
+                    else:
+                        others.add(pid)
                     continue
             if isinstance(rtype, str) and rtype and rtype != "Bundle":
                 route(Item(doc, name, lineno), data)
@@ -132,3 +137,5 @@ class Intake:
                 self.patients.append((key,))
             if value is not None:
                 self.keep(key, value)
+            elif kind == "resource":
+                self.others.add(key)

@@ -49,6 +49,7 @@ class Taken:
     patients: list[tuple[str]]
     medications: list[tuple[str, bytes]]
     part: str  # the part file the kept rows were written to ("" for none: none kept, or kept here)
+    others: set[str]  # patients whose resources were dropped (Intake.others)
 
 
 def available_cores() -> int:
@@ -92,7 +93,9 @@ def _take_piece(job: tuple[Piece, int, int]) -> Taken:
         db, path = _part()
         db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?, ?)", rows)
         db.commit()  # the process may be ended at any point once the piece is answered
-    return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, path)
+    return Taken(
+        intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, path, intake.others
+    )
 
 
 def _part() -> tuple[sqlite3.Connection, str]:

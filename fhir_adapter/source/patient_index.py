@@ -29,6 +29,7 @@ from pathlib import Path
 from fhir_adapter.model import InputProblem, PatientRecord
 from fhir_adapter.screening import Gate
 from fhir_adapter.settings import ReadLimits
+from fhir_adapter.source.copies import UNORDERED, choose_bodies
 from fhir_adapter.source.grouping import RawRecord, Row, build
 from fhir_adapter.source.intake import GateTally, Intake
 from fhir_adapter.source.parallel_read import Taken, available_cores, gate_pieces, take_pieces
@@ -129,12 +130,16 @@ class PatientIndex:
             CREATE TABLE candidate (pid TEXT PRIMARY KEY);
             CREATE TABLE counts (pid TEXT, rtype TEXT, n INTEGER, PRIMARY KEY (pid, rtype));
             CREATE TABLE part (path TEXT PRIMARY KEY);
+            CREATE TABLE other (pid TEXT PRIMARY KEY);
             """
         )
         self.gate = gate if gate is not None else Gate(everyone=True)
         self.types = types
         self.limits = limits or ReadLimits()
         self.problems: list[InputProblem] = []
+        # Medications' conflicting copies, after the reading problems: one process merges them as it
+        # reads, several after each piece, and the list must not depend on which.
+        self._conflicts: list[InputProblem] = []
         self.resources_read = 0
         # Resources of a type no criterion reads, by type: a misspelled resourceType shows up here.
         self.skipped_types: Counter[str] = Counter()
@@ -161,6 +166,8 @@ class PatientIndex:
         else:
             self._build_here(paths)
         self._flush()
+        self.problems += self._conflicts
+        self._report_unlisted()
         if self.gate.everyone:
             self.db.execute("INSERT OR IGNORE INTO candidate SELECT pid FROM patient")
             if self._memory is not None:
@@ -191,6 +198,7 @@ class PatientIndex:
         )
         self._take_tallies(intake.problems, intake.read, intake.skipped)
         self._merge(intake.patients, intake.medications)
+        self._note_others(intake.others)
 
     def _build_parallel(self, planned: list[Piece | InputProblem]) -> None:
         """Both passes over pieces read by ``readers_used`` processes, merged in reading order. Pass 1
@@ -230,6 +238,7 @@ class PatientIndex:
             part = next(taken)
             self._take_tallies(part.problems, part.read, part.skipped)
             self._merge(part.patients, part.medications)
+            self._note_others(part.others)
             if part.part:
                 parts.add(part.part)
         if parts:
@@ -247,7 +256,15 @@ class PatientIndex:
         intake = self._drain(
             Intake(self.types, candidates, self._spool, before), piece_blocks(piece, self.limits)
         )
-        return Taken(intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, "")
+        return Taken(
+            intake.problems,
+            intake.read,
+            intake.skipped,
+            intake.patients,
+            intake.medications,
+            "",
+            intake.others,
+        )
 
     def _drain(self, intake: Intake, items: Iterable[Item | LineBlock | InputProblem]) -> Intake:
         """Pass 2 here: ``items`` through ``intake``, rows spooled as they come, Patients and
@@ -256,6 +273,8 @@ class PatientIndex:
             intake.add(item)
             if len(intake.patients) >= 2000 or len(intake.medications) >= 2000:
                 self._merge(intake.patients, intake.medications)
+            if len(intake.others) >= _FLUSH_EVERY:
+                self._note_others(intake.others)
         return intake
 
     def _take_tallies(self, problems: list[InputProblem], read: int, skipped: Counter[str]) -> None:
@@ -268,9 +287,42 @@ class PatientIndex:
 
     def _merge(self, patients: list[tuple[str]], medications: list[tuple[str, bytes]]) -> None:
         self.db.executemany("INSERT OR IGNORE INTO patient VALUES (?)", patients)
-        self.db.executemany("INSERT OR REPLACE INTO med VALUES (?, ?)", medications)
+        for key, body in medications:  # few: a Medication is shared by many patients' orders
+            self._medication(key, body)
         patients.clear()
         medications.clear()
+
+    def _note_others(self, others: set[str]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO other VALUES (?)", ((p,) for p in others))
+        others.clear()
+
+    def _report_unlisted(self) -> None:
+        """Patients with resources but neither a Patient resource nor a candidate's: not listed, since the
+        input does not hold them, but counted, so that what was dropped leaves a trace."""
+        unlisted = self.db.execute(
+            "SELECT COUNT(*) FROM other WHERE pid NOT IN (SELECT pid FROM patient) "
+            "AND pid NOT IN (SELECT pid FROM candidate)"
+        ).fetchone()[0]
+        if unlisted:
+            self.problems.append(
+                InputProblem(
+                    "(input)",
+                    f"{unlisted} patient(s) have resources but no Patient resource in the input and nothing a "
+                    "trial's gate admits: not listed or screened",
+                )
+            )
+
+    def _medication(self, key: str, body: bytes) -> None:
+        """A Medication's copy, in reading order: kept unless an earlier copy is newer or the same."""
+        found = self.db.execute("SELECT body FROM med WHERE key = ?", (key,)).fetchone()
+        if found is None:
+            self.db.execute("INSERT INTO med VALUES (?, ?)", (key, body))
+            return
+        choice = choose_bodies(bytes(found[0]), body)
+        if choice == "second":
+            self.db.execute("UPDATE med SET body = ? WHERE key = ?", (body, key))
+        elif choice == "unordered":
+            self._conflicts.append(InputProblem("Medication resources", f"{key}: {UNORDERED}", resource=key))
 
     def _spool(self, pid: str, row: Row) -> None:
         if self._memory is not None:

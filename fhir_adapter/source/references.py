@@ -26,8 +26,11 @@ def localise_bundle(entries: list[Any]) -> list[Resource | InputProblem | None]:
             out.append(InputProblem("", "entry is not an object"))
             continue
         resource = entry.get("resource")
-        if resource is None:  # a batch-response entry with only a response, or a deletion
-            out.append(None)
+        if resource is None:
+            # A batch or transaction response, or a history entry's deletion, need none; any other
+            # entry without one has lost it, which the run must say.
+            lost = "response" not in entry and "request" not in entry
+            out.append(InputProblem("", "entry has no resource") if lost else None)
             continue
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             out.append(InputProblem("", "entry.resource has no resourceType"))

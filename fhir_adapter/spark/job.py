@@ -139,7 +139,12 @@ def run_job(spark: Any, plan: InputPlan, screener: Screener, parts_uris: Sequenc
         log.info("pass 2: %d resource(s) read (%.1f s)", resources_read, time.monotonic() - started)
 
         res = out.filter(lambda o: o[0] == "res").map(lambda o: (o[1], (o[2], o[3])))
-        meds = out.filter(lambda o: o[0] == "med").map(lambda o: (o[1], (o[2], o[3]))).reduceByKey(part.later)
+        meds = (
+            out.filter(lambda o: o[0] == "med")
+            .map(lambda o: (o[1], (o[2], o[3])))
+            .groupByKey()
+            .mapValues(part.kept_copy)
+        )
         wanted_meds = out.filter(lambda o: o[0] == "medref").map(lambda o: (o[1], o[2])).distinct()
         pid_meds = wanted_meds.join(meds).map(lambda kv: (kv[1][0], (kv[0], kv[1][1][1])))
         evaluated = res.cogroup(pid_meds).map(

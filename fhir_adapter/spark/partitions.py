@@ -26,6 +26,7 @@ from fhir_adapter.model import InputProblem
 from fhir_adapter.output.result_file import Tally
 from fhir_adapter.screening import Gate, Screener
 from fhir_adapter.settings import ReadLimits
+from fhir_adapter.source.copies import choose_bodies
 from fhir_adapter.source.grouping import MED_TYPES, RawRecord, Row, medication_keys
 from fhir_adapter.source.reader import Item, Line, LineFilter, parse_line, read_bytes
 from fhir_adapter.source.routing import gate_hits, take
@@ -186,9 +187,15 @@ def read_whole(
     yield from run.totals()
 
 
-def later(a: tuple[Position, bytes], b: tuple[Position, bytes]) -> tuple[Position, bytes]:
-    """Of two copies of one Medication, the one read last wins (as locally: INSERT OR REPLACE)."""
-    return a if a[0] > b[0] else b
+def kept_copy(copies: Iterable[tuple[Position, bytes]]) -> tuple[Position, bytes]:
+    """Of the copies of one Medication, the one the local index keeps: taken in reading order, a later
+    copy replaces the kept one only when it is newer (:mod:`fhir_adapter.source.copies`)."""
+    ordered = sorted(copies, key=lambda c: c[0])
+    kept = ordered[0]
+    for copy in ordered[1:]:
+        if choose_bodies(kept[1], copy[1]) == "second":
+            kept = copy
+    return kept
 
 
 def line_counts(blocks: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:

@@ -239,7 +239,7 @@ def _break(folder: Path) -> None:
     dup = for_patient(baseline(), "zz-dup")
     write(extra / "dup" / "a.json", bundle(dup, refs="relative"))
     write(extra / "dup" / "b.ndjson", ndjson_lines(dup))
-    # A bulk Medication file a MedicationRequest references, read twice: the last copy wins.
+    # A bulk Medication file a MedicationRequest references, read twice: the newer copy wins.
     med = medication("pred5", "Prednisone oral tablet", strength_mg=5)
     order = med_request(
         dose=6,
@@ -248,8 +248,11 @@ def _break(folder: Path) -> None:
         id="zz-med-rx",
         medication={"medicationReference": {"reference": "Medication/pred5"}},
     )
-    write(extra / "med" / "Medication.000.ndjson", ndjson_lines([dict(med, code={"text": "old"})]))
-    write(extra / "med" / "Medication.001.ndjson", ndjson_lines([med]))
+    write(
+        extra / "med" / "Medication.000.ndjson",
+        ndjson_lines([dict(med, code={"text": "old"}, meta={"versionId": "1"})]),
+    )
+    write(extra / "med" / "Medication.001.ndjson", ndjson_lines([dict(med, meta={"versionId": "2"})]))
     write(extra / "med" / "Patient.ndjson", ndjson_lines([*for_patient(baseline(), "zz-med"), order]))
     # A resource of a type no criterion reads, without a patient: skipped without a problem, as locally.
     write(extra / "other.ndjson", json.dumps({"resourceType": "Basic", "id": "b1"}) + "\n")

@@ -144,6 +144,10 @@ class BulkSettings:
     export_timeout: float = 2 * 3600.0
     downloads: int = 3  # files fetched at once
     download_attempts: int = 5  # per file, each resuming where the last one broke
+    # A file download in which no 64 KiB arrive for this long is cut off (and resumed by the next
+    # attempt): a large file takes what it takes, a trickling server cannot hold the run.
+    stall_seconds: float = 60.0
+    max_compression_ratio: int = 200  # a Content-Encoding body that grows more than this is a bomb
     patients_per_job: int = 1000  # second pass of the two-pass plan: `patient=` references per kick-off
     two_pass: bool = True  # gate's Conditions first (_typeFilter), then the candidates' data
 

@@ -9,8 +9,10 @@ origins (a FHIR server and a storage host).
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +54,9 @@ class FileSpec:
         default_factory=list
     )  # per attempt: a status to answer instead (429, 503, 404)
     redirect_to: str | None = None
+    # per attempt: bytes sent at once, then one byte every 0.2 s until the client hangs up (a trickle)
+    trickle_after: list[int] = field(default_factory=list)
+    gzip: bool = False  # sent with Content-Encoding: gzip
 
 
 class FakeBulk:
@@ -230,9 +235,24 @@ class FakeBulk:
                 else:
                     part = body
                     self.send_response(200)
+                if spec.gzip:
+                    part = gzip.compress(part)
+                    self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Type", "application/fhir+ndjson")
                 self.send_header("Content-Length", str(len(part)))
                 self.end_headers()
+                if spec.trickle_after:
+                    sent = spec.trickle_after.pop(0)
+                    self.wfile.write(part[:sent])
+                    self.close_connection = True
+                    for at in range(sent, min(len(part), sent + 300)):
+                        try:
+                            self.wfile.write(part[at : at + 1])
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                        time.sleep(0.2)
+                    return
                 if spec.cut_after:
                     cut = spec.cut_after.pop(0)
                     self.wfile.write(part[:cut])

@@ -50,13 +50,18 @@ _OAUTH_ERROR_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 Algorithm = Literal["RS384", "ES384"]
 
 
+def _is_token(text: str) -> bool:
+    """A credential that can go into an ``Authorization`` header as it is: visible ASCII, no space."""
+    return bool(text) and text.isascii() and text.isprintable() and not any(c.isspace() for c in text)
+
+
 class BearerTokenAuth(requests.auth.AuthBase):
     """A fixed bearer token (e.g. a long-lived API token issued by the site)."""
 
     def __init__(self, token: str) -> None:
         token = token.strip()
-        if not token or any(c.isspace() for c in token):
-            raise ConfigError("bearer token: must be a single non-empty word")
+        if not _is_token(token):
+            raise ConfigError("bearer token: must be a single non-empty word of visible ASCII characters")
         self._token = token
 
     @classmethod
@@ -205,9 +210,22 @@ class SmartBackendAuth(requests.auth.AuthBase):
             raise AuthError(
                 f"token endpoint {self.token_url} returned no access_token", resp.status_code, self.token_url
             )
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        if not _is_token(token):
+            # It goes into a header line: a newline would end the header, non-ASCII cannot be sent.
             raise AuthError(
-                f"token endpoint {self.token_url} returned token_type {token_type!r}, expected 'bearer'",
+                f"token endpoint {self.token_url} returned an access_token that is not a single word of "
+                "visible ASCII characters",
+                resp.status_code,
+                self.token_url,
+            )
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            shown = (
+                repr(token_type)
+                if isinstance(token_type, str) and _is_token(token_type[:20])
+                else "(not a word)"
+            )
+            raise AuthError(
+                f"token endpoint {self.token_url} returned token_type {shown}, expected 'bearer'",
                 resp.status_code,
                 self.token_url,
             )

@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ MAX_GET_QUERY: Final = 1800
 # Status codes of a poll the loop handles itself: gone, busy, and gateway trouble.
 _GONE: Final = frozenset({404, 410})
 _BUSY: Final = frozenset({429, 500, 502, 503, 504})
-_PROGRESS_CHARS: Final = 80
+_PROGRESS_CHARS: Final = 200  # of an X-Progress header, searched for its figure
+_PROGRESS_FIGURE: Final = re.compile(r"\b\d{1,3}(?:\.\d{1,2})?\s?%|\b\d{1,9}\s?/\s?\d{1,9}\b", re.ASCII)
 
 
 class JobGone(ServerError):
@@ -368,11 +370,12 @@ def retry_after(resp: requests.Response) -> float | None:
 
 
 def _progress(value: str | None) -> str:
+    """The figure an ``X-Progress`` header gives ("50%", "3/8"), or "": the rest is server free text,
+    which may name anything, a patient included, and logs carry none (docs/security.md)."""
     if not value:
         return ""
-    text = "".join(c for c in value if c.isprintable())
-    text = " ".join(text.split())
-    return text if len(text) <= _PROGRESS_CHARS else text[: _PROGRESS_CHARS - 1] + "…"
+    found = _PROGRESS_FIGURE.search(value[:_PROGRESS_CHARS])
+    return " ".join(found.group(0).split()) if found else ""
 
 
 def _is_outcome(body: object) -> bool:

@@ -32,6 +32,7 @@ import requests
 from fhir_adapter.client.bulk import Manifest, ManifestFile, retry_after
 from fhir_adapter.client.http import FhirClient
 from fhir_adapter.client.retry import TRANSPORT_ERRORS, backoff, describe_transport_error
+from fhir_adapter.client.transport import DeadlinePassed, Stalled, paced_chunks
 from fhir_adapter.client.urls import no_query, origin_of
 from fhir_adapter.errors import ConfigError, ServerError
 from fhir_adapter.output.private import open_private, private_dir
@@ -68,6 +69,9 @@ class Downloaded:
     path: Path
     lines: int
     resumed: bool = False  # found complete from an earlier attempt or run
+    # Its lines are not the manifest's count, even fetched twice: kept and read (what the server has),
+    # and reported with this reason.
+    miscount: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +81,6 @@ class FileFailure:
     url: str  # without its query (signed URLs carry credentials there)
     reason: str
     gone: bool = False  # 404/410: the server no longer has it (expired)
-    path: Path | None = None  # the file, when it was written but is not what the manifest says
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,13 +211,8 @@ class Downloader:
                     )
                     item.path.unlink()
                     continue
-                return FileFailure(
-                    item.kind,
-                    item.type,
-                    no_query(item.url),
-                    f"{lines} line(s) downloaded, the manifest says {item.count}",
-                    path=item.path,
-                )
+                miscount = f"{lines} line(s) downloaded, the manifest says {item.count}"
+                return Downloaded(item.kind, item.type, item.path, lines, miscount=miscount)
             return Downloaded(item.kind, item.type, item.path, lines)
         return FileFailure(
             item.kind, item.type, no_query(item.url), f"gave up after {attempts} attempt(s): {last}"
@@ -249,6 +247,8 @@ class Downloader:
                 )
             except TRANSPORT_ERRORS as exc:
                 return describe_transport_error(exc)
+            except DeadlinePassed:
+                return "no answer within the request deadline"
             except ServerError as exc:
                 return FileFailure(item.kind, item.type, no_query(url), str(exc))
             with contextlib.closing(resp):
@@ -262,10 +262,10 @@ class Downloader:
                     url = urljoin(url, location)
                     continue
                 if status == 206 and offset and _range_start(resp) == offset:
-                    return self._write(resp, part, append=True)
+                    return self._write(item, resp, part, append=True)
                 if status in (200, 206):
                     return self._write(
-                        resp, part, append=False
+                        item, resp, part, append=False
                     )  # a 206 from elsewhere than asked: start over
                 if status == 416:
                     part.unlink(missing_ok=True)
@@ -278,15 +278,33 @@ class Downloader:
                 return FileFailure(item.kind, item.type, no_query(item.url), reason, gone=gone)
         return FileFailure(item.kind, item.type, no_query(item.url), f"more than {MAX_REDIRECTS} redirects")
 
-    def _write(self, resp: requests.Response, part: Path, *, append: bool) -> str | None:
+    def _write(
+        self, item: Planned, resp: requests.Response, part: Path, *, append: bool
+    ) -> FileFailure | str | None:
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
         fd = open_private(part, flags)
+        stall = self.settings.stall_seconds
+        ratio = self.settings.max_compression_ratio
+        written = 0
         try:
             with os.fdopen(fd, "ab" if append else "wb") as fh:
-                for chunk in resp.iter_content(CHUNK):
+                for chunk in paced_chunks(resp, stall):
                     fh.write(chunk)
-        except requests.exceptions.RequestException as exc:
+                    written += len(chunk)
+                    # Content-Encoding: what the wire carried, against what it became.
+                    if written > _BOMB_FROM and written > ratio * max(_wire_bytes(resp), 1):
+                        part.unlink(missing_ok=True)
+                        return FileFailure(
+                            item.kind,
+                            item.type,
+                            no_query(item.url),
+                            f"decompresses to more than {ratio} times what was sent (max_compression_ratio): "
+                            "not kept",
+                        )
+        except Stalled:
             # The part keeps what arrived; the next attempt resumes from there.
+            return f"less than 64 KiB arrived in {stall:g} s: the download stalled"
+        except requests.exceptions.RequestException as exc:
             return describe_transport_error(exc)
         return None
 
@@ -295,6 +313,18 @@ class Downloader:
         if asked is not None:
             return min(max(asked, 0.0), cap)
         return backoff(retries, 0.5, cap, self._rng)
+
+
+# A body smaller than this is never a bomb, whatever its ratio (a few highly repetitive lines).
+_BOMB_FROM = 16 * 1024 * 1024
+
+
+def _wire_bytes(resp: requests.Response) -> int:
+    """Bytes read from the connection so far (before decoding)."""
+    try:
+        return int(resp.raw.tell())
+    except (AttributeError, TypeError, ValueError):
+        return 0
 
 
 def count_lines(path: Path) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from fhir_adapter.client.bulk import BulkClient, ExportFailed, ExportRequest, JobGone, Manifest, PollStats
-from fhir_adapter.client.bulk_download import Downloader, Downloads, FileFailure, clear_own_files
+from fhir_adapter.client.bulk_download import Downloaded, Downloader, Downloads, FileFailure, clear_own_files
 from fhir_adapter.client.bulk_files import deleted_refs, error_problems
 from fhir_adapter.client.urls import no_query
 from fhir_adapter.model import InputProblem
@@ -212,7 +212,11 @@ def run_export(
             state, restarted = None, True
             continue
         break
-    problems = [*_failure_problems(downloads.failures, label), *error_problems(downloads.of("error"), label)]
+    problems = [
+        *_failure_problems(downloads.failures, label),
+        *_miscount_problems(downloads.files, label),
+        *error_problems(downloads.of("error"), label),
+    ]
     deleted = deleted_refs(downloads.of("deleted"))
     if not downloads.failures:
         bulk.delete(state.status_url)
@@ -240,6 +244,14 @@ def _failure_problems(failures: tuple[FileFailure, ...], label: str) -> list[Inp
     return [
         InputProblem(f"{label} {f.kind} file ({f.type}) {no_query(f.url)}", f"download failed: {f.reason}")
         for f in failures
+    ]
+
+
+def _miscount_problems(files: tuple[Downloaded, ...], label: str) -> list[InputProblem]:
+    return [
+        InputProblem(f"{label} {f.kind} file ({f.type})", f"{f.miscount}: its lines are read as they are")
+        for f in files
+        if f.miscount
     ]
 
 

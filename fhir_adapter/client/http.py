@@ -53,12 +53,13 @@ from fhir_adapter.client.retry import (
     http_date,
     retry_after_seconds,
 )
-from fhir_adapter.client.transport import BodyTooLarge, DeadlinePassed, exchange, watched_session
+from fhir_adapter.client.transport import BodyTooLarge, DeadlinePassed, Watch, exchange, watched_session
 from fhir_adapter.client.urls import (
     LOOPBACK,
     check_id,
     check_server_url,
     check_type,
+    fhir_version_of,
     no_query,
     no_query_path,
     normalise_base,
@@ -287,8 +288,8 @@ class FhirClient:
 
     def fhir_version(self) -> str:
         """``CapabilityStatement.fhirVersion``, e.g. ``"4.0.1"`` or ``"5.0.0"``."""
-        version = self.capabilities().get("fhirVersion")
-        if not isinstance(version, str) or not version:
+        version = fhir_version_of(self.capabilities().get("fhirVersion"))
+        if not version:
             raise ServerError("the CapabilityStatement has no fhirVersion", url=self.base_url + "metadata")
         return version
 
@@ -476,21 +477,31 @@ class FhirClient:
         renewed = False
         while True:
             sent_at = self._monotonic()
-            try:
-                resp = (session or self._session).get(
-                    url,
-                    headers=send_headers,
-                    auth=self._auth if send_auth else None,
-                    timeout=self._timeout,
-                    verify=self._verify,
-                    allow_redirects=False,
-                    stream=True,
-                )
-            except requests.exceptions.SSLError:
-                raise ServerUnreachable(
-                    "TLS error on a file download: check the certificate and the verify setting",
-                    url=no_query(url),
-                ) from None
+            # The deadline bounds the exchange up to the headers; the body's pace is the caller's
+            # (``transport.paced_chunks``): a file may rightly take longer than any one deadline.
+            with Watch(self._deadline) as watch:
+                try:
+                    resp = (session or self._session).get(
+                        url,
+                        headers=send_headers,
+                        auth=self._auth if send_auth else None,
+                        timeout=self._timeout,
+                        verify=self._verify,
+                        allow_redirects=False,
+                        stream=True,
+                    )
+                except requests.exceptions.SSLError:
+                    raise ServerUnreachable(
+                        "TLS error on a file download: check the certificate and the verify setting",
+                        url=no_query(url),
+                    ) from None
+                except requests.exceptions.RequestException:
+                    if watch.fired:
+                        raise DeadlinePassed() from None
+                    raise
+                if watch.fired:
+                    resp.close()
+                    raise DeadlinePassed()
             logger.info(
                 "GET %s -> %d (%.0f ms, streamed)",
                 self._display(url),

@@ -25,7 +25,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -298,6 +298,33 @@ def read_body(resp: requests.Response, max_bytes: int, watch: Watch) -> bytes:
     # What the rest of requests (resp.content, resp.json()) reads.
     resp._content = body
     return body
+
+
+class Stalled(Exception):
+    """A streamed body's next chunk did not arrive in time."""
+
+
+def paced_chunks(resp: requests.Response, seconds: float) -> Iterator[bytes]:
+    """A streamed body's chunks (decoded), each of which must arrive within ``seconds``: a file of any
+    size may take as long as it needs, a server that trickles it cannot hold the run (the watchdog cuts
+    the connection and :class:`Stalled` is raised)."""
+    connection = getattr(resp.raw, "connection", None)
+    chunks = resp.iter_content(CHUNK)
+    while True:
+        with Watch(seconds) as watch:
+            if connection is not None:
+                watch.attach(connection)
+            try:
+                chunk = next(chunks, None)
+            except requests.exceptions.RequestException:
+                if watch.fired:
+                    raise Stalled() from None
+                raise
+            if watch.fired:
+                raise Stalled()
+        if chunk is None:
+            return
+        yield chunk
 
 
 def exchange(

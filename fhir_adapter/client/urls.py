@@ -147,6 +147,20 @@ def check_type(resource_type: str) -> str:
     return resource_type
 
 
+_VERSION_RE: Final = re.compile(r"\d{1,3}\.\d{1,3}(?:\.\d{1,3})?(?:-[A-Za-z0-9.]{1,20})?")
+
+
+def fhir_version_of(value: object) -> str:
+    """A CapabilityStatement's ``fhirVersion`` when it is one ("4.0.1", "5.0.0-ballot"), else "": it is
+    shown on reports and terminals, and a server may put any text there."""
+    return value if isinstance(value, str) and _VERSION_RE.fullmatch(value) else ""
+
+
+def is_valid_id(resource_id: str) -> bool:
+    """The FHIR id grammar: what may go into a URL path as it is."""
+    return bool(_ID_RE.fullmatch(resource_id)) and resource_id not in (".", "..")
+
+
 def check_id(resource_id: str) -> str:
     # Ids go into the URL path; the FHIR id grammar also rules out "/" and ".." tricks.
     if not _ID_RE.fullmatch(resource_id) or resource_id in (".", ".."):

@@ -28,6 +28,7 @@ from typing import Literal
 
 from fhir_adapter import logs
 from fhir_adapter.client.http import FhirClient
+from fhir_adapter.client.urls import is_valid_id
 from fhir_adapter.errors import (
     AuthError,
     OperationNotSupported,
@@ -186,6 +187,11 @@ class ServerSource:
         """One candidate's record, or why there is none; raises only what dooms every patient."""
         where = self.client.base_url
         before = self.client.thread_request_count
+        if not is_valid_id(pid):
+            # From a search, a Group or a change feed: server text, maybe a name; never repeated.
+            return InputProblem(
+                where, "a patient reference from the server is not a valid FHIR id (not shown): not fetched"
+            )
         patient = f"Patient/{pid}"
         try:
             fetched = self._fetch(pid)

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fhir_adapter.client.urls import fhir_version_of
 from fhir_adapter.errors import UsageError
 
 # fhir_adapter.client.bulk.Level (settings.py imports this module, and client.bulk imports settings)
@@ -122,7 +123,7 @@ def read_capabilities(statement: Mapping[str, Any]) -> Capabilities:
     instantiates = statement.get("instantiates")
     version = statement.get("fhirVersion")
     return Capabilities(
-        fhir_version=version if isinstance(version, str) else "",
+        fhir_version=fhir_version_of(version),
         types=types,
         system_operations=frozenset(system_ops),
         system_interactions=frozenset(system_interactions),

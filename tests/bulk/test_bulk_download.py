@@ -138,6 +138,46 @@ def test_a_gone_file_is_marked_gone(server: FakeBulk, tmp_path: Path) -> None:
     assert result.failures[0].gone
 
 
+def test_a_trickling_file_is_cut_off_and_resumed_not_waited_on(server: FakeBulk, tmp_path: Path) -> None:
+    # 100 kB at once, then one byte every 0.2 s (the rest would take hours at that pace).
+    server.files["a"] = FileSpec(BIG, ranges=True, trickle_after=[100_000])
+
+    result = downloader(server, stall_seconds=0.5).download(
+        manifest(ManifestFile("Patient", server.file_url("a"), 6000)), tmp_path
+    )
+
+    assert not result.failures
+    assert result.files[0].path.read_bytes() == BIG
+    ranges = [s.headers.get("range") for s in server.requests_to("/files/")]
+    # The second attempt resumed after the whole chunks the first one wrote.
+    assert ranges == [None, "bytes=65536-"]
+
+
+def test_a_file_that_trickles_on_every_attempt_fails_in_bounded_time(
+    server: FakeBulk, tmp_path: Path
+) -> None:
+    server.files["a"] = FileSpec(BIG, ranges=True, trickle_after=[10, 10, 10])
+
+    result = downloader(server, stall_seconds=0.3, download_attempts=3).download(
+        manifest(ManifestFile("Patient", server.file_url("a"), 6000)), tmp_path
+    )
+
+    (failure,) = result.failures
+    assert "3 attempt" in failure.reason and "stalled" in failure.reason
+    assert len(server.requests_to("/files/")) == 3
+
+
+def test_a_content_encoding_bomb_is_refused_not_written_out(server: FakeBulk, tmp_path: Path) -> None:
+    line = b'{"resourceType":"Patient","id":"p"}\n'
+    server.files["a"] = FileSpec(line * (20 * 1024 * 1024 // len(line)), gzip=True)  # 20 MB, ~50 kB sent
+
+    result = downloader(server).download(manifest(ManifestFile("Patient", server.file_url("a"))), tmp_path)
+
+    (failure,) = result.failures
+    assert "decompresses to more than 200 times" in failure.reason
+    assert not list(tmp_path.rglob("*.ndjson*"))  # neither the file nor its part is left
+
+
 def test_a_line_count_short_of_the_manifest_is_fetched_again_then_reported(
     server: FakeBulk, tmp_path: Path
 ) -> None:
@@ -148,9 +188,10 @@ def test_a_line_count_short_of_the_manifest_is_fetched_again_then_reported(
     )
 
     assert len(server.requests_to("/files/")) == 2
-    failure = result.failures[0]
-    assert "50 line(s) downloaded, the manifest says 51" in failure.reason
-    assert failure.path is not None and failure.path.exists()  # kept: its lines can still be read
+    assert not result.failures  # not missing: what the server has, and read as such
+    (kept,) = result.files
+    assert kept.miscount == "50 line(s) downloaded, the manifest says 51"
+    assert kept.path.exists() and kept.lines == 50
 
 
 def test_a_complete_file_from_an_earlier_run_is_not_fetched_again(server: FakeBulk, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def export(
 
 
 def test_an_export_kicks_off_polls_downloads_and_deletes_the_job(fake: FakeBulk, tmp_path: Path) -> None:
-    fake.script = [(202, {"X-Progress": "queued", "Retry-After": "120"}, None)]
+    fake.script = [(202, {"X-Progress": "queued: 0/2 files", "Retry-After": "120"}, None)]
 
     result = export(fake, tmp_path)
 
@@ -57,7 +57,7 @@ def test_an_export_kicks_off_polls_downloads_and_deletes_the_job(fake: FakeBulk,
     assert result.output_paths() == [tmp_path / "out" / "Patient.001.ndjson"]
     assert result.transaction_time == dt.datetime(2026, 6, 1, 10, 0, 0, 123000, tzinfo=dt.UTC)
     assert fake.deleted_jobs == ["job1"]
-    assert result.progress == ("queued",)
+    assert result.progress == ("0/2",)  # the figure, not the server's words
     assert not list((tmp_path / "state").glob("bulk-job-*.json"))  # done: nothing to resume
 
 

@@ -243,16 +243,29 @@ def test_poll_backs_off_exponentially_without_retry_after(
     assert clock.sleeps == [1, 2, 4, 6, 6]
 
 
-def test_poll_logs_x_progress_at_info_without_control_characters(
-    mocked: responses.RequestsMock, clock: Clock, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("header", "shown"),
+    [
+        ("50% done\x1b[31m", ": 50%"),
+        ("Zhang Weiling: 3/8 files", ": 3/8"),
+        ("Build in progress - Status set to IN_PROGRESS at 2026-06-01T10:00:00Z", ""),
+    ],
+)
+def test_poll_logs_only_the_figure_of_x_progress_never_its_text(
+    mocked: responses.RequestsMock,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+    header: str,
+    shown: str,
 ) -> None:
-    in_progress(mocked, {"X-Progress": "50% done\x1b[31m", "Retry-After": "1"})
+    in_progress(mocked, {"X-Progress": header, "Retry-After": "1"})
     done(mocked)
     caplog.set_level(logging.INFO, logger="fhir_adapter.client.bulk")
 
     bulk(clock).poll(STATUS)
 
-    assert any("50% done[31m" in r.getMessage() and "\x1b" not in r.getMessage() for r in caplog.records)
+    (line,) = [r.getMessage() for r in caplog.records if "in progress" in r.getMessage()]
+    assert line.startswith(f"bulk export in progress (HTTP 202){shown}; next poll")
 
 
 def test_poll_backs_off_on_429_and_gateway_errors(mocked: responses.RequestsMock, clock: Clock) -> None:

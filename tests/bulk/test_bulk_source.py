@@ -105,6 +105,24 @@ def test_a_single_export_gives_the_verdicts_of_the_same_data_as_files(
     )
 
 
+def test_a_file_whose_lines_are_not_the_manifests_count_is_screened_and_reported(
+    fake: FakeBulk, tmp_path: Path, by_files: dict[str, Any]
+) -> None:
+    lines = FILES["Observation"].count(b"\n")
+    fake.manifest = manifest(
+        fake, [(t, fake.file_url(t), lines - 1 if t == "Observation" else None) for t in FILES]
+    )
+    code, by_bulk, _ = screen_bulk(fake, tmp_path, two_pass=False)
+
+    assert code == 3
+    assert by_bulk == by_files  # the file's Observations were read: the verdicts of the files
+    errors = json.loads((tmp_path / "result.json").read_text())["errors"]
+    assert [e["reason"] for e in errors] == [
+        f"{lines} line(s) downloaded, the manifest says {lines - 1}: its lines are read as they are"
+    ]
+    assert fake.deleted_jobs == ["job1"]  # nothing is missing: the job is done
+
+
 def test_the_two_pass_plan_asks_for_the_gates_conditions_then_the_candidates_data(
     fake: FakeBulk, tmp_path: Path, by_files: dict[str, Any]
 ) -> None:

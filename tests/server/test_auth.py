@@ -290,6 +290,35 @@ def test_token_response_without_a_bearer_access_token_is_rejected(
         auth.access_token()
 
 
+@pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "tok\u4e2d\u6587", "a b", "t\x00"])
+def test_an_access_token_that_cannot_go_into_a_header_is_an_auth_error_not_a_crash(
+    mocked: responses.RequestsMock, clock: FakeClock, rsa_key: rsa.RSAPrivateKey, token: str
+) -> None:
+    token_reply(mocked, token)
+    auth = smart_auth(KeyPair("RS384", _pem(rsa_key), rsa_key.public_key()), clock)
+
+    with pytest.raises(AuthError, match="not a single word of visible ASCII") as caught:
+        auth.access_token()
+    assert "Injected" not in str(caught.value) and "\u4e2d" not in str(caught.value)
+
+
+def test_a_token_type_that_is_not_a_word_is_not_repeated(
+    mocked: responses.RequestsMock, clock: FakeClock, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    mocked.post(TOKEN_URL, json={"access_token": "t", "token_type": "Jane Roe\r\n4711", "expires_in": 300})
+    auth = smart_auth(KeyPair("RS384", _pem(rsa_key), rsa_key.public_key()), clock)
+
+    with pytest.raises(AuthError, match=r"token_type \(not a word\)") as caught:
+        auth.access_token()
+    assert "Jane" not in str(caught.value)
+
+
+@pytest.mark.parametrize("token", ["tok\u4e2d", "t\x7f"])
+def test_a_static_bearer_token_of_non_ascii_or_control_characters_is_a_config_error(token: str) -> None:
+    with pytest.raises(ConfigError, match="visible ASCII"):
+        BearerTokenAuth(token)
+
+
 def test_jku_header_is_sent_when_configured(clock: FakeClock, keypair: KeyPair) -> None:
     auth = smart_auth(keypair, clock, jku="https://adapter.example.org/jwks.json")
 

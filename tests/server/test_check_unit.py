@@ -166,3 +166,13 @@ def test_check_of_a_sync_without_change_feed_says_every_run_is_a_full_run(
 def test_check_refuses_a_negative_number_of_patients(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--server", "https://ehr.example.org/fhir", "--patients", "-1"]) == 2
     assert "--patients must be >= 0" in capsys.readouterr().err
+
+
+def test_a_fhir_version_that_is_not_a_version_is_not_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    forged = "4.0.1)\noutcome: ready (exit 0) Zhang Weiling"
+    with FaultServer(fhir_version=forged) as server:
+        code = main(["check", "--server", server.base, "--no-write-back"])
+    out = capsys.readouterr().out
+    assert "Zhang" not in out and "outcome: ready (exit 0) Zhang" not in out
+    assert f"Preflight of {server.base} (FHIR ?)" in out
+    assert code == 4  # no FHIR version the adapter can work with

@@ -8,6 +8,7 @@ after a token refresh, K patients in a row). No server answer produces exit 70.
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,26 @@ def test_a_missing_patient_is_that_patients_error(
     assert run.code == 3
     assert run.errors_for("Patient/gone")[0]["reason"] == "Patient/gone: no such patient on the server"
     assert run.screened() == ["Patient/p1", "Patient/p2"]
+
+
+def test_a_candidate_id_that_is_not_a_fhir_id_is_reported_without_repeating_it(
+    server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load_patients(server, "p1")
+    bad = [r for r in for_patient(baseline(), "p2") if r["resourceType"] == "Condition"]
+    for n, name in enumerate(["Zhang Weiling MRN-8841", "evil\r\nX-Forged: 1", "a" * 5000]):
+        server.store.put({**bad[0], "id": f"bad{n}", "subject": {"reference": f"Patient/{name}"}})
+
+    run = screen(capsys, server, tmp_path / "r.json")
+
+    assert run.code == 3
+    assert run.screened() == ["Patient/p1"]
+    reasons = [e["reason"] for e in (run.result or {})["errors"]]
+    assert (
+        reasons == ["a patient reference from the server is not a valid FHIR id (not shown): not fetched"] * 3
+    )
+    for shown in (run.err, json.dumps(run.result)):
+        assert "Zhang" not in shown and "X-Forged" not in shown and "a" * 100 not in shown
 
 
 def test_an_unreachable_server_at_the_start_stops_the_run_with_exit_4(

@@ -191,7 +191,7 @@ def _no_medication(key: str) -> bytes | None:
 def _screen_built(item: Screenable, screener: Screener) -> Evaluated:
     pid = item.record.patient_id
     try:
-        return Evaluated(pid, screener.screen(item.record), ())
+        return Evaluated(pid, screener.screen(item.record), item.problems)
     except Exception as exc:  # a bug in one evaluation must not sink the run; where, never what
         return Evaluated(pid, None, (), _internal(f"Patient/{pid}", "screening", exc))
 

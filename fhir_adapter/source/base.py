@@ -26,6 +26,8 @@ class Screenable:
     versions: Mapping[str, str] = field(default_factory=dict)
     # HTTP requests this record cost (server sources), reported per patient in the result.
     requests: int | None = None
+    # Resources the source could not use (the patient is screened without them), reported in errors.
+    problems: tuple[InputProblem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

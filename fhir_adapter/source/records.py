@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from fhir_adapter.client.http import FhirClient
+from fhir_adapter.client.urls import is_valid_id
 from fhir_adapter.errors import OperationNotSupported, ServerError
 from fhir_adapter.facts.fhirjson import patient_of
-from fhir_adapter.model import PatientRecord, Resource
+from fhir_adapter.model import InputProblem, PatientRecord, Resource
 from fhir_adapter.source.grouping import MED_TYPES, medication_keys
 from fhir_adapter.source.strategies import read_capabilities
 
@@ -48,6 +49,7 @@ class Fetched:
     record: PatientRecord
     requests: int
     versions: Mapping[str, str]  # "Observation/abc" -> "3"
+    problems: tuple[InputProblem, ...] = ()  # resources of the answer that could not be used
 
     @property
     def n_conditions(self) -> int:
@@ -86,31 +88,37 @@ def fetch_record(
             if rtype in MED_TYPES:
                 params.append(("_include", f"{rtype}:medication"))
             resources.extend(client.search(rtype, params))
-    record, versions, missing = build_record(patient_id, resources, types)
+    record, versions, missing, problems = build_record(patient_id, resources, types)
     if missing:
         # $everything and _include should have brought these; fetch what a server left out.
         extra = list(_medications_by_id(client, missing))
-        record, versions, _ = build_record(patient_id, [*resources, *extra], types)
-    return Fetched(record, client.thread_request_count - before, versions)
+        record, versions, _, problems = build_record(patient_id, [*resources, *extra], types)
+    patient = f"Patient/{patient_id}"
+    unusable = tuple(InputProblem(client.base_url, f"{patient}: {p}", resource=patient) for p in problems)
+    return Fetched(record, client.thread_request_count - before, versions, unusable)
 
 
 def build_record(
     patient_id: str, resources: Iterable[Resource], types: frozenset[str]
-) -> tuple[PatientRecord, dict[str, str], list[str]]:
+) -> tuple[PatientRecord, dict[str, str], list[str], list[str]]:
     """Group a server's resources as ``PatientIndex.record`` groups a file's.
 
-    Returns the record, the versionId of every resource kept, and the ids of Medications that the
-    patient's medication resources reference but ``resources`` does not hold.
+    Returns the record, the versionId of every resource kept, the ids of Medications that the
+    patient's medication resources reference but ``resources`` does not hold, and why resources were
+    left out that a file would have reported (no resourceType or id; a type the criteria read without
+    a patient reference).
     """
     seen: set[tuple[str, str]] = set()
     patient: Resource | None = None
     grouped: dict[str, list[Resource]] = {}
     pool: dict[str, Resource] = {}
     versions: dict[str, str] = {}
+    unusable: list[str] = []
     for resource in resources:
         rtype = resource.get("resourceType")
         rid = resource.get("id")
         if not isinstance(rtype, str) or not isinstance(rid, str) or not rid:
+            unusable.append("a resource of the answer has no resourceType or id: skipped")
             continue
         if (rtype, rid) in seen:
             continue
@@ -122,7 +130,13 @@ def build_record(
         # $everything also returns what the record points at (Practitioners, other patients' linked
         # records, ResearchSubjects); the file path keeps only the types the criteria read, about
         # this patient.
-        if (rtype not in types and rtype != "Patient") or patient_of(resource) != patient_id:
+        if rtype not in types and rtype != "Patient":
+            continue
+        about = patient_of(resource)
+        if about is None and rtype != "Patient":
+            shown = f"{rtype}/{rid}" if is_valid_id(rid) else f"{rtype} with an id that is not a FHIR id"
+            unusable.append(f"{shown} has no patient reference: skipped")
+        if about != patient_id:
             continue
         note_version(versions, resource)
         if rtype == "Patient":
@@ -141,7 +155,7 @@ def build_record(
         resources={rtype: tuple(items) for rtype, items in grouped.items()},
         medications=medications,
     )
-    return record, versions, missing
+    return record, versions, missing, unusable
 
 
 def _everything(client: FhirClient, patient_id: str) -> list[Resource] | None:

@@ -219,7 +219,9 @@ class ServerSource:
                 return Absent(pid)
             return InputProblem(where, f"{patient}: no such patient on the server", resource=patient)
         assert record is not None
-        return Screenable(record, fetched.versions, self.client.thread_request_count - before)
+        return Screenable(
+            record, fetched.versions, self.client.thread_request_count - before, fetched.problems
+        )
 
     def _fetch(self, pid: str) -> Fetched | None:
         assert self.strategy is not None

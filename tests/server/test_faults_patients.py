@@ -103,6 +103,38 @@ def test_a_missing_patient_is_that_patients_error(
     assert run.screened() == ["Patient/p1", "Patient/p2"]
 
 
+def test_resources_of_a_record_the_adapter_cannot_use_are_reported_as_a_file_would_report_them(
+    server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load_patients(server)
+    resources = for_patient(baseline(), "p3")
+    odd = [
+        {
+            "resourceType": "Observation",
+            "id": "x1",
+            "status": "final",
+            "subject": [{"reference": "Patient/p3"}],
+        },
+        {"id": "x2"},
+        {"resourceType": 5, "id": "x3"},
+        {"resourceType": "Observation", "id": "Zhang Weiling", "status": "final"},
+        {"resourceType": "Practitioner", "id": "dr"},  # not a type the criteria read: no problem
+    ]
+    server.on("GET", EVERYTHING, Reply(json=searchset([*resources, *odd])), repeat=True)
+
+    run = screen(capsys, server, tmp_path / "r.json")
+
+    assert run.code == 3
+    assert run.screened() == [f"Patient/p{n}" for n in range(1, 6)]  # p3 too, without them
+    assert [e["reason"] for e in run.errors_for("Patient/p3")] == [
+        "Patient/p3: Observation/x1 has no patient reference: skipped",
+        "Patient/p3: a resource of the answer has no resourceType or id: skipped",
+        "Patient/p3: a resource of the answer has no resourceType or id: skipped",
+        "Patient/p3: Observation with an id that is not a FHIR id has no patient reference: skipped",
+    ]
+    assert "Zhang" not in run.err
+
+
 def test_a_candidate_id_that_is_not_a_fhir_id_is_reported_without_repeating_it(
     server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

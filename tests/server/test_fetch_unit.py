@@ -293,7 +293,7 @@ def test_record_from_server_resources_equals_the_file_path_record(tmp_path: Path
         from_files, problems = index.record("p1")
     assert problems == []
 
-    from_server, _, missing = build_record("p1", plain, TYPES)
+    from_server, _, missing, _ = build_record("p1", plain, TYPES)
 
     assert missing == []
     assert from_server == from_files

@@ -292,7 +292,11 @@ class BulkClient:
             stats.polls += 1
             status = resp.status_code
             if status == 200:
-                return parse_manifest(json_or_none(resp), status_url)
+                try:
+                    return parse_manifest(json_or_none(resp), status_url)
+                except ServerError as exc:
+                    # The same job answers the same manifest: resuming it next run would fail again.
+                    raise ExportFailed(f"bulk export job unusable: {exc}", exc.status, exc.url) from None
             if status in _GONE:
                 raise JobGone(
                     f"HTTP {status} on the export status URL: the job is gone", status, no_query(status_url)

@@ -201,7 +201,10 @@ def run_export(
             state, restarted = None, True
             continue
         except ExportFailed:
-            clear_job(path)  # a failed job does not come back; the next run starts a new one
+            # A failed job does not come back, nor does an unusable manifest change: the next run starts
+            # a new job (and the server may hold only one per client: this one is cancelled).
+            bulk.delete(state.status_url)
+            clear_job(path)
             raise
         downloads = downloader.download(manifest, dest)
         if any(f.gone for f in downloads.failures) and not restarted:

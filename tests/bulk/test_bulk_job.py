@@ -136,6 +136,19 @@ def test_a_failed_job_drops_its_job_file(fake: FakeBulk, tmp_path: Path) -> None
     assert not list((tmp_path / "state").glob("bulk-job-*.json"))
 
 
+def test_an_unusable_manifest_cancels_the_job_so_the_next_run_starts_a_new_one(
+    fake: FakeBulk, tmp_path: Path
+) -> None:
+    fake.manifest = {**fake.manifest, "output": [{"type": "../../escaped", "url": fake.file_url("p")}]}
+
+    with pytest.raises(ExportFailed, match="not a resource type"):
+        export(fake, tmp_path)
+
+    assert not list((tmp_path / "state").glob("bulk-job-*.json"))  # not resumed into the same failure
+    assert fake.deleted_jobs == ["job1"]  # the server's one export slot is freed
+    assert not list(tmp_path.rglob("*escaped*"))
+
+
 def test_a_missing_file_keeps_the_job_and_the_next_run_fetches_only_it(
     fake: FakeBulk, tmp_path: Path
 ) -> None:

@@ -32,7 +32,7 @@ import requests
 from fhir_adapter.client.bulk import Manifest, ManifestFile, retry_after
 from fhir_adapter.client.http import FhirClient
 from fhir_adapter.client.retry import TRANSPORT_ERRORS, backoff, describe_transport_error
-from fhir_adapter.client.transport import DeadlinePassed, Stalled, paced_chunks
+from fhir_adapter.client.transport import DeadlinePassed, Stalled, paced_chunks, watched_session
 from fhir_adapter.client.urls import no_query, origin_of
 from fhir_adapter.errors import ConfigError, ServerError
 from fhir_adapter.output.private import open_private, private_dir
@@ -129,7 +129,9 @@ class Downloader:
         settings: BulkSettings,
         *,
         sleep: Callable[[float], None] = time.sleep,
-        session_factory: Callable[[], requests.Session] = requests.Session,
+        # Watched (the request deadline can cut a file request off before its headers) and blind to
+        # ~/.netrc (a storage host gets the credentials the settings allow it, never a file's).
+        session_factory: Callable[[], requests.Session] = watched_session,
         rng: random.Random | None = None,
     ) -> None:
         self.client = client

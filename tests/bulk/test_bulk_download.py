@@ -167,6 +167,23 @@ def test_a_file_that_trickles_on_every_attempt_fails_in_bounded_time(
     assert len(server.requests_to("/files/")) == 3
 
 
+def test_credentials_in_a_netrc_file_never_go_with_a_file_download(
+    server: FakeBulk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password from-a-file\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    server.files["a"] = FileSpec(BODY)
+
+    downloader(server).download(
+        manifest(ManifestFile("Patient", server.file_url("a")), token=False), tmp_path
+    )
+
+    (seen,) = server.requests_to("/files/")
+    assert seen.auth is None
+
+
 def test_a_content_encoding_bomb_is_refused_not_written_out(server: FakeBulk, tmp_path: Path) -> None:
     line = b'{"resourceType":"Patient","id":"p"}\n'
     server.files["a"] = FileSpec(line * (20 * 1024 * 1024 // len(line)), gzip=True)  # 20 MB, ~50 kB sent

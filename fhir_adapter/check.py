@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from fhir_adapter.client.factory import open_client
 from fhir_adapter.client.http import FhirClient
-from fhir_adapter.client.urls import LOOPBACK
+from fhir_adapter.client.urls import LOOPBACK, is_valid_id
 from fhir_adapter.errors import (
     AccessDenied,
     AdapterError,
@@ -50,6 +50,7 @@ from fhir_adapter.source.strategies import (
     choose_records,
     choose_sync,
     read_capabilities,
+    without_everything,
 )
 
 Status = Literal["ok", "supported", "not supported", "untested", "failed", "degraded"]
@@ -195,7 +196,7 @@ def run_check(
         )
         _auth(client, report)
         _smart(client, report)
-        _reads(client, caps, screener, report)
+        caps = _reads(client, caps, screener, report)
         if group is not None:
             _group(client, group, report)
         _changes(caps, screener, report)
@@ -284,13 +285,42 @@ def _probe(client: FhirClient, path: str, params: Sequence[tuple[str, str | int]
         return False, f"probe refused: HTTP {exc.status}" if exc.status else "probe failed"
 
 
-def _reads(client: FhirClient, caps: Capabilities, screener: Screener, report: Report) -> None:
-    report.add(
-        "read",
-        "Patient/ID/$everything",
-        "supported" if caps.everything else "degraded",
-        "one request per patient" if caps.everything else "not offered: typed searches instead",
-    )
+def _everything(client: FhirClient) -> tuple[bool | None, str]:
+    """Whether one patient's ``$everything`` answers (None: no patient to try it on). A server may list
+    the operation and refuse it (405/501); screen then falls back to typed searches, and check says so."""
+    try:
+        listed = client.get("Patient", [("_count", 1), ("_elements", "id")])
+    except AuthError:
+        raise
+    except ServerError:
+        return None, "stated; not probed (the server would not list a patient to try it on)"
+    entries = listed.get("entry") if isinstance(listed.get("entry"), list) else []
+    first = entries[0].get("resource") if entries and isinstance(entries[0], dict) else None
+    pid = first.get("id") if isinstance(first, dict) else None
+    if not isinstance(pid, str) or not is_valid_id(pid):
+        return None, "stated; not probed (no patient on the server to try it on)"
+    try:
+        client.get(f"Patient/{pid}/$everything", [("_count", 1)])
+    except AuthError:
+        raise
+    except ServerError as exc:
+        return (
+            False,
+            f"stated, but the probe was refused (HTTP {exc.status})" if exc.status else "probe failed",
+        )
+    return True, "one request per patient (probed)"
+
+
+def _reads(client: FhirClient, caps: Capabilities, screener: Screener, report: Report) -> Capabilities:
+    """The read rows; the capabilities as the probes found them (a refused $everything is not one)."""
+    if not caps.everything:
+        report.add("read", "Patient/ID/$everything", "degraded", "not offered: typed searches instead")
+    else:
+        works, how = _everything(client)
+        if works is False:
+            how += ": screen and sync fall back to typed searches"
+            caps = without_everything(caps)
+        report.add("read", "Patient/ID/$everything", "degraded" if works is False else "supported", how)
     for rtype in sorted(screener.needed_types - {"Medication"}):
         stated = caps.supports(rtype, "search-type")
         param = "patient" if rtype not in ("Patient",) else "_id"
@@ -310,6 +340,7 @@ def _reads(client: FhirClient, caps: Capabilities, screener: Screener, report: R
         report.add(
             "optional", f"{rtype}?code:text= (local codes)", "supported" if ok else "not supported", how
         )
+    return caps
 
 
 def _group(client: FhirClient, group: str, report: Report) -> None:

@@ -24,6 +24,7 @@ The records strategy never changes a verdict: every strategy builds the same ``P
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -163,6 +164,18 @@ class Overrides:
     candidates: CandidatesStrategy | None = None
     records: RecordsStrategy | None = None
     changes: ChangesStrategy | None = None
+
+
+def without_everything(caps: Capabilities) -> Capabilities:
+    """The same server as if it did not list ``$everything`` (it refused it when tried)."""
+    patient = caps.types.get("Patient", TypeCapabilities())
+    types = {
+        **caps.types,
+        "Patient": dataclasses.replace(patient, operations=patient.operations - _EVERYTHING_NAMES),
+    }
+    return dataclasses.replace(
+        caps, types=types, system_operations=caps.system_operations - _EVERYTHING_NAMES
+    )
 
 
 def bulk_level(caps: Capabilities, group: bool = False) -> Level | None:

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultserver import FaultServer
+from faultserver import FaultServer, Reply, outcome
 
 from fhir_adapter.cli import main
 
-from .faultrun import AS_OF
+from .faultrun import AS_OF, load_patients
 
 # A site's own words for the diagnosis: one more `code:text` candidate search.
 OVERLAY = """\
@@ -176,3 +176,25 @@ def test_a_fhir_version_that_is_not_a_version_is_not_printed(capsys: pytest.Capt
     assert "Zhang" not in out and "outcome: ready (exit 0) Zhang" not in out
     assert f"Preflight of {server.base} (FHIR ?)" in out
     assert code == 4  # no FHIR version the adapter can work with
+
+
+def test_check_tries_everything_and_names_typed_searches_when_the_server_refuses_what_it_lists(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with FaultServer() as server:
+        load_patients(server, "p1")
+        server.on("GET", r"Patient/p1/\$everything", Reply(405, json=outcome("not-supported")), repeat=True)
+        code, report = check_json(capsys, "--server", server.base)
+    (row,) = [r for r in report["findings"] if r["what"] == "Patient/ID/$everything"]
+    assert row["status"] == "degraded" and "refused (HTTP 405)" in row["detail"]
+    assert report["strategies"]["screen"]["records"] == "typed"
+    assert code == 3
+
+
+def test_check_says_everything_works_when_the_probe_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    with FaultServer() as server:
+        load_patients(server, "p1")
+        _, report = check_json(capsys, "--server", server.base)
+    (row,) = [r for r in report["findings"] if r["what"] == "Patient/ID/$everything"]
+    assert (row["status"], row["detail"]) == ("supported", "one request per patient (probed)")
+    assert report["strategies"]["screen"]["records"] == "everything"

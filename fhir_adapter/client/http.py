@@ -53,7 +53,13 @@ from fhir_adapter.client.retry import (
     http_date,
     retry_after_seconds,
 )
-from fhir_adapter.client.transport import BodyTooLarge, DeadlinePassed, Watch, exchange, watched_session
+from fhir_adapter.client.transport import (
+    BodyTooLarge,
+    DeadlinePassed,
+    exchange,
+    headers_within,
+    watched_session,
+)
 from fhir_adapter.client.urls import (
     LOOPBACK,
     check_id,
@@ -479,29 +485,22 @@ class FhirClient:
             sent_at = self._monotonic()
             # The deadline bounds the exchange up to the headers; the body's pace is the caller's
             # (``transport.paced_chunks``): a file may rightly take longer than any one deadline.
-            with Watch(self._deadline) as watch:
-                try:
-                    resp = (session or self._session).get(
-                        url,
-                        headers=send_headers,
-                        auth=self._auth if send_auth else None,
-                        timeout=self._timeout,
-                        verify=self._verify,
-                        allow_redirects=False,
-                        stream=True,
-                    )
-                except requests.exceptions.SSLError:
-                    raise ServerUnreachable(
-                        "TLS error on a file download: check the certificate and the verify setting",
-                        url=no_query(url),
-                    ) from None
-                except requests.exceptions.RequestException:
-                    if watch.fired:
-                        raise DeadlinePassed() from None
-                    raise
-                if watch.fired:
-                    resp.close()
-                    raise DeadlinePassed()
+            try:
+                resp = headers_within(
+                    session or self._session,
+                    "GET",
+                    url,
+                    deadline=self._deadline,
+                    headers=send_headers,
+                    auth=self._auth if send_auth else None,
+                    timeout=self._timeout,
+                    verify=self._verify,
+                )
+            except requests.exceptions.SSLError:
+                raise ServerUnreachable(
+                    "TLS error on a file download: check the certificate and the verify setting",
+                    url=no_query(url),
+                ) from None
             logger.info(
                 "GET %s -> %d (%.0f ms, streamed)",
                 self._display(url),

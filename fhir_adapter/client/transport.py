@@ -340,14 +340,40 @@ def exchange(
     ``max_bytes``). Never follows redirects. Raises ``DeadlinePassed``, ``BodyTooLarge`` or what
     ``requests`` raises; a failure caused by the deadline is always ``DeadlinePassed``."""
     with Watch(deadline) as watch:
-        try:
-            resp = session.request(method, url, allow_redirects=False, stream=True, **kwargs)
-            read_body(resp, max_bytes, watch)
-        except requests.exceptions.RequestException:
-            if watch.fired:
-                raise DeadlinePassed() from None
-            raise
+        return _within(
+            watch,
+            lambda: session.request(method, url, allow_redirects=False, stream=True, **kwargs),
+            lambda resp: read_body(resp, max_bytes, watch),
+        )
+
+
+def headers_within(
+    session: requests.Session, method: str, url: str, *, deadline: float, **kwargs: Any
+) -> requests.Response:
+    """One request whose headers must arrive within ``deadline``; the body is left unread (a file to
+    stream, at the pace :func:`paced_chunks` allows). Never follows redirects."""
+    with Watch(deadline) as watch:
+        return _within(
+            watch, lambda: session.request(method, url, allow_redirects=False, stream=True, **kwargs)
+        )
+
+
+def _within(
+    watch: Watch,
+    send: Callable[[], requests.Response],
+    then: Callable[[requests.Response], object] | None = None,
+) -> requests.Response:
+    """``send()`` (and ``then`` on its response) under ``watch``: a failure the deadline caused is
+    ``DeadlinePassed``, whatever the cut-off read looked like."""
+    try:
+        resp = send()
+        if then is not None:
+            then(resp)
+    except requests.exceptions.RequestException:
         if watch.fired:
-            resp.close()
-            raise DeadlinePassed()
+            raise DeadlinePassed() from None
+        raise
+    if watch.fired:
+        resp.close()
+        raise DeadlinePassed()
     return resp

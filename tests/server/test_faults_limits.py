@@ -195,3 +195,16 @@ def test_a_429_storm_ends_the_run_within_the_throttling_budget_with_a_clear_mess
     assert "throttling budget of 2 s" in run.err or "throttling budget of 3 s" in run.err
     assert run.result is None
     assert run.seconds < 20
+
+
+def test_a_bulk_file_whose_headers_trickle_is_cut_off_at_the_request_deadline(server: FaultServer) -> None:
+    from fhir_adapter.client.http import FhirClient
+    from fhir_adapter.client.transport import DeadlinePassed
+
+    server.on("GET", "files/a", TrickleHeaders(interval=0.05), repeat=True)
+    client = FhirClient(server.base, deadline_seconds=1.0)
+    started = time.monotonic()
+
+    with pytest.raises(DeadlinePassed):
+        client.open_stream(f"{server.base}/files/a", send_auth=False)
+    assert time.monotonic() - started < 10  # the headers alone would take minutes

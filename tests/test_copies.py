@@ -108,3 +108,14 @@ def test_two_differing_unordered_copies_of_a_medication_are_reported_at_any_work
             "Medication/m1",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"), [(b"{x", b'{"id": "m"}', "second"), (b'{"id": "m"}', b"[1]", "first")]
+)
+def test_of_two_medication_bodies_the_one_that_is_a_json_object_wins(
+    first: bytes, second: bytes, expected: str
+) -> None:
+    from fhir_adapter.source.copies import choose_bodies
+
+    assert choose_bodies(first, second) == expected

@@ -61,12 +61,17 @@ def choose_bodies(first: bytes, second: bytes) -> Choice:
     that is not a JSON object loses to one that is; it is reported where a record would read it."""
     if first == second:
         return "same"
-    try:
-        a, b = orjson.loads(first), orjson.loads(second)
-    except orjson.JSONDecodeError:
+    a, b = _object(first), _object(second)
+    if b is None:
         return "first"
-    if not isinstance(b, dict):
-        return "first"
-    if not isinstance(a, dict):
+    if a is None:
         return "second"
     return choose(a, b)
+
+
+def _object(body: bytes) -> Resource | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None

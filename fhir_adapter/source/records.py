@@ -27,6 +27,7 @@ from fhir_adapter.client.urls import is_valid_id
 from fhir_adapter.errors import OperationNotSupported, ServerError
 from fhir_adapter.facts.fhirjson import patient_of
 from fhir_adapter.model import InputProblem, PatientRecord, Resource
+from fhir_adapter.source.copies import UNORDERED, choose
 from fhir_adapter.source.grouping import MED_TYPES, medication_keys
 from fhir_adapter.source.strategies import read_capabilities
 
@@ -108,7 +109,8 @@ def build_record(
     left out that a file would have reported (no resourceType or id; a type the criteria read without
     a patient reference).
     """
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], Resource] = {}  # the copy kept of each Type/id
+    place: dict[tuple[str, str], int] = {}  # where it is in grouped[Type]
     patient: Resource | None = None
     grouped: dict[str, list[Resource]] = {}
     pool: dict[str, Resource] = {}
@@ -120,9 +122,20 @@ def build_record(
         if not isinstance(rtype, str) or not isinstance(rid, str) or not rid:
             unusable.append("a resource of the answer has no resourceType or id: skipped")
             continue
-        if (rtype, rid) in seen:
-            continue
-        seen.add((rtype, rid))
+        key = (rtype, rid)
+        if key in seen:
+            # Copies as in a file (source.copies): the newer stands, the same is one, a conflict is said.
+            choice = choose(seen[key], resource)
+            if choice == "unordered" and rtype in types | {"Patient"} and is_valid_id(rid):
+                unusable.append(f"{rtype}/{rid}: {UNORDERED}")
+            if choice != "second":
+                continue
+            if key in place:
+                grouped[rtype][place[key]] = resource
+                seen[key] = resource
+                note_version(versions, resource)
+                continue
+        seen[key] = resource
         if rtype == "Medication":
             pool[f"Medication/{rid}"] = resource
             note_version(versions, resource)
@@ -142,12 +155,13 @@ def build_record(
         if rtype == "Patient":
             patient = resource
         else:
-            grouped.setdefault(rtype, []).append(resource)
+            place[key] = len(grouped.setdefault(rtype, []))
+            grouped[rtype].append(resource)
     wanted = medication_keys(grouped)
     medications = {key: pool[key] for key in sorted(wanted) if key in pool}
-    for key in list(versions):
-        if key.startswith("Medication/") and key not in medications:
-            del versions[key]
+    for ref in list(versions):
+        if ref.startswith("Medication/") and ref not in medications:
+            del versions[ref]
     missing = sorted(key.removeprefix("Medication/") for key in wanted - pool.keys())
     record = PatientRecord(
         patient_id=patient_id,

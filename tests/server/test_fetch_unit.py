@@ -299,6 +299,43 @@ def test_record_from_server_resources_equals_the_file_path_record(tmp_path: Path
     assert from_server == from_files
 
 
+def _hb(value: float, **meta: str) -> dict[str, Any]:
+    obs = {
+        "resourceType": "Observation",
+        "id": "hb",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2026-06-01",
+        "valueQuantity": {
+            "value": value,
+            "unit": "g/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "g/L",
+        },
+    }
+    return {**obs, "meta": meta} if meta else obs
+
+
+def test_copies_in_a_server_answer_are_chosen_as_in_a_file() -> None:
+    patient = {"resourceType": "Patient", "id": "p1"}
+    newer, versions = _record_of([patient, _hb(128, versionId="2"), _hb(70, versionId="1")])
+    assert [o["valueQuantity"]["value"] for o in newer.resources["Observation"]] == [128]
+    assert versions["Observation/hb"] == "2"
+    record, _, _, problems = build_record("p1", [patient, _hb(70), _hb(128)], TYPES)
+    assert [o["valueQuantity"]["value"] for o in record.resources["Observation"]] == [70]
+    assert problems == [
+        "Observation/hb: copies of it differ and neither is newer (meta.versionId, meta.lastUpdated): "
+        "the first read is used"
+    ]
+
+
+def _record_of(resources: list[dict[str, Any]]) -> tuple[Any, dict[str, str]]:
+    record, versions, _, problems = build_record("p1", resources, TYPES)
+    assert problems == []
+    return record, versions
+
+
 # -- candidates ------------------------------------------------------------------------------------
 
 

@@ -327,7 +327,8 @@ def current_state(resource: Resource, release: Release) -> str | None:
         status = resource.get("status")
         return status if isinstance(status, str) else None
     latest: tuple[str, int, str] | None = None
-    for index, progress in enumerate(resource.get("progress") or []):
+    progresses = resource.get("progress")
+    for index, progress in enumerate(progresses if isinstance(progresses, list) else []):
         if not isinstance(progress, dict):
             continue
         code = _state_code(progress.get("subjectState"))
@@ -389,7 +390,8 @@ def _fails(result: CriterionResult) -> bool:
 def _state_code(cc: Any) -> str | None:
     if not isinstance(cc, dict):
         return None
-    for coding in cc.get("coding") or []:
+    codings = cc.get("coding")
+    for coding in codings if isinstance(codings, list) else []:
         if (
             isinstance(coding, dict)
             and coding.get("system") == STATE_SYSTEM

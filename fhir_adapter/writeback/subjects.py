@@ -28,13 +28,14 @@ versioned target (:func:`fhir_adapter.writeback.resources.provenance_tag_query`)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import enum
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from fhir_adapter.client.http import FhirClient, FhirResponse
@@ -275,12 +276,13 @@ class WriteBack:
         except ServerError as exc:  # 403 (AccessDenied) included: the per-patient searches may be allowed
             log.warning("listing the study's ResearchSubjects failed (%s); one search per patient", exc)
             return None
+        found = _distinct(found)  # a page may repeat an entry of the one before: one resource, not two
         by_id: dict[str, str] = {}
         known: dict[str, list[Resource]] = {}
         for resource in found:
             if not _is(resource, "ResearchSubject"):
                 continue
-            for ident in resource.get("identifier") or []:
+            for ident in _list(resource.get("identifier")):
                 if isinstance(ident, dict) and ident.get("system") == SUBJECT_ID_SYSTEM:
                     value = ident.get("value")
                     if isinstance(value, str):
@@ -290,7 +292,7 @@ class WriteBack:
             if not _is(resource, "Provenance"):
                 continue
             targets = (
-                _unversioned(t.get("reference")) for t in resource.get("target") or [] if isinstance(t, dict)
+                _unversioned(t.get("reference")) for t in _list(resource.get("target")) if isinstance(t, dict)
             )
             for value in {by_id[t] for t in targets if t in by_id}:
                 known[value].append(resource)
@@ -310,7 +312,15 @@ class WriteBack:
         return list(self.client.search("ResearchSubject", [("identifier", token), _REVINCLUDE]))
 
     def _find(self, rtype: str, token: str) -> list[Resource]:
-        return [r for r in self.client.search(rtype, [("identifier", token)]) if _is(r, rtype)]
+        """The ``rtype`` resources carrying one of the identifiers ``token`` lists (``system|value``,
+        comma-separated): checked here, since a server may ignore the search parameter and answer
+        everything it has."""
+        wanted = [tuple(t.split("|", 1)) for t in token.split(",") if "|" in t]
+        return _distinct(
+            r
+            for r in self.client.search(rtype, [("identifier", token)])
+            if _is(r, rtype) and any(_has_identifier(r, system, value) for system, value in wanted)
+        )
 
     def _ensure_study(self) -> str | None:
         values = ",".join(f"{system}|{self.trial.study}" for system in NCT_SYSTEMS_ACCEPTED)
@@ -406,8 +416,11 @@ class WriteBack:
         sent: tuple[Written, str] | None = None
         unknown: ServerError | None = None
         for attempt in range(self._max_attempts):
-            found = self._subject_search(value, token, first=attempt == 0)
-            matches = [r for r in found if _is(r, "ResearchSubject")]
+            found = _distinct(self._subject_search(value, token, first=attempt == 0))
+            # Only this patient's: a server may ignore `identifier` and answer every subject it has.
+            matches = [
+                r for r in found if _is(r, "ResearchSubject") and _has_identifier(r, SUBJECT_ID_SYSTEM, value)
+            ]
             provenances = [r for r in found if _is(r, "Provenance")]
             if len(matches) > 1:
                 ids = ", ".join(sorted(str(m.get("id")) for m in matches))
@@ -437,8 +450,11 @@ class WriteBack:
                     continue  # maybe stored: search again before anything is resent
                 if response.status != 201:
                     continue  # 200: the identifier matched after all; compare with that one
-                return self._provenance(Action.CREATED, response, subject, versions, state)
-            current = matches[0]
+                stored = self._stored(response, value, token)
+                return self._provenance(Action.CREATED, stored, subject, versions, state)
+            current, etag = self._versioned(matches[0])
+            if current is None:
+                continue  # gone since the search: search again
             reason = staff_reason(current, self.release)
             if reason is not None:
                 return Outcome(subject.patient, Action.STAFF, state, reason, dry_run=self.dry_run)
@@ -448,7 +464,6 @@ class WriteBack:
             change = f"{before} -> {state}" if before != state else f"{state}, reason changed"
             if self.dry_run:
                 return Outcome(subject.patient, Action.UPDATED, state, change, dry_run=True)
-            etag = self._etag(current)
             if etag is None:
                 continue
             try:
@@ -460,7 +475,8 @@ class WriteBack:
                     raise
                 sent, unknown = (Action.UPDATED, change), exc
                 continue
-            return self._provenance(Action.UPDATED, response, subject, versions, state, change)
+            stored = self._stored(response, value, token)
+            return self._provenance(Action.UPDATED, stored, subject, versions, state, change)
         if unknown is not None:
             raise _gave_up(unknown, f"writing ResearchSubject {shown}", self._max_attempts)
         return Outcome(
@@ -506,14 +522,42 @@ class WriteBack:
             server_text=outcome.server_text,
         )
 
-    def _etag(self, current: Resource) -> str | None:
-        meta = current.get("meta")
+    def _stored(self, response: FhirResponse, value: str, token: str) -> FhirResponse:
+        """What a create or update stored, for its Provenance: the answer when its body is this
+        patient's subject with a version (its ``meta.versionId``, not an ETag a server may spell
+        otherwise), else this patient's subject as a search by identifier finds it. A server may
+        answer with another resource's body, a Location of another id, or nothing usable at all."""
+        body = response.body
+        if (
+            body is not None
+            and _is(body, "ResearchSubject")
+            and _has_identifier(body, SUBJECT_ID_SYSTEM, value)
+        ):
+            version = _version_of(body)
+            if version is not None:
+                return dataclasses.replace(response, etag=f'W/"{version}"')
+        found = [
+            r
+            for r in _distinct(self.client.search("ResearchSubject", [("identifier", token)]))
+            if _is(r, "ResearchSubject") and _has_identifier(r, SUBJECT_ID_SYSTEM, value)
+        ]
+        version = _version_of(found[0]) if len(found) == 1 else None
+        if version is None:
+            return response  # nothing better to go by (a lagging search): the answer as it came
+        return FhirResponse(response.status, found[0], f'W/"{version}"', None, None, None)
+
+    def _versioned(self, found: Resource) -> tuple[Resource | None, str | None]:
+        """The subject to judge and the ETag an update must match. A search result without versionId
+        (some servers trim meta) is read again, and the read is what is judged: judging the search's
+        copy and sending the read's ETag would overwrite a coordinator's change made in between."""
+        meta = found.get("meta")
         version = meta.get("versionId") if isinstance(meta, dict) else None
         if isinstance(version, str) and version:
-            return f'W/"{version}"'
-        # A search result without versionId (some servers trim meta): the read's ETag has it.
-        response = self.client.read("ResearchSubject", str(current["id"]))
-        return response.etag if response is not None else None
+            return found, f'W/"{version}"'
+        response = self.client.read("ResearchSubject", str(found["id"]))
+        if response is None or response.body is None or not _is(response.body, "ResearchSubject"):
+            return None, None
+        return response.body, response.etag
 
     def _provenance(
         self,
@@ -557,7 +601,11 @@ class WriteBack:
                 try:
                     written = self.client.create(provenance, if_none_exist=query)
                 except PreconditionFailed:
-                    break  # several match already: there is one (at least); never add another
+                    # Several match already (HAPI's 412): there is one at least, never add another.
+                    # A 409 or 412 for any other reason stored nothing: that is a failure to say.
+                    if self._provenance_exists(query):
+                        break
+                    raise
                 except ServerError as exc:
                     if not _outcome_unknown(exc) or attempt == self._max_attempts - 1:
                         raise
@@ -598,7 +646,7 @@ class WriteBack:
         self._checked_tag = True
         meta = response.body.get("meta")
         tags = meta.get("tag") if isinstance(meta, dict) else None
-        if not any(isinstance(t, dict) and t.get("system") == PROVENANCE_TAG_SYSTEM for t in tags or []):
+        if not any(isinstance(t, dict) and t.get("system") == PROVENANCE_TAG_SYSTEM for t in _list(tags)):
             self.notes.append(
                 "the server did not keep meta.tag on the Provenance it stored: a Provenance write whose "
                 "answer is lost may be repeated on this server"
@@ -630,6 +678,30 @@ def _unversioned(reference: object) -> str | None:
         return None
     parts = reference.split("/_history/", 1)[0].rstrip("/").split("/")
     return "/".join(parts[-2:]) if len(parts) >= 2 else None
+
+
+def _version_of(resource: Resource) -> str | None:
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) and version else None
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _distinct(resources: Iterable[Resource]) -> list[Resource]:
+    """Each ``Type/id`` once, in order (pages that overlap, entries a server repeats)."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for r in resources:
+        rtype, rid = r.get("resourceType"), r.get("id")
+        if isinstance(rtype, str) and isinstance(rid, str):
+            if (rtype, rid) in seen:
+                continue
+            seen.add((rtype, rid))
+        out.append(r)  # without a usable type and id it is no one's copy: callers skip it
+    return out
 
 
 def _is(resource: Resource, rtype: str) -> bool:

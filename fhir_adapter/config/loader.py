@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from functools import cache
@@ -19,6 +18,7 @@ import jsonschema
 
 from fhir_adapter import data_files
 from fhir_adapter.config import rules
+from fhir_adapter.config.toml_file import read_toml
 from fhir_adapter.config.types import (
     HIERARCHICAL_SYSTEMS,
     Concept,
@@ -73,21 +73,16 @@ def _schema() -> dict[str, Any]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: file not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    return read_toml(path)
 
 
 def _validate(doc: dict[str, Any], definition: str, path: Path) -> None:
     schema = {"$ref": f"#/$defs/{definition}", **{k: v for k, v in _schema().items() if k != "$id"}}
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    try:
+        errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    except RecursionError as exc:  # a rule nested deeper than the validator's stack
+        raise ConfigError(f"{path}: nested too deeply") from exc
     if errors:
         # The deepest error under a oneOf says the most; report the first one, keyed by its path.
         err = jsonschema.exceptions.best_match(errors)
@@ -102,12 +97,21 @@ def _decimal(value: Any, where: str) -> Decimal:
         raise ConfigError(f"{where}: not a number: {value!r}") from exc
 
 
+_WINDOW_KEYS = frozenset({"window_days", "window_months", "window_years"})
+
+
+def _positive(value: Any, where: str) -> Decimal:
+    """A factor, a limit of normal, a dose rate: a finite number above zero (0 would divide by zero or
+    make every value 0; a negative one turns a comparison around)."""
+    number = _decimal(value, where)
+    if not number.is_finite() or number <= 0 or abs(number.adjusted()) > 30:
+        raise ConfigError(f"{where}: {value!r} must be a finite number greater than 0")
+    return number
+
+
 def _fraction(value: Any, where: str) -> tuple[Decimal, Decimal]:
     num, _, den = str(value).partition("/")
-    result = (_decimal(num, where), _decimal(den or "1", where))
-    if result[1] == 0:
-        raise ConfigError(f"{where}: division by zero in {value!r}")
-    return result
+    return (_positive(num, where), _positive(den or "1", where))
 
 
 def _split_code(entry: str, where: str) -> tuple[str, str]:
@@ -177,7 +181,7 @@ def _build_units(raw: Mapping[str, Any], path: str) -> UnitTable:
         Conversion(
             source=c["from"],
             target=c["to"],
-            factor=_decimal(c["factor"], f"{path}: conversions[{i}].factor"),
+            factor=_positive(c["factor"], f"{path}: conversions[{i}].factor"),
             concepts=frozenset(c.get("concepts", [])),
         )
         for i, c in enumerate(raw.get("conversions", []))
@@ -196,7 +200,7 @@ def _build_medications(raw: Mapping[str, Any], path: Path) -> MedicationRules:
         gcs.append(
             Glucocorticoid(
                 name=name,
-                factor=_decimal(body["factor"], f"{where}.factor"),
+                factor=_positive(body["factor"], f"{where}.factor"),
                 codes=codes,
                 names=tuple(n.lower() for n in body["names"]),
             )
@@ -232,13 +236,16 @@ def _check_facts(
                     raise ConfigError(f"{where}.{key}: unknown concept {name!r}")
             if _is_fact_key(key) and value not in facts:
                 raise ConfigError(f"{where}.{key}: unknown fact {value!r}")
+        windows = sorted(_WINDOW_KEYS & fact.params.keys())
+        if len(windows) > 1:
+            raise ConfigError(f"{where}: {' and '.join(windows)}: one window only (which would count?)")
         for key in ("uln", "umol_per_mg_dl", "female_factor"):
             value = fact.get(key)
             if isinstance(value, dict):
                 for sex, v in value.items():
-                    _decimal(v, f"{where}.{key}.{sex}")
+                    _positive(v, f"{where}.{key}.{sex}")
             elif value is not None:
-                _decimal(value, f"{where}.{key}")
+                _positive(value, f"{where}.{key}")
     _check_no_cycle(facts, path_of)
 
 
@@ -347,6 +354,7 @@ def load_trials(
         _define_new(raw_facts, doc.get("facts", {}), path, "facts", fact_paths)
     aliases = dict(units_doc.get("aliases", {}))
     conversions = list(units_doc.get("conversions", []))
+    conversion_paths = [units_path] * len(conversions)  # the file each conversion came from
 
     for overlay in overlays:
         doc = read(overlay, "overlay_file")
@@ -357,7 +365,11 @@ def load_trials(
                 raise ConfigError(
                     f"{overlay}: facts.{name}: unknown fact (an overlay changes existing facts only)"
                 )
-            merged = {**raw_facts[name], **body}
+            base_body = raw_facts[name]
+            if _WINDOW_KEYS & body.keys():
+                # The overlay's window replaces the shipped one, whatever its unit (days for months).
+                base_body = {k: v for k, v in base_body.items() if k not in _WINDOW_KEYS}
+            merged = {**base_body, **body}
             _validate({"facts": {name: merged}}, "facts_file", overlay)
             raw_facts[name] = merged
             fact_paths[name] = overlay
@@ -365,6 +377,7 @@ def load_trials(
         units = doc.get("units", {})
         aliases.update(units.get("aliases", {}))
         conversions.extend(units.get("conversions", []))
+        conversion_paths += [overlay] * len(units.get("conversions", []))
 
     defaults: Mapping[str, Mapping[str, Any]] = facts_doc.get("defaults", {})
     concepts = _build_concepts(raw_concepts, path_of)
@@ -381,6 +394,12 @@ def load_trials(
     medications = _build_medications(meds_doc, meds_path)
     _check_medications(medications, concepts, facts, meds_path)
     units_table = _build_units({"aliases": aliases, "conversions": conversions}, str(units_path))
+    for i, conversion in enumerate(units_table.conversions):
+        for name in sorted(conversion.concepts - concepts.keys()):
+            raise ConfigError(
+                f"{conversion_paths[i]}: units.conversions ({conversion.source} -> {conversion.target}).concepts: "
+                f"unknown concept {name!r}"
+            )
     notes = _build_notes(raw_notes, notes_paths, concepts, facts, units_table)
 
     shared = hashlib.sha256()

@@ -24,6 +24,9 @@ from fhir_adapter.config.types import (
 from fhir_adapter.errors import ConfigError
 from fhir_adapter.model import Verdict
 
+# As for data (facts/fhirjson.to_decimal): beyond this a number is noise, and 1e308 breaks quantize().
+_MAX_EXPONENT = 30
+
 
 def _value(raw: Any) -> Decimal | bool | str:
     if isinstance(raw, bool):
@@ -45,6 +48,10 @@ def parse_rule(
             raise ConfigError(f"{where}.fact: unknown fact {node['fact']!r}")
         on_match = Verdict(node["on_match"]) if "on_match" in node else None
         value = _value(node["value"])
+        if isinstance(value, Decimal) and not value.is_finite():
+            raise ConfigError(f"{where}.value: {node['value']!r} is not a finite number")
+        if isinstance(value, Decimal) and abs(value.adjusted()) > _MAX_EXPONENT:
+            raise ConfigError(f"{where}.value: {node['value']!r} is not a value any fact has")
         if node["op"] in {"<", "<=", ">", ">="} and not isinstance(value, Decimal):
             raise ConfigError(f"{where}.value: {node['op']} needs a number, got {node['value']!r}")
         return Compare(fact=node["fact"], op=node["op"], value=value, on_match=on_match)
@@ -78,7 +85,11 @@ def build_trial(doc: Mapping[str, Any], path: Path, facts: Mapping[str, FactSpec
         if raw["id"] in seen:
             raise ConfigError(f"{where}.id: duplicate criterion id")
         seen.add(raw["id"])
-        comp_ids = {c["id"] for c in raw.get("components", [])}
+        comp_list = [c["id"] for c in raw.get("components", [])]
+        comp_ids = set(comp_list)
+        if len(comp_ids) < len(comp_list):
+            twice = sorted({c for c in comp_list if comp_list.count(c) > 1})
+            raise ConfigError(f"{where}.components: duplicate component id {', '.join(twice)}")
         components = tuple(
             Component(
                 id=c["id"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import jsonschema
 
 from fhir_adapter.config.loader import profiles_dir
+from fhir_adapter.config.toml_file import read_toml
 from fhir_adapter.errors import ConfigError
 from fhir_adapter.settings import (
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
@@ -72,15 +72,12 @@ class SiteConfig:
 
 
 def load_site_config(path: Path) -> SiteConfig:
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: file not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    raw = read_toml(path)
     schema = json.loads((profiles_dir() / "site-config.schema.json").read_text(encoding="utf-8"))
-    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(raw))
+    try:
+        errors = list(jsonschema.Draft202012Validator(schema).iter_errors(raw))
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: nested too deeply") from exc
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"

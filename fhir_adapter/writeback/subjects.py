@@ -62,6 +62,7 @@ from fhir_adapter.writeback.resources import (
     NCT_SYSTEMS_ACCEPTED,
     PROFILE_URL,
     PROVENANCE_TAG_SYSTEM,
+    SOURCE_BASE,
     STATE_SYSTEM,
     SUBJECT_ID_SYSTEM,
     TAG_CODE,
@@ -635,9 +636,17 @@ class WriteBack:
             return
         self._checked_source = True
         if not written_by_adapter(response.body):
+            meta = response.body.get("meta")
+            source = meta.get("source") if isinstance(meta, dict) else None
+            what = (
+                "changed the ResearchSubject it stored (it no longer matches the content digest in "
+                "meta.source)"
+                if isinstance(source, str) and source.startswith(SOURCE_BASE + "/")
+                else "did not keep meta.source on the ResearchSubject it stored"
+            )
             self.notes.append(
-                "the server did not keep meta.source on the ResearchSubject it stored: the adapter cannot "
-                "recognise its own versions there and will leave every existing ResearchSubject alone"
+                f"the server {what}: the adapter cannot recognise its own versions there and will leave "
+                "every existing ResearchSubject alone"
             )
 
     def _check_tag_kept(self, response: FhirResponse) -> None:

@@ -222,3 +222,29 @@ def test_a_create_answered_with_another_subjects_body_gets_its_own_provenance(
 
     assert_one_subject_and_one_provenance_per_version(server, 2)
     assert len(provenance_targets(server)) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (
+            lambda r: {**r, "study": {**r["study"], "display": "IL-2 in DM"}},
+            "changed the ResearchSubject it stored",
+        ),
+        (lambda r: {**r, "meta": {}}, "did not keep meta.source"),
+    ],
+    ids=["adds-a-display", "drops-meta"],
+)
+def test_a_server_that_alters_what_it_stores_is_told_apart_from_one_that_drops_meta_source(
+    change: Any, said: str, server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load_patients(server, "p1")
+
+    def store_altered(req: Any) -> Reply:
+        status, stored = server.store.create(change(req.json()), req.headers.get("if-none-exist"))
+        return Reply(status, json=stored)
+
+    server.on("POST", SUBJECT, store_altered)
+    run = screen(capsys, server, tmp_path / "r.json", "--write-back")
+
+    assert f"the server {said}" in run.err

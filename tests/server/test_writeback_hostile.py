@@ -28,6 +28,21 @@ def writes(server: FaultServer, since: int = 0) -> list[str]:
     ]
 
 
+def searched(server: FaultServer, req: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What the store answers a ResearchSubject search (by identifier or study): the subjects and the
+    Provenances it includes, for a hook to change before it answers."""
+    params = {k: v for k, v in req.query.items() if k in ("identifier", "study")}
+    found = server.store.search(SUBJECT, params)
+    return found, list(server.store.includes(SUBJECT, found, req.query))
+
+
+def written_then_ineligible(server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """p1's subject written by a first run, then p1's data changed so that the next run updates it."""
+    load_patients(server, "p1")
+    assert screen(capsys, server, tmp_path / "r.json", "--write-back").code == 0
+    make_ineligible(server)
+
+
 def make_ineligible(server: FaultServer, pid: str = "p1") -> None:
     """The patient's hemoglobin falls to 70 g/L: the adapter now wants the subject updated."""
     (hgb,) = [
@@ -63,14 +78,10 @@ def test_a_subject_search_that_ignores_identifier_never_rewrites_another_patient
 def test_a_coordinators_change_between_the_search_and_the_read_is_kept_when_searches_trim_versions(
     server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    load_patients(server, "p1")
-    assert screen(capsys, server, tmp_path / "r.json", "--write-back").code == 0
-    make_ineligible(server)
+    written_then_ineligible(server, tmp_path, capsys)
 
     def without_versions(req: Any) -> Reply:
-        params = {k: v for k, v in req.query.items() if k in ("identifier", "study")}
-        found = server.store.search(SUBJECT, params)
-        included = server.store.includes(SUBJECT, found, req.query)
+        found, included = searched(server, req)
         for resource in found:
             resource["meta"].pop("versionId", None)
         return Reply(json=searchset(found + included, include=len(included)))
@@ -148,9 +159,8 @@ def test_a_malformed_resource_in_the_study_listing_is_not_an_internal_error(
     assert screen(capsys, server, tmp_path / "r.json", "--write-back").code == 0
 
     def with_odd(req: Any) -> Reply:
-        params = {k: v for k, v in req.query.items() if k in ("identifier", "study")}
-        found = server.store.search(SUBJECT, params)
-        included = [*server.store.includes(SUBJECT, found, req.query), odd]
+        found, included = searched(server, req)
+        included.append(odd)
         return Reply(json=searchset(found + included, include=len(included)))
 
     server.on("GET", SUBJECT, with_odd, repeat=True)
@@ -169,9 +179,7 @@ def test_entries_a_listing_repeats_are_one_subject_not_a_duplicate_to_merge(
     assert screen(capsys, server, tmp_path / "r.json", "--write-back").code == 0
 
     def twice(req: Any) -> Reply:
-        params = {k: v for k, v in req.query.items() if k in ("identifier", "study")}
-        found = server.store.search(SUBJECT, params)
-        included = server.store.includes(SUBJECT, found, req.query)
+        found, included = searched(server, req)
         return Reply(json=searchset(found + found + included, include=len(included)))
 
     server.on("GET", SUBJECT, twice, repeat=True)
@@ -184,9 +192,7 @@ def test_entries_a_listing_repeats_are_one_subject_not_a_duplicate_to_merge(
 def test_an_update_answered_with_a_stale_etag_and_no_meta_gets_the_provenance_of_the_stored_version(
     server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    load_patients(server, "p1")
-    assert screen(capsys, server, tmp_path / "r.json", "--write-back").code == 0
-    make_ineligible(server)
+    written_then_ineligible(server, tmp_path, capsys)
 
     def stale(req: Any) -> Reply:
         status, stored = server.store.update(req.json(), req.path.split("/")[1], req.headers.get("if-match"))

@@ -23,6 +23,16 @@ from fhir_adapter.source.reader import Item, Line, LineBlock, resources_of
 from fhir_adapter.source.routing import gate_hits, take
 
 
+def unlisted(count: int) -> InputProblem:
+    """The trace of patients whose resources the input holds but not their Patient, and whom no gate
+    admits: not listed (the input does not hold them), but counted, whichever engine read the input."""
+    return InputProblem(
+        "(input)",
+        f"{count} patient(s) have resources but no Patient resource in the input and nothing a trial's "
+        "gate admits: not listed or screened",
+    )
+
+
 class GateTally:
     """Pass 1 over items: the patients a gate admits, and counts of the gate's types per patient."""
 

@@ -31,7 +31,7 @@ from fhir_adapter.screening import Gate
 from fhir_adapter.settings import ReadLimits
 from fhir_adapter.source.copies import UNORDERED, choose_bodies
 from fhir_adapter.source.grouping import RawRecord, Row, build
-from fhir_adapter.source.intake import GateTally, Intake
+from fhir_adapter.source.intake import GateTally, Intake, unlisted
 from fhir_adapter.source.parallel_read import Taken, available_cores, gate_pieces, take_pieces
 from fhir_adapter.source.pieces import Piece, piece_blocks, plan
 from fhir_adapter.source.reader import Item, LineBlock, input_files, read_blocks, read_raw
@@ -299,18 +299,12 @@ class PatientIndex:
     def _report_unlisted(self) -> None:
         """Patients with resources but neither a Patient resource nor a candidate's: not listed, since the
         input does not hold them, but counted, so that what was dropped leaves a trace."""
-        unlisted = self.db.execute(
+        count = self.db.execute(
             "SELECT COUNT(*) FROM other WHERE pid NOT IN (SELECT pid FROM patient) "
             "AND pid NOT IN (SELECT pid FROM candidate)"
         ).fetchone()[0]
-        if unlisted:
-            self.problems.append(
-                InputProblem(
-                    "(input)",
-                    f"{unlisted} patient(s) have resources but no Patient resource in the input and nothing a "
-                    "trial's gate admits: not listed or screened",
-                )
-            )
+        if count:
+            self.problems.append(unlisted(count))
 
     def _medication(self, key: str, body: bytes) -> None:
         """A Medication's copy, in reading order: kept unless an earlier copy is newer or the same."""

@@ -27,6 +27,7 @@ from typing import Any
 from fhir_adapter.model import InputProblem
 from fhir_adapter.output.result_file import Tally
 from fhir_adapter.screening import Screener
+from fhir_adapter.source.intake import unlisted
 from fhir_adapter.source.patient_index import line_filter
 from fhir_adapter.spark import partitions as part
 from fhir_adapter.spark.hadoop import HadoopFs
@@ -162,7 +163,8 @@ def run_job(spark: Any, plan: InputPlan, screener: Screener, parts_uris: Sequenc
 
         failed = evaluated.filter(lambda kv: bool(kv[1][1])).map(lambda kv: (kv[0], kv[1][1])).collect()
         log.info("records screened (%.1f s)", time.monotonic() - started)
-        problems = [p for _, p in keyed] + [p for _, own in sorted(failed, key=lambda kv: kv[0]) for p in own]
+        problems = [p for _, p in keyed] + _unlisted(out, cand_bc)
+        problems += [p for _, own in sorted(failed, key=lambda kv: kv[0]) for p in own]
 
         # Range-partitioned by patient id: part i holds ids below part i+1's, each part sorted.
         subjects = evaluated.filter(lambda kv: kv[1][0] is not None)
@@ -183,6 +185,16 @@ def run_job(spark: Any, plan: InputPlan, screener: Screener, parts_uris: Sequenc
             rdd.unpersist()
         for bc in broadcasts:
             bc.destroy()
+
+
+def _unlisted(out: Any, cand_bc: Any) -> list[InputProblem]:
+    """The local index's count of patients with resources but no Patient resource and no candidate's."""
+    listed = out.filter(lambda o: o[0] == "patient").map(lambda o: o[1])
+    others = out.filter(lambda o: o[0] == "others").flatMap(lambda o: o[1]).distinct()
+    count = (
+        others.subtract(listed).filter(lambda pid: cand_bc.value is None or pid not in cand_bc.value).count()
+    )
+    return [unlisted(count)] if count else []
 
 
 def _union(sc: Any, rdds: list[Any]) -> Any:

@@ -90,7 +90,8 @@ def merge_gate(a: GateCounts, b: GateCounts) -> GateCounts:
 #
 # Tags: ("read", n) resources read; ("skipped", Counter) types no criterion reads; ("seen", position) a
 # whole file was read; ("problem", key, InputProblem); ("patient", pid); ("res", pid, key, Row);
-# ("medref", "Medication/x", pid); ("med", "Medication/x", key, json).
+# ("medref", "Medication/x", pid); ("med", "Medication/x", key, json); ("others", pids) patients whose
+# resources were dropped.
 
 
 class _Pass2:
@@ -101,6 +102,7 @@ class _Pass2:
         self.candidates = candidates
         self.read = 0
         self.skipped: Counter[str] = Counter()
+        self.others: set[str] = set()  # patients whose resources were dropped (as Intake.others)
 
     def item(self, item: Item | Line | InputProblem, key: Position) -> Iterator[Out]:
         if isinstance(item, InputProblem):
@@ -129,6 +131,8 @@ class _Pass2:
                     yield ("patient", ref)
                 if value is not None:
                     yield from self._keep(ref, at, value)
+                elif kind == "resource":
+                    self.others.add(ref)
 
     def _keep(self, pid: str, key: Position, row: Row) -> Iterator[Out]:
         yield ("res", pid, key, row)
@@ -146,6 +150,8 @@ class _Pass2:
         yield ("read", self.read)
         if self.skipped:
             yield ("skipped", self.skipped)
+        if self.others:
+            yield ("others", frozenset(self.others))
 
 
 def read_lines(

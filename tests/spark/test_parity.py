@@ -256,6 +256,17 @@ def _break(folder: Path) -> None:
     write(extra / "med" / "Patient.ndjson", ndjson_lines([*for_patient(baseline(), "zz-med"), order]))
     # A resource of a type no criterion reads, without a patient: skipped without a problem, as locally.
     write(extra / "other.ndjson", json.dumps({"resourceType": "Basic", "id": "b1"}) + "\n")
+    # Resources of patients the input holds no Patient for, no gate admitting them: counted, as locally.
+    ghosts = [
+        {
+            "resourceType": "Observation",
+            "id": f"g{n}",
+            "status": "final",
+            "subject": {"reference": f"Patient/zz-ghost{n}"},
+        }
+        for n in (1, 2, 2)
+    ]
+    write(extra / "ghosts.ndjson", ndjson_lines(ghosts))
 
 
 def test_population_with_bad_inputs_gives_the_local_results(
@@ -276,6 +287,7 @@ def test_population_with_bad_inputs_gives_the_local_results(
     assert ("(input)", None) in where  # Patient/p0000100 is referenced but not in the input
     assert ("X/extra/binary.ndjson", None) in where
     assert any("has no patient reference" in e["reason"] for e in errors)
+    assert any("have resources but no Patient resource in the input" in e["reason"] for e in errors)
     subjects = {s["patient"] for s in local.results["NCT05495321"]["subjects"]}
     assert {"Patient/zz-hidden", "Patient/zz-dotted", "Patient/zz-mis", "Patient/zz-odd"} <= subjects
     assert len(subjects) > 3000

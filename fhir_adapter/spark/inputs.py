@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from fhir_adapter.model import InputProblem
-from fhir_adapter.source.reader import FHIR_SUFFIXES
+from fhir_adapter.source.reader import FHIR_SUFFIXES, NotRegular, read_problem
 
 BOM = b"\xef\xbb\xbf"
 
@@ -111,7 +111,7 @@ def plan_inputs(fs: FileSystem, paths: Sequence[str], threads: int = 16) -> Inpu
             seen.add(entry.uri)
             kind = fs.special(entry.uri)
             if kind is not None:  # as the local reader says it, and never opened
-                found.append(InputProblem(_display(path, rel), f"not a regular file ({kind}): skipped"))
+                found.append(read_problem(_display(path, rel), NotRegular(kind)))
             else:
                 found.append((_display(path, rel), entry))
     heads = _heads(fs, [f[1] for f in found if isinstance(f, tuple) and _may_be_lines(f[1])], threads)

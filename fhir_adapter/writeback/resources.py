@@ -260,11 +260,11 @@ def records_version(provenance: Resource, subject: Resource) -> bool:
     plain = f"ResearchSubject/{subject.get('id')}"
     target = f"{plain}/_history/{version}"
     pmeta = _dict(provenance.get("meta"))
-    for tag in _list(pmeta.get("tag")):
+    for tag in as_list(pmeta.get("tag")):
         if isinstance(tag, dict) and tag.get("system") == PROVENANCE_TAG_SYSTEM:
             return tag.get("code") == target
-    refs = [t.get("reference") for t in _list(provenance.get("target")) if isinstance(t, dict)]
-    ours = any(isinstance(p, str) and p.startswith(POLICY_PREFIX) for p in _list(provenance.get("policy")))
+    refs = [t.get("reference") for t in as_list(provenance.get("target")) if isinstance(t, dict)]
+    ours = any(isinstance(p, str) and p.startswith(POLICY_PREFIX) for p in as_list(provenance.get("policy")))
     if not ours:
         return False
     if any(isinstance(r, str) and r.endswith(target) for r in refs):
@@ -282,7 +282,8 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """A JSON array as a list; anything else (a server's malformed field) as none."""
     return value if isinstance(value, list) else []
 
 
@@ -327,8 +328,7 @@ def current_state(resource: Resource, release: Release) -> str | None:
         status = resource.get("status")
         return status if isinstance(status, str) else None
     latest: tuple[str, int, str] | None = None
-    progresses = resource.get("progress")
-    for index, progress in enumerate(progresses if isinstance(progresses, list) else []):
+    for index, progress in enumerate(as_list(resource.get("progress"))):
         if not isinstance(progress, dict):
             continue
         code = _state_code(progress.get("subjectState"))
@@ -390,8 +390,7 @@ def _fails(result: CriterionResult) -> bool:
 def _state_code(cc: Any) -> str | None:
     if not isinstance(cc, dict):
         return None
-    codings = cc.get("coding")
-    for coding in codings if isinstance(codings, list) else []:
+    for coding in as_list(cc.get("coding")):
         if (
             isinstance(coding, dict)
             and coding.get("system") == STATE_SYSTEM

@@ -35,7 +35,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from fhir_adapter.client.http import FhirClient, FhirResponse
@@ -69,6 +69,7 @@ from fhir_adapter.writeback.resources import (
     TAG_SYSTEM,
     XVER_PROGRESS,
     Release,
+    as_list,
     build_device,
     build_provenance,
     build_research_subject,
@@ -283,7 +284,7 @@ class WriteBack:
         for resource in found:
             if not _is(resource, "ResearchSubject"):
                 continue
-            for ident in _list(resource.get("identifier")):
+            for ident in as_list(resource.get("identifier")):
                 if isinstance(ident, dict) and ident.get("system") == SUBJECT_ID_SYSTEM:
                     value = ident.get("value")
                     if isinstance(value, str):
@@ -293,7 +294,9 @@ class WriteBack:
             if not _is(resource, "Provenance"):
                 continue
             targets = (
-                _unversioned(t.get("reference")) for t in _list(resource.get("target")) if isinstance(t, dict)
+                _unversioned(t.get("reference"))
+                for t in as_list(resource.get("target"))
+                if isinstance(t, dict)
             )
             for value in {by_id[t] for t in targets if t in by_id}:
                 known[value].append(resource)
@@ -418,10 +421,7 @@ class WriteBack:
         unknown: ServerError | None = None
         for attempt in range(self._max_attempts):
             found = _distinct(self._subject_search(value, token, first=attempt == 0))
-            # Only this patient's: a server may ignore `identifier` and answer every subject it has.
-            matches = [
-                r for r in found if _is(r, "ResearchSubject") and _has_identifier(r, SUBJECT_ID_SYSTEM, value)
-            ]
+            matches = _subjects_of(found, value)
             provenances = [r for r in found if _is(r, "Provenance")]
             if len(matches) > 1:
                 ids = ", ".join(sorted(str(m.get("id")) for m in matches))
@@ -500,9 +500,8 @@ class WriteBack:
         an earlier write whose Provenance was lost (a crash, an unknown outcome), or ours just now."""
         if any(records_version(p, current) for p in provenances):
             return Outcome(subject.patient, Action.UNCHANGED, state, dry_run=self.dry_run)
-        meta = current.get("meta") if isinstance(current.get("meta"), dict) else {}
-        version = meta.get("versionId") if isinstance(meta, dict) else None
-        if not isinstance(version, str) or not version:
+        version = _version_of(current)
+        if version is None:
             return Outcome(subject.patient, Action.UNCHANGED, state, dry_run=self.dry_run)
         if self.dry_run:
             return Outcome(subject.patient, Action.UNCHANGED, state, dry_run=True, provenance_repaired=True)
@@ -537,11 +536,7 @@ class WriteBack:
             version = _version_of(body)
             if version is not None:
                 return dataclasses.replace(response, etag=f'W/"{version}"')
-        found = [
-            r
-            for r in _distinct(self.client.search("ResearchSubject", [("identifier", token)]))
-            if _is(r, "ResearchSubject") and _has_identifier(r, SUBJECT_ID_SYSTEM, value)
-        ]
+        found = _subjects_of(_distinct(self.client.search("ResearchSubject", [("identifier", token)])), value)
         version = _version_of(found[0]) if len(found) == 1 else None
         if version is None:
             return response  # nothing better to go by (a lagging search): the answer as it came
@@ -551,9 +546,8 @@ class WriteBack:
         """The subject to judge and the ETag an update must match. A search result without versionId
         (some servers trim meta) is read again, and the read is what is judged: judging the search's
         copy and sending the read's ETag would overwrite a coordinator's change made in between."""
-        meta = found.get("meta")
-        version = meta.get("versionId") if isinstance(meta, dict) else None
-        if isinstance(version, str) and version:
+        version = _version_of(found)
+        if version is not None:
             return found, f'W/"{version}"'
         response = self.client.read("ResearchSubject", str(found["id"]))
         if response is None or response.body is None or not _is(response.body, "ResearchSubject"):
@@ -655,7 +649,7 @@ class WriteBack:
         self._checked_tag = True
         meta = response.body.get("meta")
         tags = meta.get("tag") if isinstance(meta, dict) else None
-        if not any(isinstance(t, dict) and t.get("system") == PROVENANCE_TAG_SYSTEM for t in _list(tags)):
+        if not any(isinstance(t, dict) and t.get("system") == PROVENANCE_TAG_SYSTEM for t in as_list(tags)):
             self.notes.append(
                 "the server did not keep meta.tag on the Provenance it stored: a Provenance write whose "
                 "answer is lost may be repeated on this server"
@@ -695,8 +689,10 @@ def _version_of(resource: Resource) -> str | None:
     return version if isinstance(version, str) and version else None
 
 
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
+def _subjects_of(found: Iterable[Resource], value: str) -> list[Resource]:
+    """The ResearchSubjects of ``found`` that carry this patient's identifier: a server may ignore
+    ``identifier`` and answer every subject it has."""
+    return [r for r in found if _is(r, "ResearchSubject") and _has_identifier(r, SUBJECT_ID_SYSTEM, value)]
 
 
 def _distinct(resources: Iterable[Resource]) -> list[Resource]:
@@ -718,10 +714,9 @@ def _is(resource: Resource, rtype: str) -> bool:
 
 
 def _has_identifier(resource: Resource, system: str, value: str) -> bool:
-    identifiers = resource.get("identifier")
     return any(
         isinstance(i, dict) and i.get("system") == system and i.get("value") == value
-        for i in (identifiers if isinstance(identifiers, list) else [])
+        for i in as_list(resource.get("identifier"))
     )
 
 

@@ -34,6 +34,7 @@ from fhir_adapter.config.types import (
 )
 from fhir_adapter.errors import ConfigError
 from fhir_adapter.facts import units as unit_table
+from fhir_adapter.facts.fhirjson import is_sane
 
 
 # Parameter names that refer to other definitions: checked at load, so a typo fails there, not mid-run.
@@ -72,10 +73,6 @@ def _schema() -> dict[str, Any]:
     return loaded
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    return read_toml(path)
-
-
 def _validate(doc: dict[str, Any], definition: str, path: Path) -> None:
     schema = {"$ref": f"#/$defs/{definition}", **{k: v for k, v in _schema().items() if k != "$id"}}
     validator = jsonschema.Draft202012Validator(schema)
@@ -104,7 +101,7 @@ def _positive(value: Any, where: str) -> Decimal:
     """A factor, a limit of normal, a dose rate: a finite number above zero (0 would divide by zero or
     make every value 0; a negative one turns a comparison around)."""
     number = _decimal(value, where)
-    if not number.is_finite() or number <= 0 or abs(number.adjusted()) > 30:
+    if not is_sane(number) or number <= 0:
         raise ConfigError(f"{where}: {value!r} must be a finite number greater than 0")
     return number
 
@@ -280,7 +277,7 @@ def _check_medications(
 def default_trial(mappings_dir: Path | None = None) -> str:
     """The trial ``screen`` uses without ``--trial``: ``default`` in mappings/trials.toml."""
     path = (mappings_dir or default_mappings_dir()) / "trials.toml"
-    doc = _read_toml(path)
+    doc = read_toml(path)
     _validate(doc, "trials_file", path)
     return str(doc["default"])
 
@@ -324,7 +321,7 @@ def load_trials(
     files: list[Path] = []
 
     def read(path: Path, definition: str) -> dict[str, Any]:
-        doc = _read_toml(path)
+        doc = read_toml(path)
         _validate(doc, definition, path)
         return doc
 

@@ -22,10 +22,8 @@ from fhir_adapter.config.types import (
     Trial,
 )
 from fhir_adapter.errors import ConfigError
+from fhir_adapter.facts.fhirjson import is_sane
 from fhir_adapter.model import Verdict
-
-# As for data (facts/fhirjson.to_decimal): beyond this a number is noise, and 1e308 breaks quantize().
-_MAX_EXPONENT = 30
 
 
 def _value(raw: Any) -> Decimal | bool | str:
@@ -48,10 +46,8 @@ def parse_rule(
             raise ConfigError(f"{where}.fact: unknown fact {node['fact']!r}")
         on_match = Verdict(node["on_match"]) if "on_match" in node else None
         value = _value(node["value"])
-        if isinstance(value, Decimal) and not value.is_finite():
-            raise ConfigError(f"{where}.value: {node['value']!r} is not a finite number")
-        if isinstance(value, Decimal) and abs(value.adjusted()) > _MAX_EXPONENT:
-            raise ConfigError(f"{where}.value: {node['value']!r} is not a value any fact has")
+        if isinstance(value, Decimal) and not is_sane(value):  # as for data: nan, inf, 1e308 are noise
+            raise ConfigError(f"{where}.value: {node['value']!r} is not a finite number any fact can have")
         if node["op"] in {"<", "<=", ">", ">="} and not isinstance(value, Decimal):
             raise ConfigError(f"{where}.value: {node['op']} needs a number, got {node['value']!r}")
         return Compare(fact=node["fact"], op=node["op"], value=value, on_match=on_match)

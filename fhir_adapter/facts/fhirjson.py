@@ -170,9 +170,14 @@ def patient_of(resource: Resource) -> str | None:
 
 # Beyond this a number is not a lab value, a dose or a score but noise: "1e999999" must not become a
 # Decimal that a later quantize() or division cannot handle.
-_MAX_EXPONENT = 30
+MAX_EXPONENT = 30
 # "1,280": a thousands separator (1280) or a decimal comma (1.28)? Nothing in the string says which.
 _COMMA_OR_THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2},\d{3}")
+
+
+def is_sane(number: Decimal) -> bool:
+    """A finite number of a magnitude a measurement, a dose, a score or a threshold can have."""
+    return number.is_finite() and abs(number.adjusted()) <= MAX_EXPONENT
 
 
 def to_decimal(value: Any) -> Decimal | None:
@@ -193,6 +198,6 @@ def to_decimal(value: Any) -> Decimal | None:
         number = Decimal(text)
     except InvalidOperation:
         return None
-    if not number.is_finite() or abs(number.adjusted()) > _MAX_EXPONENT:
+    if not is_sane(number):
         return None
     return number

@@ -77,17 +77,18 @@ def parse_date(value: Any) -> dt.date | None:
         return None
 
 
-_EPOCH = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+# What ``instant`` gives a date or an unparseable value: before every real instant.
+UNKNOWN_INSTANT = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
 
 
 def instant(value: Any) -> dt.datetime:
     """A dateTime as an aware UTC instant for ordering; dates and unparseable values sort first."""
     if not isinstance(value, str) or "T" not in value:
-        return _EPOCH
+        return UNKNOWN_INSTANT
     try:
         parsed = dt.datetime.fromisoformat(value.strip())
     except ValueError:
-        return _EPOCH
+        return UNKNOWN_INSTANT
     # A time without a zone is local to the source; UTC is as good a guess as any for ordering only.
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 

@@ -9,17 +9,14 @@ them the first read is kept, and the conflict is reported, never settled in sile
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Literal
 
 import orjson
 
-from fhir_adapter.facts.fhirjson import instant
+from fhir_adapter.facts.fhirjson import UNKNOWN_INSTANT, instant
 from fhir_adapter.model import Resource
 
 Choice = Literal["first", "second", "same", "unordered"]
-
-_EPOCH = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
 
 
 def _meta(resource: Resource) -> dict[str, object]:
@@ -44,7 +41,7 @@ def choose(first: Resource, second: Resource) -> Choice:
     if va is not None and vb is not None and va != vb:
         return "first" if va > vb else "second"
     ta, tb = instant(a.get("lastUpdated")), instant(b.get("lastUpdated"))
-    if ta != tb and _EPOCH not in (ta, tb):
+    if ta != tb and UNKNOWN_INSTANT not in (ta, tb):
         return "first" if ta > tb else "second"
     if _content(first) == _content(second):
         return "same"

@@ -299,16 +299,8 @@ def _everything(client: FhirClient) -> tuple[bool | None, str]:
     pid = first.get("id") if isinstance(first, dict) else None
     if not isinstance(pid, str) or not is_valid_id(pid):
         return None, "stated; not probed (no patient on the server to try it on)"
-    try:
-        client.get(f"Patient/{pid}/$everything", [("_count", 1)])
-    except AuthError:
-        raise
-    except ServerError as exc:
-        return (
-            False,
-            f"stated, but the probe was refused (HTTP {exc.status})" if exc.status else "probe failed",
-        )
-    return True, "one request per patient (probed)"
+    ok, how = _probe(client, f"Patient/{pid}/$everything", [("_count", 1)])
+    return (True, "one request per patient (probed)") if ok else (False, f"stated, but {how}")
 
 
 def _reads(client: FhirClient, caps: Capabilities, screener: Screener, report: Report) -> Capabilities:

@@ -186,7 +186,7 @@ def test_check_tries_everything_and_names_typed_searches_when_the_server_refuses
         server.on("GET", r"Patient/p1/\$everything", Reply(405, json=outcome("not-supported")), repeat=True)
         code, report = check_json(capsys, "--server", server.base)
     (row,) = [r for r in report["findings"] if r["what"] == "Patient/ID/$everything"]
-    assert row["status"] == "degraded" and "refused (HTTP 405)" in row["detail"]
+    assert row["status"] == "degraded" and "stated, but probe refused: HTTP 405" in row["detail"]
     assert report["strategies"]["screen"]["records"] == "typed"
     assert code == 3
 

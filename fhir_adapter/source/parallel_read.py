@@ -51,6 +51,18 @@ class Taken:
     part: str  # the part file the kept rows were written to ("" for none: none kept, or kept here)
     others: set[str]  # patients whose resources were dropped (Intake.others)
 
+    @classmethod
+    def of(cls, intake: Intake, part: str) -> Taken:
+        return cls(
+            intake.problems,
+            intake.read,
+            intake.skipped,
+            intake.patients,
+            intake.medications,
+            part,
+            intake.others,
+        )
+
 
 def available_cores() -> int:
     try:
@@ -93,9 +105,7 @@ def _take_piece(job: tuple[Piece, int, int]) -> Taken:
         db, path = _part()
         db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?, ?)", rows)
         db.commit()  # the process may be ended at any point once the piece is answered
-    return Taken(
-        intake.problems, intake.read, intake.skipped, intake.patients, intake.medications, path, intake.others
-    )
+    return Taken.of(intake, path)
 
 
 def _part() -> tuple[sqlite3.Connection, str]:

@@ -256,15 +256,7 @@ class PatientIndex:
         intake = self._drain(
             Intake(self.types, candidates, self._spool, before), piece_blocks(piece, self.limits)
         )
-        return Taken(
-            intake.problems,
-            intake.read,
-            intake.skipped,
-            intake.patients,
-            intake.medications,
-            "",
-            intake.others,
-        )
+        return Taken.of(intake, "")
 
     def _drain(self, intake: Intake, items: Iterable[Item | LineBlock | InputProblem]) -> Intake:
         """Pass 2 here: ``items`` through ``intake``, rows spooled as they come, Patients and

@@ -119,3 +119,13 @@ def test_of_two_medication_bodies_the_one_that_is_a_json_object_wins(
     from fhir_adapter.source.copies import choose_bodies
 
     assert choose_bodies(first, second) == expected
+
+
+def test_a_conflict_of_copies_whose_id_is_not_a_fhir_id_does_not_repeat_the_id() -> None:
+    first, second = _obs(70), _obs(128)
+    first["id"] = second["id"] = "Jane Roe 1981"
+    _, problems = _record(first, second)
+    assert problems == [
+        "Observation with an id that is not a FHIR id: copies of it differ and neither is newer "
+        "(meta.versionId, meta.lastUpdated): the first read is used"
+    ]

@@ -13,6 +13,7 @@ from typing import Literal
 
 import orjson
 
+from fhir_adapter.client.urls import is_valid_id
 from fhir_adapter.facts.fhirjson import UNKNOWN_INSTANT, instant
 from fhir_adapter.model import Resource
 
@@ -48,9 +49,11 @@ def choose(first: Resource, second: Resource) -> Choice:
     return "unordered"
 
 
-UNORDERED = (
-    "copies of it differ and neither is newer (meta.versionId, meta.lastUpdated): the first read is used"
-)
+def unordered(rtype: str, rid: str) -> str:
+    """The problem of copies that differ with nothing to order them; the id shown only when it is a FHIR
+    id (anything else is the input's free text, and problems reach the terminal)."""
+    shown = f"{rtype}/{rid}" if is_valid_id(rid) else f"{rtype} with an id that is not a FHIR id"
+    return f"{shown}: copies of it differ and neither is newer (meta.versionId, meta.lastUpdated): the first read is used"
 
 
 def choose_bodies(first: bytes, second: bytes) -> Choice:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from fhir_adapter.client.urls import is_valid_id
 from fhir_adapter.facts.fhirjson import ref_id
 from fhir_adapter.model import InputProblem, PatientRecord, Resource
-from fhir_adapter.source.copies import UNORDERED, choose
+from fhir_adapter.source.copies import choose, unordered
 
 MED_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
 
@@ -80,8 +81,8 @@ def record_from_rows(
         if choice == "second":
             kept[at] = resource  # in the place of the first: the record's order is the reading order
         elif choice == "unordered":
-            ref = f"{row.rtype}/{key[1]}"
-            problems.append(InputProblem(row.file, f"{ref}: {UNORDERED}", line=row.line, resource=ref))
+            ref = f"{row.rtype}/{key[1]}" if is_valid_id(key[1]) else None
+            problems.append(InputProblem(row.file, unordered(row.rtype, key[1]), line=row.line, resource=ref))
     patients = grouped.pop("Patient", [])
     record = PatientRecord(
         patient_id=patient_id,

@@ -27,7 +27,7 @@ from fhir_adapter.client.urls import is_valid_id
 from fhir_adapter.errors import OperationNotSupported, ServerError
 from fhir_adapter.facts.fhirjson import patient_of
 from fhir_adapter.model import InputProblem, PatientRecord, Resource
-from fhir_adapter.source.copies import UNORDERED, choose
+from fhir_adapter.source.copies import choose, unordered
 from fhir_adapter.source.grouping import MED_TYPES, medication_keys
 from fhir_adapter.source.strategies import read_capabilities
 
@@ -126,8 +126,8 @@ def build_record(
         if key in seen:
             # Copies as in a file (source.copies): the newer stands, the same is one, a conflict is said.
             choice = choose(seen[key], resource)
-            if choice == "unordered" and rtype in types | {"Patient"} and is_valid_id(rid):
-                unusable.append(f"{rtype}/{rid}: {UNORDERED}")
+            if choice == "unordered" and rtype in types | {"Patient"}:
+                unusable.append(unordered(rtype, rid))
             if choice != "second":
                 continue
             if key in place:

@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 
 from fhir_adapter import data_files
-from fhir_adapter.config import rules
+from fhir_adapter.config import kinds, rules
 from fhir_adapter.config.toml_file import read_toml
 from fhir_adapter.config.types import (
     HIERARCHICAL_SYSTEMS,
@@ -117,6 +117,8 @@ def _split_code(entry: str, where: str) -> tuple[str, str]:
         raise ConfigError(f"{where}: expected 'system|code', got {entry!r}")
     if code.endswith("*") and system not in HIERARCHICAL_SYSTEMS:
         raise ConfigError(f"{where}: prefix {entry!r} is only allowed for ICD-10, ICD-10-CM and ATC codes")
+    if code == "*":
+        raise ConfigError(f"{where}: prefix {entry!r} would match every code of the system")
     return system, code
 
 
@@ -184,9 +186,43 @@ def _build_units(raw: Mapping[str, Any], path: str) -> UnitTable:
         for i, c in enumerate(raw.get("conversions", []))
     )
     aliases = dict(raw.get("aliases", {}))
-    return UnitTable(
-        aliases=aliases, conversions=conversions, aliases_lower={k.lower(): v for k, v in aliases.items()}
-    )
+    # The case-insensitive fallback only where it is unambiguous: "G/L" (giga per litre) and "g/l" (grams)
+    # are both aliases, so "G/l" means neither, and stays an unknown unit.
+    targets: dict[str, set[str]] = {}
+    for key, target in aliases.items():
+        targets.setdefault(key.lower(), set()).add(target)
+    lower = {k: next(iter(v)) for k, v in targets.items() if len(v) == 1}
+    return UnitTable(aliases=aliases, conversions=conversions, aliases_lower=lower)
+
+
+def _check_units(table: UnitTable, alias_paths: Mapping[str, Path], conversion_paths: Sequence[Path]) -> None:
+    """Aliases lead to a code in one step, conversions join such codes, and no two conversions could
+    both apply to one value (the first would win, silently)."""
+    for key, target in table.aliases.items():
+        further = table.aliases.get(target, target)
+        if further != target:
+            raise ConfigError(
+                f"{alias_paths[key]}: units.aliases.{key}: {target!r} is itself an alias (of {further!r}); "
+                "give the code it means"
+            )
+    for i, conv in enumerate(table.conversions):
+        for end, unit in (("from", conv.source), ("to", conv.target)):
+            code = unit_table.normalise_unit(table, unit)
+            if code != unit:
+                raise ConfigError(
+                    f"{conversion_paths[i]}: units.conversions ({conv.source} -> {conv.target}).{end}: "
+                    f"{unit!r} is an alias of {code!r}; a conversion joins the codes aliases lead to"
+                )
+        for j in range(i):
+            other = table.conversions[j]
+            same_units = {conv.source, conv.target} == {other.source, other.target}
+            shared = not conv.concepts or not other.concepts or conv.concepts & other.concepts
+            if same_units and shared:
+                raise ConfigError(
+                    f"{conversion_paths[i]}: units.conversions ({conv.source} -> {conv.target}): "
+                    f"{conversion_paths[j]} already converts between these units for the same analytes; "
+                    "to change its factor, give the same from, to and concepts"
+                )
 
 
 def _build_medications(raw: Mapping[str, Any], path: Path) -> MedicationRules:
@@ -231,8 +267,8 @@ def _check_facts(
             for name in names:
                 if name not in concepts:
                     raise ConfigError(f"{where}.{key}: unknown concept {name!r}")
-            if _is_fact_key(key) and value not in facts:
-                raise ConfigError(f"{where}.{key}: unknown fact {value!r}")
+            if _is_fact_key(key):
+                _check_fact_parameter(facts, value, key, f"{where}.{key}")
         windows = sorted(_WINDOW_KEYS & fact.params.keys())
         if len(windows) > 1:
             raise ConfigError(f"{where}: {' and '.join(windows)}: one window only (which would count?)")
@@ -244,6 +280,19 @@ def _check_facts(
             elif value is not None:
                 _positive(value, f"{where}.{key}")
     _check_no_cycle(facts, path_of)
+
+
+def _check_fact_parameter(facts: Mapping[str, FactSpec], name: Any, key: str, where: str) -> None:
+    """A parameter naming a fact names one whose value it can use: a weight a number, a sex a sex."""
+    if name not in facts:
+        raise ConfigError(f"{where}: unknown fact {name!r}")
+    needed = kinds.FACT_PARAMETER_VALUES.get(key, kinds.NUMBER)
+    given = kinds.VALUES[facts[name].kind]
+    if given != needed:
+        raise ConfigError(
+            f"{where}: {name!r} is a fact of kind {facts[name].kind} ({kinds.describe(given)}); "
+            f"{key} needs {kinds.describe(needed)}"
+        )
 
 
 def _check_no_cycle(facts: Mapping[str, FactSpec], path_of: Mapping[str, Path]) -> None:
@@ -266,8 +315,7 @@ def _check_no_cycle(facts: Mapping[str, FactSpec], path_of: Mapping[str, Path]) 
 def _check_medications(
     rules_: MedicationRules, concepts: Mapping[str, Concept], facts: Mapping[str, FactSpec], path: Path
 ) -> None:
-    if rules_.weight_fact not in facts:
-        raise ConfigError(f"{path}: exposures.weight_fact: unknown fact {rules_.weight_fact!r}")
+    _check_fact_parameter(facts, rules_.weight_fact, "weight_fact", f"{path}: exposures.weight_fact")
     for key in ("intravenous_route_concept", "non_systemic_route_concept", "non_systemic_form_concept"):
         name = getattr(rules_, key)
         if name not in concepts:
@@ -350,6 +398,7 @@ def load_trials(
         _define_new(raw_concepts, doc.get("concepts", {}), path, "concepts", path_of)
         _define_new(raw_facts, doc.get("facts", {}), path, "facts", fact_paths)
     aliases = dict(units_doc.get("aliases", {}))
+    alias_paths = dict.fromkeys(aliases, units_path)
     conversions = list(units_doc.get("conversions", []))
     conversion_paths = [units_path] * len(conversions)  # the file each conversion came from
 
@@ -372,9 +421,8 @@ def load_trials(
             fact_paths[name] = overlay
         _merge_notes(raw_notes, doc.get("notes", {}), overlay, notes_paths)
         units = doc.get("units", {})
-        aliases.update(units.get("aliases", {}))
-        conversions.extend(units.get("conversions", []))
-        conversion_paths += [overlay] * len(units.get("conversions", []))
+        _merge_aliases(aliases, alias_paths, units.get("aliases", {}), overlay)
+        _merge_conversions(conversions, conversion_paths, units.get("conversions", []), overlay)
 
     defaults: Mapping[str, Mapping[str, Any]] = facts_doc.get("defaults", {})
     concepts = _build_concepts(raw_concepts, path_of)
@@ -391,6 +439,7 @@ def load_trials(
     medications = _build_medications(meds_doc, meds_path)
     _check_medications(medications, concepts, facts, meds_path)
     units_table = _build_units({"aliases": aliases, "conversions": conversions}, str(units_path))
+    _check_units(units_table, alias_paths, conversion_paths)
     for i, conversion in enumerate(units_table.conversions):
         for name in sorted(conversion.concepts - concepts.keys()):
             raise ConfigError(
@@ -422,6 +471,40 @@ def load_trials(
             )
         )
     return out
+
+
+def _merge_aliases(
+    aliases: dict[str, str], paths: dict[str, Path], new: Mapping[str, str], overlay: Path
+) -> None:
+    """An overlay adds aliases; changing what a unit already means would change every verdict that
+    reads it, so it is refused, naming the file that gave the first meaning."""
+    for key, target in new.items():
+        if key in aliases and aliases[key] != target:
+            raise ConfigError(
+                f"{overlay}: units.aliases.{key}: already an alias of {aliases[key]!r} in {paths[key]}; "
+                "an overlay adds aliases, it does not change one"
+            )
+        aliases[key] = target
+        paths.setdefault(key, overlay)
+
+
+def _merge_conversions(
+    conversions: list[dict[str, Any]], paths: list[Path], new: Sequence[Mapping[str, Any]], overlay: Path
+) -> None:
+    """An overlay's conversion with the same from, to and concepts as an earlier one replaces it (a
+    laboratory's own factor); any other is added."""
+
+    def key(c: Mapping[str, Any]) -> tuple[Any, Any, frozenset[str]]:
+        return (c["from"], c["to"], frozenset(c.get("concepts", [])))
+
+    for conversion in new:
+        same = [i for i, c in enumerate(conversions) if key(c) == key(conversion)]
+        if same:
+            conversions[same[0]] = dict(conversion)
+            paths[same[0]] = overlay
+        else:
+            conversions.append(dict(conversion))
+            paths.append(overlay)
 
 
 _NOTE_SCALARS = ("enabled", "max_attachment_bytes", "max_text_chars", "max_sentence_chars")

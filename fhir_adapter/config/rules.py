@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from fhir_adapter.config import kinds
 from fhir_adapter.config.types import (
     AllOf,
     AnyOf,
@@ -50,6 +51,10 @@ def parse_rule(
             raise ConfigError(f"{where}.value: {node['value']!r} is not a finite number any fact can have")
         if node["op"] in {"<", "<=", ">", ">="} and not isinstance(value, Decimal):
             raise ConfigError(f"{where}.value: {node['op']} needs a number, got {node['value']!r}")
+        # "femal" for a sex, "old" for an age: valid TOML, and never met for anyone.
+        problem = kinds.mismatch(facts[node["fact"]].kind, value)
+        if problem:
+            raise ConfigError(f"{where}.value: {problem}")
         return Compare(fact=node["fact"], op=node["op"], value=value, on_match=on_match)
     if "all" in node:
         return AllOf(

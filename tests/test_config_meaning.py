@@ -124,6 +124,20 @@ def test_a_weight_parameter_naming_a_true_or_false_fact_is_refused(tmp_path: Pat
     assert "weight_fact needs a number" in message
 
 
+def test_an_overlay_cannot_change_a_facts_kind(tmp_path: Path) -> None:
+    message = _refused(overlay='[facts.hemoglobin]\nkind = "uln-ratio"\n', tmp_path=tmp_path)
+    assert (
+        f"{tmp_path / 'site.toml'}: facts.hemoglobin.kind: an overlay changes a fact's parameters" in message
+    )
+    assert "('measurement' in" in message
+
+
+def test_an_overlay_may_restate_a_facts_kind_while_changing_its_window(tmp_path: Path) -> None:
+    overlay = tmp_path / "site.toml"
+    overlay.write_text('[facts.hemoglobin]\nkind = "measurement"\nwindow_days = 7\n', encoding="utf-8")
+    assert load_mappings(overlays=[overlay]).facts["hemoglobin"].get("window_days") == 7
+
+
 @pytest.mark.parametrize("code", ["http://hl7.org/fhir/sid/icd-10|*", "http://www.whocc.no/atc|*"])
 def test_a_prefix_of_nothing_which_matches_every_code_is_refused(tmp_path: Path, code: str) -> None:
     message = _refused(overlay=f'[concepts.malignancy]\ncodes = ["{code}"]\n', tmp_path=tmp_path)

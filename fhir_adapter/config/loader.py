@@ -272,6 +272,8 @@ def _check_facts(
         windows = sorted(_WINDOW_KEYS & fact.params.keys())
         if len(windows) > 1:
             raise ConfigError(f"{where}: {' and '.join(windows)}: one window only (which would count?)")
+        if fact.get("minimum") is not None and not is_sane(_decimal(fact.get("minimum"), f"{where}.minimum")):
+            raise ConfigError(f"{where}.minimum: {fact.get('minimum')!r} is not a finite number")
         for key in ("uln", "umol_per_mg_dl", "female_factor"):
             value = fact.get(key)
             if isinstance(value, dict):
@@ -412,6 +414,12 @@ def load_trials(
                     f"{overlay}: facts.{name}: unknown fact (an overlay changes existing facts only)"
                 )
             base_body = raw_facts[name]
+            if body.get("kind", base_body["kind"]) != base_body["kind"]:
+                # The shipped parameters would stay, read by nothing or misread by the new kind.
+                raise ConfigError(
+                    f"{overlay}: facts.{name}.kind: an overlay changes a fact's parameters, not its kind "
+                    f"({base_body['kind']!r} in {fact_paths[name]})"
+                )
             if _WINDOW_KEYS & body.keys():
                 # The overlay's window replaces the shipped one, whatever its unit (days for months).
                 base_body = {k: v for k, v in base_body.items() if k not in _WINDOW_KEYS}

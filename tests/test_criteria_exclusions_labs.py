@@ -3,6 +3,8 @@ open-world rules every measurement follows (window, as-of, ties, ignored statuse
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fhirdata import (
     ALT,
@@ -31,6 +33,7 @@ from fhirdata import (
     without,
 )
 
+from fhir_adapter.config.loader import load_mappings
 from fhir_adapter.model import Status
 
 
@@ -143,6 +146,49 @@ def test_platelet_value_abc_is_unknown_with_a_reason() -> None:
     assert "'abc' is not a number" in why
 
 
+@pytest.mark.parametrize(
+    ("criterion", "code", "value", "unit"),
+    [
+        ("thrombocytopenia", PLT, -5, "10*9/L"),
+        ("thrombocytopenia", PLT, -0.1, "K/uL"),
+        ("anemia", HGB, -1, "g/dL"),
+    ],
+)
+def test_a_negative_count_or_concentration_is_unknown_not_a_low_value(
+    criterion: str, code: tuple[str, str], value: float, unit: str
+) -> None:
+    # it would have been met: a data error is not thrombocytopenia or anemia
+    v, why, _ = check(criterion, observation(code, value, unit, id="neg"), drop=(code,))
+    assert v == "unknown"
+    assert "Observation/neg" in why and "is below 0, not a plausible result" in why
+
+
+def test_a_result_of_zero_is_read_as_measured() -> None:
+    assert check("thrombocytopenia", observation(PLT, 0, "10*9/L"), drop=(PLT,))[0] == "met"
+
+
+def test_the_newest_result_being_implausible_leaves_the_fact_unknown_not_read_from_an_older_one() -> None:
+    older = observation(PLT, 250, "10*9/L", date=days_ago(20), id="old")
+    newer = observation(PLT, -250, "10*9/L", date=days_ago(2), id="new")
+    v, why, _ = check("thrombocytopenia", older, newer, drop=(PLT,))
+    assert v == "unknown" and "Observation/new" in why
+
+
+def test_a_negative_bilirubin_against_its_own_range_is_unknown() -> None:
+    v, why, _ = check(
+        "liver-insufficiency", observation(TBIL, -3, "mg/dL", ref_high=1.2, id="tb"), drop=(TBIL,)
+    )
+    assert v == "unknown" and "below 0" in why
+
+
+def test_a_site_can_lower_a_facts_minimum_for_an_analyte_that_can_be_negative(tmp_path: Path) -> None:
+    overlay = tmp_path / "site.toml"
+    overlay.write_text('[facts.platelets]\nminimum = "-10"\n', encoding="utf-8")
+    mappings = load_mappings(overlays=[overlay])
+    result = screen(*with_labs(observation(PLT, -5, "10*9/L"), drop=(PLT,)), mappings=mappings)
+    assert verdict(result, "thrombocytopenia") == "met"
+
+
 # --- renal-insufficiency ------------------------------------------------------------------------------
 def test_renal_measured_clearance_25_is_met() -> None:
     v, why, ev = check("renal-insufficiency", observation(CRCL, 25, "mL/min", id="crcl1"))
@@ -211,7 +257,9 @@ def test_renal_cockcroft_gault_from_a_weight_of_zero_or_less_is_unknown_not_a_cl
 ) -> None:
     v, why, _ = check("renal-insufficiency", weight(kg), drop=(WEIGHT,))
     assert v == "unknown"
-    assert "Cockcroft-Gault not computable" in why and "mL/min" not in why
+    # 0 kg is a weight Cockcroft-Gault cannot use; a negative one is not a weight at all
+    said = "Cockcroft-Gault not computable" if kg == 0 else "Cockcroft-Gault lacks: body weight"
+    assert said in why and "mL/min" not in why
 
 
 @pytest.mark.parametrize("birth", ["0001-01-01", "1850-06-15"])

@@ -147,6 +147,9 @@ def _measured(ctx: Context, spec: FactSpec, concept: str, got: Latest) -> Fact:
         return Fact(spec.name, None, reason=f"{spec.label} {ref}{where(obs)} {value}")
     unit = str(spec.get("unit"))
     shown_unit = "" if unit.startswith("{") else f" {unit}"
+    implausible = _below_minimum(spec, value, f"{fmt(value)}{shown_unit}", f"{ref}{where(obs)}")
+    if implausible is not None:
+        return implausible
     original = f" (reported {r.comparator or ''}{fmt(r.value)} {r.unit})" if r.unit and r.unit != unit else ""
     detail = f"{spec.label} {r.comparator or ''}{fmt(value)}{shown_unit}{original} on {date}{where(obs)}"
     return Fact(
@@ -156,6 +159,24 @@ def _measured(ctx: Context, spec: FactSpec, concept: str, got: Latest) -> Fact:
         evidence=(evidence(obs, detail),),
         reason=detail,
         comparator=r.comparator,
+    )
+
+
+def _below_minimum(
+    spec: FactSpec, value: Decimal, shown: str, ref: str, *, unit_known: bool = True
+) -> Fact | None:
+    """A result below the fact's ``minimum`` (a negative count or enzyme: a data error) decides nothing;
+    the newest result is the one that counts, so the fact is unknown rather than read from an older one.
+    ``unit_known`` False: ``value`` is in a unit of its own, so only its sign can be judged (every
+    conversion keeps it), against a minimum of zero or above."""
+    minimum = spec.get("minimum")
+    if minimum is None:
+        return None
+    floor = Decimal(str(minimum))
+    if (value >= floor) if unit_known else (floor < 0 or value >= 0):
+        return None
+    return Fact(
+        spec.name, None, reason=f"{spec.label} {ref}: {shown} is below {minimum}, not a plausible result"
     )
 
 
@@ -208,6 +229,11 @@ def _ratio(ctx: Context, spec: FactSpec, concept: str, got: Latest) -> Fact:
         uln = Decimal(str(default))
         numerator, shown = value, f"{fmt(value)} {unit}"
         source = f"ULN {fmt(uln)} {unit} from the default table" + (f" ({sex})" if "any" not in table else "")
+    # The minimum is in the fact's unit; a result read in its own unit (its range's) keeps its sign.
+    in_unit = value if isinstance(value, Decimal) else numerator
+    implausible = _below_minimum(spec, in_unit, shown, ref, unit_known=isinstance(value, Decimal))
+    if implausible is not None:
+        return implausible
     ratio = numerator / uln
     detail = f"{spec.label} {r.comparator or ''}{shown} on {date} = {fmt(ratio)} x ULN; {source}{where(obs)}"
     return Fact(

@@ -163,10 +163,10 @@ def _mappings_copy(tmp_path: Path, facts_extra: str) -> Path:
             "defaults: 'qualitativ' is not one of",
         ),
         (
-            '[defaults.measurement]\npositive_concpt = "result-positive"\n',
-            "defaults.measurement: Unevaluated",
+            '[defaults.condition]\npositive_concpt = "result-positive"\n',
+            "defaults.condition: Unevaluated",
         ),
-        ('[defaults.measurement]\nwindow_days = "ninety"\n', "defaults.measurement.window_days: 'ninety'"),
+        ('[defaults.condition]\nwindow_days = "ninety"\n', "defaults.condition.window_days: 'ninety'"),
     ],
 )
 def test_defaults_for_an_unknown_kind_or_parameter_are_refused(

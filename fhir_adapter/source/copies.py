@@ -15,7 +15,7 @@ import orjson
 
 from fhir_adapter.client.urls import is_valid_id
 from fhir_adapter.facts.fhirjson import UNKNOWN_INSTANT, instant
-from fhir_adapter.model import Resource
+from fhir_adapter.model import InputProblem, Resource
 
 Choice = Literal["first", "second", "same", "unordered"]
 
@@ -54,6 +54,15 @@ def unordered(rtype: str, rid: str) -> str:
     id (anything else is the input's free text, and problems reach the terminal)."""
     shown = f"{rtype}/{rid}" if is_valid_id(rid) else f"{rtype} with an id that is not a FHIR id"
     return f"{shown}: copies of it differ and neither is newer (meta.versionId, meta.lastUpdated): the first read is used"
+
+
+def medication_conflict(key: str) -> InputProblem:
+    """The problem of a Medication (``key`` ``Medication/id``) whose copies differ unordered: the run's,
+    not a patient's (a Medication is read apart from the records that reference it)."""
+    rid = key.removeprefix("Medication/")
+    return InputProblem(
+        "Medication resources", unordered("Medication", rid), resource=key if is_valid_id(rid) else None
+    )
 
 
 def choose_bodies(first: bytes, second: bytes) -> Choice:

@@ -26,11 +26,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fhir_adapter.client.urls import is_valid_id
 from fhir_adapter.model import InputProblem, PatientRecord
 from fhir_adapter.screening import Gate
 from fhir_adapter.settings import ReadLimits
-from fhir_adapter.source.copies import choose_bodies, unordered
+from fhir_adapter.source.copies import choose_bodies, medication_conflict
 from fhir_adapter.source.grouping import RawRecord, Row, build
 from fhir_adapter.source.intake import GateTally, Intake, unlisted
 from fhir_adapter.source.parallel_read import Taken, available_cores, gate_pieces, take_pieces
@@ -309,11 +308,7 @@ class PatientIndex:
         if choice == "second":
             self.db.execute("UPDATE med SET body = ? WHERE key = ?", (body, key))
         elif choice == "unordered":
-            rid = key.removeprefix("Medication/")
-            ref = key if is_valid_id(rid) else None
-            self._conflicts.append(
-                InputProblem("Medication resources", unordered("Medication", rid), resource=ref)
-            )
+            self._conflicts.append(medication_conflict(key))
 
     def _spool(self, pid: str, row: Row) -> None:
         if self._memory is not None:

@@ -27,6 +27,7 @@ from typing import Any
 from fhir_adapter.model import InputProblem
 from fhir_adapter.output.result_file import Tally
 from fhir_adapter.screening import Screener
+from fhir_adapter.source.copies import medication_conflict
 from fhir_adapter.source.intake import unlisted
 from fhir_adapter.source.patient_index import line_filter
 from fhir_adapter.spark import partitions as part
@@ -145,7 +146,9 @@ def run_job(spark: Any, plan: InputPlan, screener: Screener, parts_uris: Sequenc
             .map(lambda o: (o[1], (o[2], o[3])))
             .groupByKey()
             .mapValues(part.kept_copy)
+            .persist(keep)  # read twice: the records' join and the copies' conflicts
         )
+        persisted.append(meds)
         wanted_meds = out.filter(lambda o: o[0] == "medref").map(lambda o: (o[1], o[2])).distinct()
         pid_meds = wanted_meds.join(meds).map(lambda kv: (kv[1][0], (kv[0], kv[1][1][1])))
         evaluated = res.cogroup(pid_meds).map(
@@ -163,7 +166,10 @@ def run_job(spark: Any, plan: InputPlan, screener: Screener, parts_uris: Sequenc
 
         failed = evaluated.filter(lambda kv: bool(kv[1][1])).map(lambda kv: (kv[0], kv[1][1])).collect()
         log.info("records screened (%.1f s)", time.monotonic() - started)
-        problems = [p for _, p in keyed] + _unlisted(out, cand_bc)
+        # After pass 2's problems and before the unlisted patients, as the local index reports them.
+        conflicts = sorted(meds.flatMap(lambda kv: [(pos, kv[0]) for pos in kv[1][2]]).collect())
+        problems = [p for _, p in keyed] + [medication_conflict(key) for _, key in conflicts]
+        problems += _unlisted(out, cand_bc)
         problems += [p for _, own in sorted(failed, key=lambda kv: kv[0]) for p in own]
 
         # Range-partitioned by patient id: part i holds ids below part i+1's, each part sorted.

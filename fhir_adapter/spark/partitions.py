@@ -193,15 +193,20 @@ def read_whole(
     yield from run.totals()
 
 
-def kept_copy(copies: Iterable[tuple[Position, bytes]]) -> tuple[Position, bytes]:
+def kept_copy(copies: Iterable[tuple[Position, bytes]]) -> tuple[Position, bytes, tuple[Position, ...]]:
     """Of the copies of one Medication, the one the local index keeps: taken in reading order, a later
-    copy replaces the kept one only when it is newer (:mod:`fhir_adapter.source.copies`)."""
+    copy replaces the kept one only when it is newer (:mod:`fhir_adapter.source.copies`); and where a
+    later copy differs with nothing to order them, its position, as the local index reports it."""
     ordered = sorted(copies, key=lambda c: c[0])
     kept = ordered[0]
+    conflicts: list[Position] = []
     for copy in ordered[1:]:
-        if choose_bodies(kept[1], copy[1]) == "second":
+        choice = choose_bodies(kept[1], copy[1])
+        if choice == "second":
             kept = copy
-    return kept
+        elif choice == "unordered":
+            conflicts.append(copy[0])
+    return kept[0], kept[1], tuple(conflicts)
 
 
 def line_counts(blocks: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:

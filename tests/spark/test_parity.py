@@ -253,6 +253,8 @@ def _break(folder: Path) -> None:
         ndjson_lines([dict(med, code={"text": "old"}, meta={"versionId": "1"})]),
     )
     write(extra / "med" / "Medication.001.ndjson", ndjson_lines([dict(med, meta={"versionId": "2"})]))
+    # And a third copy that differs with nothing to order it: kept out, and reported by both engines.
+    write(extra / "med" / "Medication.002.ndjson", ndjson_lines([dict(med, code={"text": "third"})]))
     write(extra / "med" / "Patient.ndjson", ndjson_lines([*for_patient(baseline(), "zz-med"), order]))
     # A resource of a type no criterion reads, without a patient: skipped without a problem, as locally.
     write(extra / "other.ndjson", json.dumps({"resourceType": "Basic", "id": "b1"}) + "\n")
@@ -288,6 +290,7 @@ def test_population_with_bad_inputs_gives_the_local_results(
     assert ("X/extra/binary.ndjson", None) in where
     assert any("has no patient reference" in e["reason"] for e in errors)
     assert any("have resources but no Patient resource in the input" in e["reason"] for e in errors)
+    assert any(e["reason"].startswith("Medication/pred5: copies of it differ") for e in errors)
     subjects = {s["patient"] for s in local.results["NCT05495321"]["subjects"]}
     assert {"Patient/zz-hidden", "Patient/zz-dotted", "Patient/zz-mis", "Patient/zz-odd"} <= subjects
     assert len(subjects) > 3000

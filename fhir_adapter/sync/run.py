@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import sqlite3
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import TextIO
 from fhir_adapter import __version__
 from fhir_adapter.client.factory import open_client
 from fhir_adapter.client.http import FhirClient
+from fhir_adapter.client.urls import is_valid_id
 from fhir_adapter.config.loader import load_trials
+from fhir_adapter.config.types import Mappings
 from fhir_adapter.errors import AdapterError, ConfigError, ExitCode, UsageError
 from fhir_adapter.model import InputProblem
 from fhir_adapter.output.result_file import ResultWriter
@@ -33,7 +36,7 @@ from fhir_adapter.sync.changes import Changes, changed_by_last_updated, changed_
 from fhir_adapter.sync.config import SiteConfig
 from fhir_adapter.sync.lock import RunLock
 from fhir_adapter.sync.manifest import Counts, render_manifest, write_manifest
-from fhir_adapter.sync.state import LAST_FULL, WATERMARK, State
+from fhir_adapter.sync.state import LAST_FULL, WATERMARK, State, unusable
 from fhir_adapter.sync.worker import SyncSink
 from fhir_adapter.writeback.references import referencing
 from fhir_adapter.writeback.resources import release_of
@@ -48,7 +51,31 @@ def _full_due(config: SiteConfig, state: State, as_of: dt.date) -> bool:
     if not config.full_every_days:
         return False
     last = state.get(LAST_FULL)
-    return last is None or (as_of - dt.date.fromisoformat(last)).days >= config.full_every_days
+    try:
+        return last is None or (as_of - dt.date.fromisoformat(last)).days >= config.full_every_days
+    except ValueError:  # a damaged date: the full run it stood for is due, and rewrites it
+        log.warning("%s: the last full reconciliation's date is damaged: one is due", config.state_path)
+        return True
+
+
+def _watermark(before: str | None, now: dt.datetime) -> tuple[dt.datetime | None, str | None]:
+    """The stored watermark, or why it cannot be used: then the run re-screens everyone."""
+    if before is None:
+        return None, None
+    try:
+        mark = dt.datetime.fromisoformat(before)
+    except ValueError:
+        return None, f"the stored watermark {before[:40]!r} is not a time: this run re-screens everyone"
+    if mark.tzinfo is None:
+        mark = mark.replace(tzinfo=dt.UTC)  # written by an older release without its offset
+    if mark > now:
+        # A feed read since a moment that has not come yet would miss what changes until then.
+        return None, (
+            f"the stored watermark {mark.isoformat()} is later than the server's time now "
+            f"({now.isoformat()}): the server's clock went back, and what changed since may be missing "
+            "from the change feed: this run re-screens everyone"
+        )
+    return mark, None
 
 
 def client_for(config: SiteConfig, table: str = "server") -> FhirClient:
@@ -96,6 +123,8 @@ def sync(
         state = State(config.state_path)
         try:
             return _run(config, state, screener, dry_run=dry_run, full=full, out=out, report=report)
+        except sqlite3.DatabaseError as exc:  # damaged, or its disk full, in the middle of the run
+            raise unusable(config.state_path, exc) from None
         finally:
             state.close()
 
@@ -123,6 +152,11 @@ def _run(
     try:
         with client_for(config) as client, write_client_for(config, client) as writer:
             now = server_now(client)
+            mark, unusable_mark = _watermark(before, now)
+            if unusable_mark is not None:
+                problems.append(InputProblem(str(config.state_path), unusable_mark))
+                counts.errors += 1
+                full = True
             queue: dict[str, str] = dict(state.pending())
             caps = read_capabilities(client.capabilities())
             strategies = _strategies(config, caps, screener)
@@ -144,25 +178,43 @@ def _run(
                 for pid in state.known_patients():
                     queue.setdefault(pid, "full")
             else:
-                changes = _changes(client, strategies, dt.datetime.fromisoformat(before), screener, bulk)
+                assert mark is not None
+                changes = _changes(client, strategies, mark, screener, bulk)
                 counts.deleted_resources = changes.deleted
                 for pid in sorted(changes.patients):
                     queue.setdefault(pid, "changed")
                 next_mark = None if changes.hold_watermark else (changes.next_watermark or now)
             for pid in state.due_for_recheck(as_of):
                 queue.setdefault(pid, "window")
+            # An id no server read can take (a malformed reference, a damaged queue row) would refuse
+            # the whole batch: it leaves the queue, counted, and everyone else is screened.
+            invalid = sorted(pid for pid in queue if not is_valid_id(pid))
+            for pid in invalid:
+                del queue[pid]
+                if not dry_run:
+                    state.done(pid)
+            if invalid:
+                problems.append(
+                    InputProblem(
+                        config.server_url,
+                        f"{len(invalid)} patient reference(s) from the server or the queue are not valid "
+                        "FHIR ids (not shown): not screened",
+                    )
+                )
+                counts.errors += 1
             counts.queued = len(queue)
             counts.reasons.update(queue.values())
-            if not dry_run and (before is None or full):
-                state.put(LAST_FULL, as_of.isoformat())
             if not dry_run:
-                # Persist the work, then advance the watermark: a crash from here on loses nothing.
+                # Persist the work, then mark the full run done and advance the watermark: a crash from
+                # here on loses nothing (before the queue is stored, the next run does it all again).
                 state.enqueue(list(queue), "queued")
+                if before is None or full:
+                    state.put(LAST_FULL, as_of.isoformat())
                 if next_mark is not None:
                     after = next_mark.isoformat()
                     state.put(WATERMARK, after)
             try:
-                problems = _process(
+                problems += _process(
                     client, writer, config, state, screener, strategies, queue, counts, dry_run, out, bulk
                 )
             finally:
@@ -235,8 +287,15 @@ def _process(
     with records_source(
         client, screener, strategies.records, chosen[:limit], bulk, config.server.concurrency
     ) as source:
-        run_pipeline(source, screener, [sink], max_consecutive_failures=config.max_consecutive_failures)
-    return sink.problems
+        found = run_pipeline(
+            source, screener, [sink], max_consecutive_failures=config.max_consecutive_failures
+        )
+    # The sink counted what it saw fail; a record's own problems (an unusable resource) and an exception
+    # the sink raised (a state row it could not write: the patient stays queued) reach only the
+    # pipeline's list, and would otherwise leave a run that failed someone reading "ok, errors 0".
+    seen = {id(p) for p in sink.problems}
+    counts.errors += sum(1 for p in found if id(p) not in seen)
+    return found
 
 
 def _strategies(config: SiteConfig, caps: Capabilities, screener: Screener) -> Strategies:
@@ -306,20 +365,29 @@ def _write_latest(config: SiteConfig, state: State, screener: Screener, report: 
         html = report or html
         if path is None:
             continue
-        writer = ResultWriter(
-            path,
-            m.trial.study,
-            screener.as_of,
-            m.fingerprint,
-            source=f"sync: {config.server_url} (current state of every candidate)",
-            title=m.trial.title,
-        )
         try:
-            for stored in state.results(m.trial.study):
-                writer.subject_json(stored.body)
-            writer.close([])
-        except BaseException:
-            writer.abort()
-            raise
-        if html is not None:
-            render_report(path, html, None)
+            _write_study(config, state, screener, m, path, html)
+        except OSError as exc:  # a folder where the file goes, a full disk: the operator's to mend
+            raise ConfigError(f"{config.path}: report: cannot write {path} ({exc.strerror or exc})") from None
+
+
+def _write_study(
+    config: SiteConfig, state: State, screener: Screener, m: Mappings, path: Path, html: Path | None
+) -> None:
+    writer = ResultWriter(
+        path,
+        m.trial.study,
+        screener.as_of,
+        m.fingerprint,
+        source=f"sync: {config.server_url} (current state of every candidate)",
+        title=m.trial.title,
+    )
+    try:
+        for stored in state.results(m.trial.study):
+            writer.subject_json(stored.body)
+        writer.close([])
+    except BaseException:
+        writer.abort()
+        raise
+    if html is not None:
+        render_report(path, html, None)

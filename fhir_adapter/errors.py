@@ -131,6 +131,13 @@ class ThrottleBudgetExhausted(SystemicFailure):
     that keeps throttling ends the run in bounded time."""
 
 
+class StateError(AdapterError):
+    """The sync state (its SQLite file, its lock) cannot be used: damaged, of the wrong kind, unreadable.
+    The message names the file; nothing is screened until an operator restores or moves it."""
+
+    exit_code = ExitCode.FATAL
+
+
 class LockedError(AdapterError):
     """Another run holds the sync lock."""
 

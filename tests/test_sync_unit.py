@@ -33,7 +33,7 @@ from fhirdata import (
 )
 
 from fhir_adapter.cli import main
-from fhir_adapter.errors import ConfigError, ExitCode, LockedError
+from fhir_adapter.errors import ConfigError, ExitCode, LockedError, StateError
 from fhir_adapter.model import PatientRecord
 from fhir_adapter.screening import screen_record
 from fhir_adapter.sync import manifest as sync_manifest
@@ -304,9 +304,10 @@ def test_a_failed_migration_leaves_the_file_at_its_old_version(
     monkeypatch.setattr(state_module, "MIGRATIONS", broken)
     monkeypatch.setattr(state_module, "SCHEMA_VERSION", len(broken))
 
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(StateError) as caught:
         State(path)
 
+    assert str(caught.value).startswith(f"{path}: not a usable sync state file (")
     assert user_version(path) == SCHEMA_VERSION
     assert "half_done" not in tables(path)
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from fhir_adapter.errors import LockedError
+from fhir_adapter.errors import LockedError, StateError
 from fhir_adapter.output.private import open_private
 
 
@@ -21,7 +21,12 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        fd = open_private(self.path)  # 0600 (an older 0644 lock file is narrowed), folder 0700
+        if (self.path.exists() or self.path.is_symlink()) and not self.path.is_file():
+            raise StateError(f"{self.path}: the sync lock is not a regular file: remove it (no run holds it)")
+        try:
+            fd = open_private(self.path)  # 0600 (an older 0644 lock file is narrowed), folder 0700
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot open the sync lock ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any
 
 from fhir_adapter.output.private import atomic_writer
 from fhir_adapter.sync.config import SiteConfig
-from fhir_adapter.sync.state import WATERMARK, State
+from fhir_adapter.sync.state import WATERMARK, State, unusable
 
 
 @dataclass
@@ -69,23 +70,26 @@ def render_manifest(manifest: dict[str, Any]) -> str:
 
 
 def status(config: SiteConfig, limit: int = 10) -> str:
-    if not config.state_path.exists():
+    if not (config.state_path.exists() or config.state_path.is_symlink()):
         return f"no runs yet ({config.state_path} does not exist)"
     state = State(config.state_path)
     try:
         runs = state.runs(limit)
         pending = len(state.pending())
         watermark = state.get(WATERMARK)
+    except sqlite3.DatabaseError as exc:
+        raise unusable(config.state_path, exc) from None
     finally:
         state.close()
     lines = [f"watermark: {watermark}; queued patients: {pending}"]
     for run in runs:
         m = run["manifest"]
-        if m:
-            lines.append(
-                f"  #{run['id']} {run['started']} -> {run['finished']} {run['outcome']}: "
-                + render_manifest(m)
-            )
+        if isinstance(m, dict) and m:
+            try:
+                shown = render_manifest(m)
+            except (KeyError, TypeError, AttributeError):
+                shown = "(its stored manifest is damaged)"
+            lines.append(f"  #{run['id']} {run['started']} -> {run['finished']} {run['outcome']}: {shown}")
         else:
             lines.append(
                 f"  #{run['id']} {run['started']} {run['outcome']} (no manifest: the run did not finish)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fhir_adapter.errors import StateError
 from fhir_adapter.output.private import narrow, open_private
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS: list[str] = [
     # 0 -> 1
@@ -78,9 +82,32 @@ class StoredResult:
     body: dict[str, Any]  # the subject's result JSON (spec section 1)
 
 
+TABLES = frozenset({"meta", "patient", "pending", "run", "result"})
+
+
+def unusable(path: Path, exc: BaseException) -> StateError:
+    """The error for a state file SQLite or the file system refused (SQLite's messages name tables and
+    conditions, never data)."""
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    return StateError(
+        f"{path}: not a usable sync state file ({detail}): restore it from a backup, or move it away (and "
+        "its -wal and -shm files) to start again with a full first run"
+    )
+
+
 class State:
     def __init__(self, path: Path) -> None:
         self.path = path
+        try:
+            self._open(path)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise unusable(path, exc) from None
+
+    def _open(self, path: Path) -> None:
+        for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+            if (candidate.exists() or candidate.is_symlink()) and not candidate.is_file():
+                # A FIFO would block the open, /dev/zero never ends, a folder or a dangling link fails late.
+                raise StateError(f"{candidate}: not a regular file: the sync state must be a file of its own")
         # Created 0600 before SQLite opens it: SQLite would create it 0644 (less the umask), and it gives
         # the -wal and -shm files it creates the database file's mode.
         os.close(open_private(path))
@@ -91,6 +118,9 @@ class State:
             if sidecar.exists():
                 narrow(sidecar)  # left by an older release with a wider mode
         self._migrate()
+        found = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if missing := sorted(TABLES - found):
+            raise StateError(f"{path}: the sync state lacks its table(s) {', '.join(missing)}: damaged")
 
     def close(self) -> None:
         self.db.close()
@@ -128,7 +158,7 @@ class State:
         if not row:
             return None
         hashes = dict(self.db.execute("SELECT study, result_hash FROM result WHERE patient = ?", (pid,)))
-        return PatientState(row[0], dt.date.fromisoformat(row[1]) if row[1] else None, row[2], hashes)
+        return PatientState(row[0], _date(row[1]), row[2], hashes)
 
     def known_patients(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT id FROM patient ORDER BY id")]
@@ -172,7 +202,13 @@ class State:
             f"WHERE {where} ORDER BY patient",
             (study,),
         ):
-            yield StoredResult(row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]))
+            body = _json(row[5])
+            if not isinstance(body, dict):
+                log.warning(
+                    "%s: a stored result of study %s is damaged: left out of the report", self.path, study
+                )
+                continue
+            yield StoredResult(row[0], row[1], row[2], row[3], bool(row[4]), body)
 
     def record_error(self, pid: str, error: str) -> None:
         self.db.execute(
@@ -213,10 +249,26 @@ class State:
                 "started": r[1],
                 "finished": r[2],
                 "outcome": r[3] or "interrupted",
-                "manifest": json.loads(r[4]) if r[4] else None,
+                "manifest": _json(r[4]) if r[4] else None,
             }
             for r in rows
         ]
+
+
+def _date(text: Any) -> dt.date | None:
+    """A stored re-check date; a damaged one is none (screening the patient sets a new one)."""
+    try:
+        return dt.date.fromisoformat(text) if isinstance(text, str) and text else None
+    except ValueError:
+        return None
+
+
+def _json(text: Any) -> Any:
+    """A JSON column, or None when the row is damaged (the caller says what it then leaves out)."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def _statements(script: str) -> list[str]:

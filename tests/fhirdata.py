@@ -587,3 +587,16 @@ def bundle(
 
 def ndjson_lines(resources: list[Res]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in resources)
+
+
+# A criteria file with the dermatomyositis gate only: tests append criteria, concepts or facts to it.
+DM_GATE_TRIAL = """\
+study = "TEST-1"
+title = "t"
+version = "1"
+[[criteria]]
+id = "diagnosis"
+type = "inclusion"
+gate = true
+rule = { fact = "dm-diagnosis", op = "==", value = true }
+"""

@@ -12,21 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from fhirdata import DM_GATE_TRIAL as TRIAL
 from fhirdata import REPO
 
 from fhir_adapter.cli import main
 
 EXAMPLES = REPO / "examples" / "patients"
-TRIAL = """\
-study = "TEST-1"
-title = "t"
-version = "1"
-[[criteria]]
-id = "diagnosis"
-type = "inclusion"
-gate = true
-rule = { fact = "dm-diagnosis", op = "==", value = true }
-"""
 
 
 def _screen(tmp_path: Path, *args: str) -> tuple[int, str]:

@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from fhirdata import REPO
+from fhirdata import DM_GATE_TRIAL, REPO
 
 from fhir_adapter.config import kinds
 from fhir_adapter.config.loader import load_mappings, load_trials
@@ -17,20 +17,15 @@ from fhir_adapter.errors import ConfigError
 from fhir_adapter.facts import units
 from fhir_adapter.facts.derive import KINDS
 
-TRIAL = """\
-study = "TEST-1"
-title = "t"
-version = "1"
-[[criteria]]
-id = "diagnosis"
-type = "inclusion"
-gate = true
-rule = {{ fact = "dm-diagnosis", op = "==", value = true }}
-[[criteria]]
+# The dermatomyositis gate, and one criterion to probe.
+TRIAL = (
+    DM_GATE_TRIAL.replace("{", "{{").replace("}", "}}")
+    + """[[criteria]]
 id = "probe"
 type = "exclusion"
 rule = {rule}
 """
+)
 
 
 def _trial(tmp_path: Path, rule: str) -> Path:

@@ -77,6 +77,19 @@ def _status(site: Path, pid: str) -> str:
     return next(str(s["status"]) for s in doc["subjects"] if s["patient"] == f"Patient/{pid}")
 
 
+def _edit(path: Path, *statements: str) -> None:
+    """What a crash, a full disk or a hand edit leaves in the state file."""
+    db = sqlite3.connect(path)
+    for statement in statements:
+        db.execute(statement)
+    db.commit()
+    db.close()
+
+
+def _edit_state(site: Path, *statements: str) -> None:
+    _edit(site.parent / "state" / "state.sqlite", *statements)
+
+
 def _low_hemoglobin(pid: str, rid: str = "hb-low") -> dict[str, Any]:
     """An exclusion (hemoglobin 60 g/L, anemia) the day before the as-of date."""
     return {
@@ -185,11 +198,11 @@ def test_a_result_the_state_cannot_record_is_an_error_and_the_patient_stays_queu
 def test_a_damaged_re_check_date_is_re_screened_not_a_failure(tmp_path: Path, examples: FaultServer) -> None:
     site = _site(tmp_path, examples)
     assert _sync(site)[0] == 0
-    db = sqlite3.connect(site.parent / "state" / "state.sqlite")
-    db.execute("UPDATE patient SET recheck_on = 'soon' WHERE id = 'dm02'")
-    db.execute("INSERT INTO pending VALUES ('dm02', 'queued')")
-    db.commit()
-    db.close()
+    _edit_state(
+        site,
+        "UPDATE patient SET recheck_on = 'soon' WHERE id = 'dm02'",
+        "INSERT INTO pending VALUES ('dm02', 'queued')",
+    )
 
     assert _sync(site)[0] == 0
     state = State(site.parent / "state" / "state.sqlite")
@@ -214,10 +227,7 @@ def _damage(path: Path, how: str) -> None:
         path.unlink()
         path.symlink_to(path.parent / "gone")
     elif how == "no-queue":
-        db = sqlite3.connect(path)
-        db.execute("DROP TABLE pending")
-        db.commit()
-        db.close()
+        _edit(path, "DROP TABLE pending")
 
 
 @pytest.mark.parametrize("how", ["garbage", "half", "folder", "dev-zero", "dangling", "no-queue"])
@@ -271,11 +281,11 @@ def test_a_damaged_stored_result_is_left_out_of_the_report_not_the_end_of_the_ru
 ) -> None:
     site = _site(tmp_path, examples)
     assert _sync(site)[0] == 0
-    db = sqlite3.connect(site.parent / "state" / "state.sqlite")
-    db.execute("UPDATE result SET body = '[1, 2]' WHERE patient = 'dm02'")
-    db.execute("UPDATE run SET manifest = '{\"counts\": 1}' WHERE id = 1")
-    db.commit()
-    db.close()
+    _edit_state(
+        site,
+        "UPDATE result SET body = '[1, 2]' WHERE patient = 'dm02'",
+        "UPDATE run SET manifest = '{\"counts\": 1}' WHERE id = 1",
+    )
 
     code, _, err = _sync(site)
     assert code == 0, err  # before the mend: 70 after all the run's work

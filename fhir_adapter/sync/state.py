@@ -100,8 +100,10 @@ class State:
         self.path = path
         try:
             self._open(path)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise unusable(path, exc) from None
+        except (sqlite3.DatabaseError, OSError, StateError) as exc:
+            if "db" in self.__dict__:
+                self.db.close()  # opened, then found unusable
+            raise exc if isinstance(exc, StateError) else unusable(path, exc) from None
 
     def _open(self, path: Path) -> None:
         for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):

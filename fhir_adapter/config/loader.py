@@ -195,9 +195,14 @@ def _build_units(raw: Mapping[str, Any], path: str) -> UnitTable:
     return UnitTable(aliases=aliases, conversions=conversions, aliases_lower=lower)
 
 
-def _check_units(table: UnitTable, alias_paths: Mapping[str, Path], conversion_paths: Sequence[Path]) -> None:
-    """Aliases lead to a code in one step, conversions join such codes, and no two conversions could
-    both apply to one value (the first would win, silently)."""
+def _check_units(
+    table: UnitTable,
+    alias_paths: Mapping[str, Path],
+    conversion_paths: Sequence[Path],
+    concepts: Mapping[str, Concept],
+) -> None:
+    """Aliases lead to a code in one step, conversions join such codes for known analytes, and no two
+    conversions could both apply to one value (the first would win, silently)."""
     for key, target in table.aliases.items():
         further = table.aliases.get(target, target)
         if further != target:
@@ -205,24 +210,33 @@ def _check_units(table: UnitTable, alias_paths: Mapping[str, Path], conversion_p
                 f"{alias_paths[key]}: units.aliases.{key}: {target!r} is itself an alias (of {further!r}); "
                 "give the code it means"
             )
+    # Only conversions between the same two units can compete: compared within their pair, so an
+    # overlay with thousands of conversions is checked in linear time.
+    by_units: dict[frozenset[str], list[int]] = {}
     for i, conv in enumerate(table.conversions):
+        where = f"{conversion_paths[i]}: units.conversions ({conv.source} -> {conv.target})"
         for end, unit in (("from", conv.source), ("to", conv.target)):
             code = unit_table.normalise_unit(table, unit)
             if code != unit:
                 raise ConfigError(
-                    f"{conversion_paths[i]}: units.conversions ({conv.source} -> {conv.target}).{end}: "
-                    f"{unit!r} is an alias of {code!r}; a conversion joins the codes aliases lead to"
+                    f"{where}.{end}: {unit!r} is an alias of {code!r}; a conversion joins the codes aliases "
+                    "lead to"
                 )
-        for j in range(i):
+        pair = by_units.setdefault(frozenset((conv.source, conv.target)), [])
+        for j in pair:
             other = table.conversions[j]
-            same_units = {conv.source, conv.target} == {other.source, other.target}
-            shared = not conv.concepts or not other.concepts or conv.concepts & other.concepts
-            if same_units and shared:
+            if not conv.concepts or not other.concepts or conv.concepts & other.concepts:
                 raise ConfigError(
-                    f"{conversion_paths[i]}: units.conversions ({conv.source} -> {conv.target}): "
-                    f"{conversion_paths[j]} already converts between these units for the same analytes; "
-                    "to change its factor, give the same from, to and concepts"
+                    f"{where}: {conversion_paths[j]} already converts between these units for the same "
+                    "analytes; to change its factor, give the same from, to and concepts"
                 )
+        pair.append(i)
+    for i, conv in enumerate(table.conversions):
+        for name in sorted(conv.concepts - concepts.keys()):
+            raise ConfigError(
+                f"{conversion_paths[i]}: units.conversions ({conv.source} -> {conv.target}).concepts: "
+                f"unknown concept {name!r}"
+            )
 
 
 def _build_medications(raw: Mapping[str, Any], path: Path) -> MedicationRules:
@@ -447,13 +461,7 @@ def load_trials(
     medications = _build_medications(meds_doc, meds_path)
     _check_medications(medications, concepts, facts, meds_path)
     units_table = _build_units({"aliases": aliases, "conversions": conversions}, str(units_path))
-    _check_units(units_table, alias_paths, conversion_paths)
-    for i, conversion in enumerate(units_table.conversions):
-        for name in sorted(conversion.concepts - concepts.keys()):
-            raise ConfigError(
-                f"{conversion_paths[i]}: units.conversions ({conversion.source} -> {conversion.target}).concepts: "
-                f"unknown concept {name!r}"
-            )
+    _check_units(units_table, alias_paths, conversion_paths, concepts)
     notes = _build_notes(raw_notes, notes_paths, concepts, facts, units_table)
 
     shared = hashlib.sha256()
@@ -505,12 +513,16 @@ def _merge_conversions(
     def key(c: Mapping[str, Any]) -> tuple[Any, Any, frozenset[str]]:
         return (c["from"], c["to"], frozenset(c.get("concepts", [])))
 
+    first: dict[tuple[Any, Any, frozenset[str]], int] = {}  # the first conversion of each key
+    for i, c in enumerate(conversions):
+        first.setdefault(key(c), i)
     for conversion in new:
-        same = [i for i, c in enumerate(conversions) if key(c) == key(conversion)]
-        if same:
-            conversions[same[0]] = dict(conversion)
-            paths[same[0]] = overlay
+        at = first.get(key(conversion))
+        if at is not None:
+            conversions[at] = dict(conversion)
+            paths[at] = overlay
         else:
+            first[key(conversion)] = len(conversions)
             conversions.append(dict(conversion))
             paths.append(overlay)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -89,7 +90,7 @@ def build_trial(doc: Mapping[str, Any], path: Path, facts: Mapping[str, FactSpec
         comp_list = [c["id"] for c in raw.get("components", [])]
         comp_ids = set(comp_list)
         if len(comp_ids) < len(comp_list):
-            twice = sorted({c for c in comp_list if comp_list.count(c) > 1})
+            twice = sorted(c for c, n in Counter(comp_list).items() if n > 1)
             raise ConfigError(f"{where}.components: duplicate component id {', '.join(twice)}")
         components = tuple(
             Component(

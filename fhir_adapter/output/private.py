@@ -40,6 +40,12 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def not_regular(path: Path) -> bool:
+    """Something is at ``path`` that is not a regular file: a folder, a FIFO (an open would block), a
+    device such as ``/dev/zero`` (a read never ends), a link to nowhere (the open would create its target)."""
+    return (path.exists() or path.is_symlink()) and not path.is_file()
+
+
 def open_private(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:
     """``os.open`` that creates the file 0600 (its folder 0700) and narrows an existing one to 0600."""
     private_dir(path.parent)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 
 from fhir_adapter.errors import LockedError, StateError
-from fhir_adapter.output.private import open_private
+from fhir_adapter.output.private import not_regular, open_private
 
 
 class RunLock:
@@ -21,7 +21,7 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        if (self.path.exists() or self.path.is_symlink()) and not self.path.is_file():
+        if not_regular(self.path):
             raise StateError(f"{self.path}: the sync lock is not a regular file: remove it (no run holds it)")
         try:
             fd = open_private(self.path)  # 0600 (an older 0644 lock file is narrowed), folder 0700

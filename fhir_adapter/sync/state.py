@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_adapter.errors import StateError
-from fhir_adapter.output.private import narrow, open_private
+from fhir_adapter.output.private import narrow, not_regular, open_private
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,7 @@ class State:
 
     def _open(self, path: Path) -> None:
         for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
-            if (candidate.exists() or candidate.is_symlink()) and not candidate.is_file():
-                # A FIFO would block the open, /dev/zero never ends, a folder or a dangling link fails late.
+            if not_regular(candidate):
                 raise StateError(f"{candidate}: not a regular file: the sync state must be a file of its own")
         # Created 0600 before SQLite opens it: SQLite would create it 0644 (less the umask), and it gives
         # the -wal and -shm files it creates the database file's mode.

@@ -28,6 +28,7 @@ from fhir_adapter.source.fetch_pool import in_order
 from fhir_adapter.source.grouping import Row
 from fhir_adapter.source.intake import GateTally, Intake
 from fhir_adapter.source.pieces import Piece, piece_blocks, piece_lines
+from fhir_adapter.source.row_chunks import grouped, pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,18 +93,17 @@ def _gate_piece(piece: Piece) -> Gated:
 
 def _take_piece(job: tuple[Piece, int, int]) -> Taken:
     piece, line_offset, number = job
-    rows: list[tuple[str, str, bytes, str, int | None, int]] = []
-
-    def keep(pid: str, row: Row) -> None:
-        rows.append((pid, row.rtype, row.body, row.file, row.line, number))
-
-    intake = Intake(_STATE["types"], _STATE["candidates"], keep, line_offset)
+    rows: list[tuple[str, Row]] = []
+    intake = Intake(
+        _STATE["types"], _STATE["candidates"], lambda pid, row: rows.append((pid, row)), line_offset
+    )
     for item in piece_blocks(piece, _STATE["limits"]):
         intake.add(item)
     path = ""
     if rows:  # written here, not sent back: the main process only learns where they are
         db, path = _part()
-        db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?, ?)", rows)
+        chunks = grouped(rows).items()
+        db.executemany("INSERT INTO res VALUES (?, ?, ?, ?)", ((p, *pack(r), number) for p, r in chunks))
         db.commit()  # the process may be ended at any point once the piece is answered
     return Taken.of(intake, path)
 
@@ -115,7 +115,7 @@ def _part() -> tuple[sqlite3.Connection, str]:
         db = sqlite3.connect(path)
         db.executescript(
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
-            "CREATE TABLE res (pid TEXT, rtype TEXT, body BLOB, file TEXT, line INTEGER, piece INTEGER);"
+            "CREATE TABLE res (pid TEXT, meta BLOB, body BLOB, piece INTEGER);"
             # Indexed as it is written, by this process: one index built afterwards by the main process
             # would be serial work on every kept row.
             "CREATE INDEX res_pid ON res (pid);"

@@ -35,6 +35,7 @@ from fhir_adapter.source.intake import GateTally, Intake, unlisted
 from fhir_adapter.source.parallel_read import Taken, available_cores, gate_pieces, take_pieces
 from fhir_adapter.source.pieces import Piece, piece_blocks, plan
 from fhir_adapter.source.reader import Item, LineBlock, input_files, read_blocks, read_raw
+from fhir_adapter.source.row_chunks import grouped, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ _FLUSH_EVERY = 50_000
 # Candidates' rows stay in memory up to this many bytes, then everything moves to the SQLite file: a small
 # run never touches the disk, a large one holds no more than this.
 SPOOL_MEMORY_BYTES = 64 * 1024 * 1024
+# Once spilled, rows are written a batch of this many bytes at a time, each patient's rows of a batch as one
+# chunk (:mod:`.row_chunks`): the larger the batch, the fewer the chunks of a patient.
+_BATCH_BYTES = 8 * 1024 * 1024
 # Reading on several processes pays from about this much input (starting them costs ~0.1 s) ...
 AUTO_PARALLEL_BYTES = 64 * 1024 * 1024
 # ... in pieces of this size: enough of them to keep every reader busy, few enough to cost nothing.
@@ -73,17 +77,15 @@ class IndexRows:
         ]
 
     def rows(self, pid: str) -> tuple[Row, ...]:
-        query = "SELECT rtype, body, file, line FROM res WHERE pid = ? ORDER BY rowid"
-        here = tuple(Row(*r) for r in self.db.execute(query, (pid,)))
+        query = "SELECT meta, body FROM res WHERE pid = ? ORDER BY rowid"
+        here = [row for meta, body in self.db.execute(query, (pid,)) for row in unpack(meta, body)]
         if not self._parts:
-            return here
-        found: list[tuple[int, int, str, bytes, str, int | None]] = []
+            return tuple(here)
+        found: list[tuple[int, int, bytes, bytes]] = []
         for part in self._parts:
-            found += part.execute(
-                "SELECT piece, rowid, rtype, body, file, line FROM res WHERE pid = ?", (pid,)
-            ).fetchall()
+            found += part.execute("SELECT piece, rowid, meta, body FROM res WHERE pid = ?", (pid,)).fetchall()
         found.sort(key=lambda r: (r[0], r[1]))
-        return here + tuple(Row(*r[2:]) for r in found)
+        return (*here, *(row for _, _, meta, body in found for row in unpack(meta, body)))
 
     def close(self) -> None:
         for part in self._parts:
@@ -124,7 +126,7 @@ class PatientIndex:
         self.db.executescript(
             """
             PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
-            CREATE TABLE res (pid TEXT, rtype TEXT, body BLOB, file TEXT, line INTEGER);
+            CREATE TABLE res (pid TEXT, meta BLOB, body BLOB);
             CREATE TABLE med (key TEXT PRIMARY KEY, body BLOB);
             CREATE TABLE patient (pid TEXT PRIMARY KEY);
             CREATE TABLE candidate (pid TEXT PRIMARY KEY);
@@ -146,7 +148,8 @@ class PatientIndex:
         self._memory: dict[str, list[Row]] | None = {}  # None once spilled to the SQLite file
         self._memory_bytes = 0
         self._memory_limit = spool_memory_bytes
-        self._batch: list[tuple[str, str, bytes, str, int | None]] = []
+        self._batch: list[tuple[str, Row]] = []
+        self._batch_bytes = 0
         self._rows: IndexRows | None = None
 
     def __enter__(self) -> PatientIndex:
@@ -317,8 +320,9 @@ class PatientIndex:
             if self._memory_bytes > self._memory_limit:
                 self._spill()
             return
-        self._batch.append((pid, row.rtype, row.body, row.file, row.line))
-        if len(self._batch) >= 2000:
+        self._batch.append((pid, row))
+        self._batch_bytes += len(row.body)
+        if self._batch_bytes >= _BATCH_BYTES:
             self._flush()
 
     def _spill(self) -> None:
@@ -326,14 +330,15 @@ class PatientIndex:
         memory, self._memory = self._memory, None
         log.info("candidates' resources exceed %d bytes: spooling to disk", self._memory_limit)
         self.db.executemany(
-            "INSERT INTO res VALUES (?, ?, ?, ?, ?)",
-            ((pid, r.rtype, r.body, r.file, r.line) for pid, rows in memory.items() for r in rows),
+            "INSERT INTO res VALUES (?, ?, ?)", ((pid, *pack(rows)) for pid, rows in memory.items())
         )
 
     def _flush(self) -> None:
         if self._batch:
-            self.db.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?)", self._batch)
+            chunks = grouped(self._batch).items()
+            self.db.executemany("INSERT INTO res VALUES (?, ?, ?)", ((p, *pack(r)) for p, r in chunks))
             self._batch.clear()
+            self._batch_bytes = 0
 
     def _find_candidates(self, paths: list[Path]) -> None:
         """Pass 1: only lines that mention one of the gate's types are parsed at all."""

@@ -1,0 +1,42 @@
+"""A patient's spooled rows packed into one index row: a chunk.
+
+The index holds one SQLite row per patient per batch of reading (its rows in reading order), not one per
+resource: inserting, indexing and reading half a million small rows one by one cost more than parsing
+them (a profile of a 500-patient export with 1,000 Observations each: 22 % of the run). The bodies are
+concatenated as they are and cut apart by their lengths, so any bytes survive, newlines included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import orjson
+
+from fhir_adapter.source.grouping import Row
+
+Chunk = tuple[bytes, bytes]
+"""(meta: JSON ``[[rtype, file, line, length], ...]``, the bodies one after the other)."""
+
+
+def pack(rows: Sequence[Row]) -> Chunk:
+    meta = orjson.dumps([(r.rtype, r.file, r.line, len(r.body)) for r in rows])
+    return meta, b"".join(r.body for r in rows)
+
+
+def unpack(meta: bytes, bodies: bytes) -> Iterator[Row]:
+    at = 0
+    for rtype, file, line, length in orjson.loads(meta):
+        yield Row(rtype, bodies[at : at + length], file, line)
+        at += length
+
+
+def grouped(rows: Iterable[tuple[str, Row]]) -> dict[str, list[Row]]:
+    """(pid, row) pairs -> each patient's rows, in reading order (patients in order of first row)."""
+    by_pid: dict[str, list[Row]] = {}
+    for pid, row in rows:
+        found = by_pid.get(pid)
+        if found is None:
+            by_pid[pid] = [row]
+        else:
+            found.append(row)
+    return by_pid

@@ -12,6 +12,8 @@ from fhir_adapter.model import Resource
 
 IGNORED_STATUSES = frozenset({"entered-in-error", "cancelled"})
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+_DATES: dict[str, dt.date | None] = {}
+_DATES_LIMIT = 100_000
 
 
 def status_of(resource: Resource, key: str = "status") -> str:
@@ -68,7 +70,21 @@ def parse_date(value: Any) -> dt.date | None:
     """
     if not isinstance(value, str):
         return None
-    m = _DATE_RE.match(value.strip())
+    # The pattern reads at most the first 10 characters, so they are the whole key: one entry per distinct
+    # day (and per malformed prefix), and a record's thousands of dates are mostly repeats.
+    key = value.strip()[:10]
+    try:
+        return _DATES[key]
+    except KeyError:
+        pass
+    if len(_DATES) >= _DATES_LIMIT:
+        _DATES.clear()
+    found = _DATES[key] = _parse_day(key)
+    return found
+
+
+def _parse_day(text: str) -> dt.date | None:
+    m = _DATE_RE.match(text)
     if not m:
         return None
     try:

@@ -111,7 +111,8 @@ def build_views(record: PatientRecord) -> Views:
         changed = changed or view is not obs
         whole.append(view)
     whole.extend(contained)
-    components = tuple(c for obs in whole for c in _components(obs))
+    # Most Observations have no components: their generator is not even started.
+    components = tuple(c for obs in whole if "component" in obs for c in _components(obs))
     if not changed:
         return Views(observations, components, same_as_record=True)
     return Views(tuple(whole), components, same_as_record=False)

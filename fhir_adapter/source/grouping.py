@@ -27,7 +27,7 @@ MedicationLookup = Callable[[str], bytes | None]
 
 class Row(NamedTuple):
     """One resource as the source spooled it: its type, its JSON and where it came from. (A tuple, not a
-    dataclass: one is made per resource of the export, and a frozen dataclass costs three times as much.)"""
+    dataclass: one is made per resource of the export, and a frozen dataclass costs twice as much to make.)"""
 
     rtype: str
     body: bytes

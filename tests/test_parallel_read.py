@@ -1,6 +1,7 @@
 """Reading an export on several processes: wherever the files are cut into pieces, every line is read
 once, numbered as in a whole-file read, and the index holds exactly what one process builds (rows in
-order, problems with their line numbers, Patients, Medications, counts, skipped types)."""
+order, problems with their line numbers, Patients, Medications, counts, skipped types). The same holds
+however the rows are spooled: in memory, or on disk in chunks of any size."""
 
 from __future__ import annotations
 
@@ -151,3 +152,51 @@ def test_a_piece_whose_file_became_a_fifo_is_reported_without_blocking(tmp_path:
     problems = [i for i in piece_blocks(pieces[1], ReadLimits()) if isinstance(i, InputProblem)]
     assert [p.reason for p in problems] == ["not a regular file (a FIFO): skipped"]
     assert list(piece_lines(pieces[1], (b'"Condition"',), ReadLimits(), [0])) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\n", b'{"a":"x\ny"}\r\n', b"\xff\xfe not utf-8", "\u6c2e".encode() * 1000],
+    ids=["empty", "newline", "crlf-inside", "not-utf8", "long"],
+)
+def test_a_chunk_gives_back_every_row_byte_for_byte_and_in_order(body: bytes) -> None:
+    from fhir_adapter.source.grouping import Row
+    from fhir_adapter.source.row_chunks import pack, unpack
+
+    rows = [
+        Row("Observation", body, "f.ndjson", 1),
+        Row("Condition", b"{}", "g.ndjson", None),
+        Row("X", body, "", 7),
+    ]
+    assert list(unpack(*pack(rows))) == rows
+
+
+@pytest.mark.parametrize("readers", [1, 2])
+@pytest.mark.parametrize("batch_bytes", [1, 5000])
+def test_an_index_spooled_to_disk_in_chunks_holds_what_one_held_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readers: int, batch_bytes: int
+) -> None:
+    """batch_bytes 1: every row a chunk of its own; 5000: a patient's rows split over several chunks of
+    several rows (population a's Observations come one file after the Conditions, so each patient's rows
+    span files and batches)."""
+    from fhir_adapter.config.loader import load_trials
+    from fhir_adapter.screening import Screener
+    from fhir_adapter.source import patient_index
+
+    folder = _hostile(tmp_path / "in")
+    screener = Screener(load_trials((), (), None), __import__("datetime").date(2026, 6, 15))
+    types = screener.needed_types | {"Patient", "Medication"}
+    limits = ReadLimits(max_line_bytes=4096)
+    with PatientIndex(tmp_path, screener.gate, types, limits, readers=1) as index:
+        index.build([folder])
+        in_memory = _contents(index)
+    monkeypatch.setattr(patient_index, "_BATCH_BYTES", batch_bytes)
+    with PatientIndex(
+        tmp_path, screener.gate, types, limits, spool_memory_bytes=0, readers=readers, piece_bytes=3000
+    ) as index:
+        index.build([folder])
+        assert index.db.execute("SELECT COUNT(*) FROM res").fetchone()[0] > 0 or readers > 1
+        on_disk = _contents(index)
+    rows = in_memory["rows"]
+    assert isinstance(rows, dict) and sum(len(r) for r in rows.values()) > 100
+    assert on_disk == in_memory

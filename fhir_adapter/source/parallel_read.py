@@ -114,7 +114,7 @@ def _part() -> tuple[sqlite3.Connection, str]:
         path = str(Path(_STATE["folder"]) / f"part-{os.getpid()}.sqlite")
         db = sqlite3.connect(path)
         db.executescript(
-            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 65536;"
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 65536; PRAGMA cache_size = 32;"
             "CREATE TABLE res (pid TEXT, meta BLOB, body BLOB, piece INTEGER);"
             # Indexed as it is written, by this process: one index built afterwards by the main process
             # would be serial work on every kept row.

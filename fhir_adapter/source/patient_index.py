@@ -125,7 +125,7 @@ class PatientIndex:
         self.db = sqlite3.connect(self.path)
         self.db.executescript(
             """
-            PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 65536;
+            PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 65536; PRAGMA cache_size = 32;
             CREATE TABLE res (pid TEXT, meta BLOB, body BLOB);
             CREATE TABLE med (key TEXT PRIMARY KEY, body BLOB);
             CREATE TABLE patient (pid TEXT PRIMARY KEY);

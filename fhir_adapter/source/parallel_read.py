@@ -28,7 +28,7 @@ from fhir_adapter.source.fetch_pool import in_order
 from fhir_adapter.source.grouping import Row
 from fhir_adapter.source.intake import GateTally, Intake
 from fhir_adapter.source.pieces import Piece, piece_blocks, piece_lines
-from fhir_adapter.source.row_chunks import grouped, pack
+from fhir_adapter.source.row_chunks import SPOOL_PAGES, grouped, pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ def _part() -> tuple[sqlite3.Connection, str]:
         path = str(Path(_STATE["folder"]) / f"part-{os.getpid()}.sqlite")
         db = sqlite3.connect(path)
         db.executescript(
-            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 65536; PRAGMA cache_size = 32;"
+            f"PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; {SPOOL_PAGES}"
             "CREATE TABLE res (pid TEXT, meta BLOB, body BLOB, piece INTEGER);"
             # Indexed as it is written, by this process: one index built afterwards by the main process
             # would be serial work on every kept row.

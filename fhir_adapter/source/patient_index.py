@@ -35,7 +35,7 @@ from fhir_adapter.source.intake import GateTally, Intake, unlisted
 from fhir_adapter.source.parallel_read import Taken, available_cores, gate_pieces, take_pieces
 from fhir_adapter.source.pieces import Piece, piece_blocks, plan
 from fhir_adapter.source.reader import Item, LineBlock, input_files, read_blocks, read_raw
-from fhir_adapter.source.row_chunks import grouped, pack, unpack
+from fhir_adapter.source.row_chunks import SPOOL_PAGES, grouped, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ class PatientIndex:
         self.path = Path(self._tmp.name) / "index.sqlite"
         self.db = sqlite3.connect(self.path)
         self.db.executescript(
-            """
-            PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 65536; PRAGMA cache_size = 32;
+            f"""
+            PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; {SPOOL_PAGES}
             CREATE TABLE res (pid TEXT, meta BLOB, body BLOB);
             CREATE TABLE med (key TEXT PRIMARY KEY, body BLOB);
             CREATE TABLE patient (pid TEXT PRIMARY KEY);

@@ -14,6 +14,11 @@ import orjson
 
 from fhir_adapter.source.grouping import Row
 
+# A chunk is a blob of up to megabytes, which SQLite reads through a chain of overflow pages: 64 KB pages
+# make the chain short (b-500 at one worker: system time 0.9 -> 0.55 s), and a cache of 32 of them (2 MB)
+# keeps the larger pages from growing the default cache (peak RSS 135 -> 164 MB without it).
+SPOOL_PAGES = "PRAGMA page_size = 65536; PRAGMA cache_size = 32;"
+
 Chunk = tuple[bytes, bytes]
 """(meta: JSON ``[[rtype, file, line, length], ...]``, the bodies one after the other)."""
 

@@ -28,7 +28,7 @@ from fhir_adapter.source.fetch_pool import in_order
 from fhir_adapter.source.grouping import Row
 from fhir_adapter.source.intake import GateTally, Intake
 from fhir_adapter.source.pieces import Piece, piece_blocks, piece_lines
-from fhir_adapter.source.row_chunks import SPOOL_PAGES, grouped, pack
+from fhir_adapter.source.row_chunks import SPOOL_PAGES, pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +93,21 @@ def _gate_piece(piece: Piece) -> Gated:
 
 def _take_piece(job: tuple[Piece, int, int]) -> Taken:
     piece, line_offset, number = job
-    rows: list[tuple[str, Row]] = []
+    rows: dict[str, list[Row]] = {}  # by patient, in reading order: one chunk each
     intake = Intake(
-        _STATE["types"], _STATE["candidates"], lambda pid, row: rows.append((pid, row)), line_offset
+        _STATE["types"],
+        _STATE["candidates"],
+        lambda pid, row: rows.setdefault(pid, []).append(row),
+        line_offset,
     )
     for item in piece_blocks(piece, _STATE["limits"]):
         intake.add(item)
     path = ""
     if rows:  # written here, not sent back: the main process only learns where they are
         db, path = _part()
-        chunks = grouped(rows).items()
-        db.executemany("INSERT INTO res VALUES (?, ?, ?, ?)", ((p, *pack(r), number) for p, r in chunks))
+        db.executemany(
+            "INSERT INTO res VALUES (?, ?, ?, ?)", ((p, *pack(r), number) for p, r in rows.items())
+        )
         db.commit()  # the process may be ended at any point once the piece is answered
     return Taken.of(intake, path)
 

@@ -35,7 +35,7 @@ from fhir_adapter.source.intake import GateTally, Intake, unlisted
 from fhir_adapter.source.parallel_read import Taken, available_cores, gate_pieces, take_pieces
 from fhir_adapter.source.pieces import Piece, piece_blocks, plan
 from fhir_adapter.source.reader import Item, LineBlock, input_files, read_blocks, read_raw
-from fhir_adapter.source.row_chunks import SPOOL_PAGES, grouped, pack, unpack
+from fhir_adapter.source.row_chunks import SPOOL_PAGES, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class PatientIndex:
         self._memory: dict[str, list[Row]] | None = {}  # None once spilled to the SQLite file
         self._memory_bytes = 0
         self._memory_limit = spool_memory_bytes
-        self._batch: list[tuple[str, Row]] = []
+        self._batch: dict[str, list[Row]] = {}  # each patient's rows since the last flush: one chunk each
         self._batch_bytes = 0
         self._rows: IndexRows | None = None
 
@@ -320,7 +320,7 @@ class PatientIndex:
             if self._memory_bytes > self._memory_limit:
                 self._spill()
             return
-        self._batch.append((pid, row))
+        self._batch.setdefault(pid, []).append(row)
         self._batch_bytes += len(row.body)
         if self._batch_bytes >= _BATCH_BYTES:
             self._flush()
@@ -335,7 +335,7 @@ class PatientIndex:
 
     def _flush(self) -> None:
         if self._batch:
-            chunks = grouped(self._batch).items()
+            chunks = self._batch.items()
             self.db.executemany("INSERT INTO res VALUES (?, ?, ?)", ((p, *pack(r)) for p, r in chunks))
             self._batch.clear()
             self._batch_bytes = 0

@@ -8,7 +8,7 @@ concatenated as they are and cut apart by their lengths, so any bytes survive, n
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import orjson
 
@@ -33,15 +33,3 @@ def unpack(meta: bytes, bodies: bytes) -> Iterator[Row]:
     for rtype, file, line, length in orjson.loads(meta):
         yield Row(rtype, bodies[at : at + length], file, line)
         at += length
-
-
-def grouped(rows: Iterable[tuple[str, Row]]) -> dict[str, list[Row]]:
-    """(pid, row) pairs -> each patient's rows, in reading order (patients in order of first row)."""
-    by_pid: dict[str, list[Row]] = {}
-    for pid, row in rows:
-        found = by_pid.get(pid)
-        if found is None:
-            by_pid[pid] = [row]
-        else:
-            found.append(row)
-    return by_pid

@@ -94,7 +94,7 @@ class ConceptMatcher:
                 hit = self._compute(cc)
                 if len(self._cc_cache) >= self._CACHE_LIMIT:
                     self._cc_cache.clear()
-                self._cc_cache[key] = hit
+                self._cc_cache[bytes(memoryview(key))] = hit  # not orjson's 4 KB buffer (fhirjson.kept_dumps)
             return hit
         return self._compute(cc)
 

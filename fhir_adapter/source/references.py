@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from fhir_adapter.model import InputProblem, Resource
 
 
@@ -44,37 +46,46 @@ def localise_bundle(entries: list[Any]) -> list[Resource | InputProblem | None]:
             mapping[full_url] = f"{resource['resourceType']}/{resource['id']}"
         out.append(resource)
     if mapping:
-        out = [_rewrite(r, mapping) if isinstance(r, dict) else r for r in out]
+        out = [_rewrite(r, mapping) if isinstance(r, dict) and _may_cite(r, mapping) else r for r in out]
     return out
 
 
+_REFERENCE = b'"reference":"'
+
+
+def _may_cite(resource: Resource, mapping: dict[str, str]) -> bool:
+    """False when no ``reference`` of the resource is one of ``mapping``'s, read off its JSON: walking
+    it costs several times more, and most Bundles a server returns cite ``Type/id``, not fullUrls.
+    (In orjson's compact JSON ``"reference":"`` can only open a key's string value: a quote inside a
+    string is escaped. A value with an escape is left to the walk.)"""
+    try:
+        data = orjson.dumps(resource)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: the walk decides
+        return True
+    at = data.find(_REFERENCE)
+    while at >= 0:
+        start = at + len(_REFERENCE)
+        end = data.find(b'"', start)
+        value = data[start:end]
+        if b"\\" in value or value.decode() in mapping:
+            return True
+        at = data.find(_REFERENCE, end)
+    return False
+
+
 def _rewrite(resource: Resource, mapping: dict[str, str]) -> Resource:
-    """A copy of ``resource`` with every ``reference`` in ``mapping`` replaced, without recursion (a
-    resource nested as deep as a JSON parser allows must not exhaust the stack)."""
-    top: dict[str, Any] = {}
-    stack: list[tuple[Any, Any]] = [(resource, top)]
+    """``resource`` with every ``reference`` in ``mapping`` replaced, in place: the reader owns what it
+    parsed and nothing else holds it, and copying every resource of a Bundle cost a third of a screen of
+    Bundle files (docs/NOTES.md). Without recursion: a resource nested as deep as a JSON parser allows
+    must not exhaust the stack."""
+    stack: list[Any] = [resource]
     while stack:
-        source, target = stack.pop()
-        if isinstance(source, dict):
-            for key, value in source.items():
-                if key == "reference" and isinstance(value, str) and value in mapping:
-                    target[key] = mapping[value]
-                elif isinstance(value, dict):
-                    target[key] = {}
-                    stack.append((value, target[key]))
-                elif isinstance(value, list):
-                    target[key] = [None] * len(value)
-                    stack.append((value, target[key]))
-                else:
-                    target[key] = value
-        else:  # a list
-            for i, value in enumerate(source):
-                if isinstance(value, dict):
-                    target[i] = {}
-                    stack.append((value, target[i]))
-                elif isinstance(value, list):
-                    target[i] = [None] * len(value)
-                    stack.append((value, target[i]))
-                else:
-                    target[i] = value
-    return top
+        node = stack.pop()
+        if type(node) is dict:
+            ref = node.get("reference")
+            if type(ref) is str and ref in mapping:
+                node["reference"] = mapping[ref]
+            stack.extend(v for v in node.values() if type(v) is dict or type(v) is list)
+        else:
+            stack.extend(v for v in node if type(v) is dict or type(v) is list)
+    return resource

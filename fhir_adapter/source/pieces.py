@@ -74,10 +74,13 @@ def _splittable_size(path: Path, limits: ReadLimits) -> int | None:
                 return None
             fh.seek(0)
             first = first_line(fh, min(limits.max_line_bytes, 1 << 20))
+            one_line = fh.tell() >= size
     except (OSError, NotRegular):
         return None
-    if is_binary(first):
-        return None  # read whole, it is reported as a binary file
+    if is_binary(first) or one_line:
+        # Binary: read whole, it is reported as such. One line: nothing to cut, and the whole read parses
+        # it once where this would parse it to tell.
+        return None
     return size if is_ndjson(path.name, first) else None
 
 

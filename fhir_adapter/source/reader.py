@@ -227,18 +227,22 @@ def is_binary(first_line: bytes) -> bool:
 
 
 def is_ndjson(filename: str, first_line: bytes) -> bool:
-    name = filename.lower().removesuffix(".gz")
-    if name.endswith((".ndjson", ".jsonl")):
-        return True
-    # A .json file that is really NDJSON: the first line is a complete object.
-    stripped = first_line.strip()
+    return named_ndjson(filename) or object_line(first_line) is not None
+
+
+def named_ndjson(filename: str) -> bool:
+    return filename.lower().removesuffix(".gz").endswith((".ndjson", ".jsonl"))
+
+
+def object_line(line: bytes) -> Any:
+    """The JSON object a line holds by itself, else None: a .json file whose first line is one is NDJSON."""
+    stripped = line.strip()
     if stripped.startswith(b"{") and stripped.endswith(b"}"):
         try:
-            orjson.loads(stripped)
+            return orjson.loads(stripped)
         except orjson.JSONDecodeError:
-            return False
-        return True
-    return False
+            return None
+    return None
 
 
 def read_file(
@@ -284,7 +288,17 @@ def _read(
             if is_binary(first):
                 yield InputProblem(name, "binary file, not FHIR JSON")
                 return
-            if is_ndjson(filename, first):
+            doc = None if named_ndjson(filename) else object_line(first)
+            if doc is not None and len(first) <= limits.max_line_bytes:
+                rest = fh.read(1)
+                if not rest:
+                    # The whole file is one line holding one object (a server's response saved as it
+                    # came, a Bundle): what the NDJSON read gives, from the parse that just told.
+                    if not line_filter or any(w in first for w in line_filter):
+                        yield from resources_of(name, doc, 1)
+                    return
+                first += rest
+            if doc is not None or named_ndjson(filename):
                 yield from _ndjson(name, first, fh, line_filter, limits, raw, blocks)
             else:
                 data = first + fh.read(limits.max_document_bytes + 1 - len(first))

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from fhir_adapter.config.types import Concept
-from fhir_adapter.facts.fhirjson import codings, texts
+from fhir_adapter.facts.fhirjson import codings, kept, texts
 from fhir_adapter.model import Resource
 
 
@@ -94,7 +94,7 @@ class ConceptMatcher:
                 hit = self._compute(cc)
                 if len(self._cc_cache) >= self._CACHE_LIMIT:
                     self._cc_cache.clear()
-                self._cc_cache[bytes(memoryview(key))] = hit  # not orjson's 4 KB buffer (fhirjson.kept_dumps)
+                self._cc_cache[kept(key)] = hit
             return hit
         return self._compute(cc)
 

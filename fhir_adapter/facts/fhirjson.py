@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import orjson
-
 from fhir_adapter.model import Resource
 
 IGNORED_STATUSES = frozenset({"entered-in-error", "cancelled"})
@@ -18,10 +16,11 @@ _DATES: dict[str, dt.date | None] = {}
 _DATES_LIMIT = 100_000
 
 
-def kept_dumps(value: Any, option: int | None = None) -> bytes:
-    """``orjson.dumps``, for JSON that is kept (a cache key, a spooled row): orjson hands back its whole
-    4 KB write buffer whatever the length, so a kept 100-byte result would hold 4 KB. Raises as it does."""
-    return bytes(memoryview(orjson.dumps(value, option=option)))
+def kept(data: bytes) -> bytes:
+    """``orjson.dumps``'s result, for keeping (a cache key, a spooled row): orjson hands back its whole
+    4 KB write buffer whatever the length, so a kept 100-byte result would hold 4 KB. A copy of the
+    exact length."""
+    return bytes(memoryview(data))
 
 
 def status_of(resource: Resource, key: str = "status") -> str:

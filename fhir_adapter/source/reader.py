@@ -288,7 +288,8 @@ def _read(
             if is_binary(first):
                 yield InputProblem(name, "binary file, not FHIR JSON")
                 return
-            doc = None if named_ndjson(filename) else object_line(first)
+            named = named_ndjson(filename)
+            doc = None if named else object_line(first)
             if doc is not None and len(first) <= limits.max_line_bytes:
                 rest = fh.read(1)
                 if not rest:
@@ -298,7 +299,7 @@ def _read(
                         yield from resources_of(name, doc, 1)
                     return
                 first += rest
-            if doc is not None or named_ndjson(filename):
+            if doc is not None or named:
                 yield from _ndjson(name, first, fh, line_filter, limits, raw, blocks)
             else:
                 data = first + fh.read(limits.max_document_bytes + 1 - len(first))

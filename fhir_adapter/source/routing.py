@@ -15,7 +15,7 @@ from typing import Literal
 
 import orjson
 
-from fhir_adapter.facts.fhirjson import kept_dumps, patient_of
+from fhir_adapter.facts.fhirjson import kept, patient_of
 from fhir_adapter.model import InputProblem, Resource
 from fhir_adapter.screening import Gate
 from fhir_adapter.source.grouping import Row
@@ -105,7 +105,7 @@ def _dumped(resource: Resource) -> bytes | None:
     """The resource as JSON again, or None when it nests deeper than a writer allows (a parser accepts
     1,024 levels, orjson writes 255: no real resource comes near either)."""
     try:
-        return kept_dumps(resource)  # kept in the spool: not orjson's 4 KB buffer
+        return kept(orjson.dumps(resource))  # kept in the spool
     except orjson.JSONEncodeError:
         return None
 

@@ -604,6 +604,26 @@ def test_a_hapi_deletion_entry_is_traced_to_its_patient() -> None:
     assert _patient_of_deleted(client, entry) == "p7"  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "Observation/o_1/_history/2",  # not a FHIR id
+        "x/_history/2",  # no type before the id
+        "_history/5",
+        "Observation/o1?x=1/_history/2",  # the version is inside the query
+        "Observation/o1/_history/1",  # a first version has nothing before it
+        "Observation/o1/_history/2/_history/3",
+        "Observation/o1/_history/two",
+        "https://h/fhir/Obs%2Fervation/o1/_history/2",
+    ],
+)
+def test_a_deletion_url_that_names_no_earlier_version_is_not_read_from(url: str) -> None:
+    client = FakeClient(OBS_V1)
+    entry = {"request": {"method": "DELETE", "url": url}}
+    assert _patient_of_deleted(client, entry) is None  # type: ignore[arg-type]
+    assert client.reads == []  # before the mend: "x/_history/2" asked for a type "2", id "x"
+
+
 # -- manifests and --status ----------------------------------------------------------------------------
 
 

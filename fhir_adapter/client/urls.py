@@ -141,8 +141,13 @@ def no_query_path(path: str) -> str:
     return path.split("?", 1)[0]
 
 
+def is_valid_type(resource_type: str) -> bool:
+    """A resource type's spelling (not whether FHIR defines it): what may go into a URL path as it is."""
+    return bool(_TYPE_RE.fullmatch(resource_type))
+
+
 def check_type(resource_type: str) -> str:
-    if not _TYPE_RE.fullmatch(resource_type):
+    if not is_valid_type(resource_type):
         raise ValueError(f"not a FHIR resource type: {resource_type!r}")
     return resource_type
 
@@ -163,6 +168,6 @@ def is_valid_id(resource_id: str) -> bool:
 
 def check_id(resource_id: str) -> str:
     # Ids go into the URL path; the FHIR id grammar also rules out "/" and ".." tricks.
-    if not _ID_RE.fullmatch(resource_id) or resource_id in (".", ".."):
+    if not is_valid_id(resource_id):
         raise ValueError("not a valid FHIR id")
     return resource_id

@@ -47,7 +47,7 @@ from fhir_adapter.source.candidates import Candidates
 from fhir_adapter.source.server import ServerSource
 from fhir_adapter.source.strategies import Capabilities, RecordsStrategy, bulk_level
 from fhir_adapter.sync.bulk_records import ExportRecords
-from fhir_adapter.sync.changes import Changes
+from fhir_adapter.sync.changes import Changes, warn_untraced
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,10 @@ class BulkSync:
             changes.deleted += 1
             pid = self._patient_of_deleted(ref)
             if pid is None:
-                self.untraced_deletions += 1
+                changes.untraced += 1
             else:
                 changes.patients.add(pid)
+        self.untraced_deletions += changes.untraced
         if result.complete:
             changes.next_watermark = result.transaction_time
             shutil.rmtree(folder / "files", ignore_errors=True)
@@ -171,14 +172,10 @@ class BulkSync:
             self.where,
             changes.entries,
             changes.deleted,
-            self.untraced_deletions,
+            changes.untraced,
             len(changes.patients),
         )
-        if self.untraced_deletions:
-            log.warning(
-                "%d deleted resource(s) could not be traced to a patient: the full reconciliation catches them",
-                self.untraced_deletions,
-            )
+        warn_untraced(changes.untraced)
         return changes
 
     def _patient_of_deleted(self, ref: str) -> str | None:

@@ -7,8 +7,9 @@ import logging
 from dataclasses import dataclass, field
 
 from fhir_adapter.client.http import FhirClient
-from fhir_adapter.errors import ServerError
-from fhir_adapter.facts.fhirjson import patient_of, ref_id
+from fhir_adapter.client.urls import is_valid_id, is_valid_type
+from fhir_adapter.errors import AuthError, ServerError, ServerUnreachable
+from fhir_adapter.facts.fhirjson import patient_of
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 500
@@ -18,6 +19,9 @@ PAGE_SIZE = 500
 class Changes:
     patients: set[str] = field(default_factory=set)
     deleted: int = 0
+    # Deletions whose patient could not be learned (no usable URL, no earlier version, that version
+    # unreadable): a warning and a manifest count; the scheduled full reconciliation re-screens them.
+    untraced: int = 0
     entries: int = 0
     # The feed's own next watermark (a Bulk Data export's transactionTime); None: the run's server_now.
     next_watermark: dt.datetime | None = None
@@ -61,16 +65,27 @@ def changed_patients(client: FhirClient, since: dt.datetime, types: frozenset[st
             else:
                 pid = _patient_of_deleted(client, entry)
                 changes.deleted += 1
+                changes.untraced += pid is None
             if pid:
                 changes.patients.add(pid)
     log.info(
-        "history since %s: %d entries, %d deletions, %d patients",
+        "history since %s: %d entries, %d deletions (%d not traced to a patient), %d patients",
         stamp,
         changes.entries,
         changes.deleted,
+        changes.untraced,
         len(changes.patients),
     )
+    warn_untraced(changes.untraced)
     return changes
+
+
+def warn_untraced(untraced: int) -> None:
+    if untraced:
+        log.warning(
+            "%d deleted resource(s) could not be traced to a patient: the full reconciliation catches them",
+            untraced,
+        )
 
 
 def changed_by_last_updated(client: FhirClient, since: dt.datetime, types: frozenset[str]) -> Changes:
@@ -93,25 +108,35 @@ def changed_by_last_updated(client: FhirClient, since: dt.datetime, types: froze
 
 
 def _patient_of_deleted(client: FhirClient, entry: dict[str, object]) -> str | None:
+    """The patient of the version before a deletion, or None when the entry does not say which resource
+    and version was deleted or that version cannot be read. The URL is the server's text: only a FHIR
+    type, id and version from it go into a request, and one unreadable version costs its deletion, not
+    the run."""
     request = entry.get("request")
     candidates = [entry.get("fullUrl"), request.get("url") if isinstance(request, dict) else None]
     urls = [u for u in candidates if isinstance(u, str)]
     # HAPI puts the deleted version only in request.url ("Observation/o1/_history/2"), not in fullUrl.
-    url = next((u for u in urls if "/_history/" in u), urls[0] if urls else None)
+    url = next((u for u in urls if "/_history/" in u), None)
     if url is None:
         return None
-    parts = url.rstrip("/").split("/")
-    if "_history" in parts:
-        i = parts.index("_history")
-        rtype, rid, version = parts[i - 2], parts[i - 1], parts[i + 1] if i + 1 < len(parts) else None
-    else:
-        ref = ref_id(url)
-        if not ref:
-            return None
-        rtype, rid = ref.split("/", 1)
-        version = None
-    if version and version.isdigit() and int(version) > 1:
+    parts = url.split("?")[0].rstrip("/").split("/")
+    if parts.count("_history") != 1:
+        return None
+    i = parts.index("_history")
+    if i < 2 or i + 2 != len(parts):
+        return None
+    rtype, rid, version = parts[i - 2], parts[i - 1], parts[i + 1]
+    if not (is_valid_type(rtype) and is_valid_id(rid) and version.isdigit() and 1 < int(version) < 10**9):
+        return None
+    try:
         previous = client.vread(rtype, rid, str(int(version) - 1))
-        if previous is not None and previous.body is not None:
-            return patient_of(previous.body)
-    return None
+    except AuthError:
+        raise
+    except ServerUnreachable:
+        raise  # the server is gone: the run's other requests would fail too
+    except ServerError as exc:
+        log.info("%s/%s: the version before its deletion cannot be read (%s)", rtype, rid, type(exc).__name__)
+        return None
+    if previous is None or not isinstance(previous.body, dict):
+        return None
+    return patient_of(previous.body)

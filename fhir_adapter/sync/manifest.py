@@ -26,6 +26,7 @@ class Counts:
     not_candidate: int = 0
     errors: int = 0
     deleted_resources: int = 0
+    deletions_not_traced: int = 0  # no patient learned: re-screened by the next full reconciliation
     requests: int = 0  # every HTTP request the run sent, retries included
     reasons: Counter[str] = field(default_factory=Counter)
 
@@ -40,6 +41,7 @@ class Counts:
             "notCandidate": self.not_candidate,
             "errors": self.errors,
             "deletedResourcesSeen": self.deleted_resources,
+            "deletionsNotTraced": self.deletions_not_traced,
             "requests": self.requests,
             "queuedBecause": dict(self.reasons),
         }

@@ -181,6 +181,7 @@ def _run(
                 assert mark is not None
                 changes = _changes(client, strategies, mark, screener, bulk)
                 counts.deleted_resources = changes.deleted
+                counts.deletions_not_traced = changes.untraced
                 for pid in sorted(changes.patients):
                     queue.setdefault(pid, "changed")
                 next_mark = None if changes.hold_watermark else (changes.next_watermark or now)

@@ -20,7 +20,7 @@ from typing import Any
 
 import faultserver
 import pytest
-from faultserver import FaultServer
+from faultserver import FaultServer, Reply
 from fhirdata import REPO
 
 from fhir_adapter.cli import main
@@ -167,6 +167,57 @@ def test_a_malformed_patient_reference_in_the_change_feed_costs_that_id_not_ever
     assert any("not valid FHIR ids (not shown)" in e["reason"] for e in _manifest(site)["errors"])
     assert _status(site, "dm01") == "ineligible"
     assert _sync(site)[0] == 0  # the bad id is not left in the queue to fail every night
+
+
+def _history_with(server: FaultServer, *extra: dict[str, Any]) -> None:
+    """The store's own Observation history feed, with ``extra`` entries after its own."""
+
+    def feed(request: Any) -> Reply:
+        entries = server.store.history("Observation", request.param("_since"))
+        return Reply(json={"resourceType": "Bundle", "type": "history", "entry": [*entries, *extra]})
+
+    server.on("GET", r"Observation/_history", feed, repeat=True)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["Observation/o_1/_history/2", "x/_history/2", "_history/5", "Observation/o1?x=1/_history/2"],
+)
+def test_a_deletion_the_feed_names_badly_costs_that_deletion_not_the_run(
+    tmp_path: Path, examples: FaultServer, url: str
+) -> None:
+    site = _site(tmp_path, examples)
+    assert _sync(site)[0] == 0
+    examples.store.put(_low_hemoglobin("dm02"))
+    _history_with(examples, {"request": {"method": "DELETE", "url": url}})
+
+    code, _, err = _sync(site)
+
+    assert code == 0, err  # before the mend: exit 70, "internal error: ValueError", nobody screened
+    assert "could not be traced to a patient" in err
+    counts = _manifest(site)["counts"]
+    assert counts["deletedResourcesSeen"] == 1 and counts["deletionsNotTraced"] == 1
+    assert _status(site, "dm02") == "ineligible"  # the feed's other change was screened
+
+
+def test_a_deleted_version_the_server_will_not_serve_costs_that_deletion_not_the_run(
+    tmp_path: Path, examples: FaultServer
+) -> None:
+    site = _site(tmp_path, examples)
+    assert _sync(site)[0] == 0
+    examples.store.put(_low_hemoglobin("dm02"))
+    _history_with(examples, {"request": {"method": "DELETE", "url": "Observation/gone/_history/2"}})
+    examples.on(
+        "GET", r"Observation/gone/_history/1", Reply(400, json=faultserver.outcome("invalid")), repeat=True
+    )
+
+    code, _, err = _sync(site)
+
+    assert code == 0, err  # before the mend: exit 4, the whole run refused for one unreadable version
+    assert _manifest(site)["counts"]["deletionsNotTraced"] == 1
+    assert _status(site, "dm02") == "ineligible"
+    manifest = _manifest(site)
+    assert manifest["watermarkAfter"] > manifest["watermarkBefore"]  # not held: no night meets it again
 
 
 # -- the state -------------------------------------------------------------------------------------------

@@ -251,6 +251,7 @@ class Store:
         self._versions: dict[tuple[str, str], list[Res | None]] = {}  # None: a deletion
         self._ids = itertools.count(1)
         self.honour_if_none_exist = True
+        self.honour_last_updated = True  # False: a lenient server that answers as if it were not given
         self.keep_tags = True
 
     # -- what tests use ------------------------------------------------------------------------------
@@ -425,8 +426,24 @@ class Store:
             texts = [code.get("text")] + [c.get("display") for c in _codings(code)]
             return any(isinstance(t, str) and t.lower().startswith(value.lower()) for t in texts)
         if name == "_lastUpdated":
-            return True
+            return not self.honour_last_updated or _updated_matches(resource, value)
         return True  # an unknown parameter is ignored, as lenient servers do
+
+
+_COMPARE: dict[str, Callable[[str, str], bool]] = {
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+}
+
+
+def _updated_matches(resource: Res, value: str) -> bool:
+    """``_lastUpdated=gtT`` and its kin, on the store's own stamps (UTC, milliseconds, "Z"): compared as
+    text, which orders them as times."""
+    prefix, stamp = (value[:2], value[2:]) if value[:2] in _COMPARE else ("ge", value)
+    mine = (resource.get("meta") or {}).get("lastUpdated", "")
+    return _COMPARE[prefix](mine, stamp.replace("+00:00", "Z"))
 
 
 # -- the HTTP server ---------------------------------------------------------------------------------

@@ -94,17 +94,41 @@ def changed_by_last_updated(client: FhirClient, since: dt.datetime, types: froze
     the scheduled full reconciliation (``limits.full_reconciliation_days``) catches them."""
     changes = Changes()
     stamp = since.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    older: dict[str, int] = {}
     for rtype in sorted(types | {"Patient"}):
         params: list[tuple[str, str | int]] = [("_lastUpdated", f"gt{stamp}"), ("_count", PAGE_SIZE)]
         for resource in client.search(rtype, params):
             changes.entries += 1
+            if _not_after(resource, since):
+                older[rtype] = older.get(rtype, 0) + 1
             pid = patient_of(resource)
             if pid:
                 changes.patients.add(pid)
     log.info(
         "_lastUpdated since %s: %d resources, %d patients", stamp, changes.entries, len(changes.patients)
     )
+    if older:
+        # Not wrong (their patients are screened again), but every night would then be a full run
+        # under the name of changes: the operator should know the feed is not one.
+        log.warning(
+            "the server answered _lastUpdated=gt%s with resources last updated before it (%s): it may "
+            "ignore the parameter; their patients are screened again",
+            stamp,
+            ", ".join(f"{t} {n}" for t, n in sorted(older.items())),
+        )
     return changes
+
+
+def _not_after(resource: dict[str, object], since: dt.datetime) -> bool:
+    meta = resource.get("meta")
+    stamp = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    if not isinstance(stamp, str):
+        return False
+    try:
+        updated = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return False
+    return updated.tzinfo is not None and updated <= since
 
 
 def _patient_of_deleted(client: FhirClient, entry: dict[str, object]) -> str | None:

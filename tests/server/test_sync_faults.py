@@ -38,7 +38,7 @@ def examples() -> Iterator[FaultServer]:
         yield server
 
 
-def _site(tmp_path: Path, server: FaultServer) -> Path:
+def _site(tmp_path: Path, server: FaultServer, extra: str = "") -> Path:
     site = tmp_path / "site.toml"
     site.write_text(
         f"""[server]
@@ -53,7 +53,7 @@ write_back = false
 full_reconciliation_days = 7
 [report]
 result = "out/latest.json"
-""",
+{extra}""",
         encoding="utf-8",
     )
     return site
@@ -218,6 +218,41 @@ def test_a_deleted_version_the_server_will_not_serve_costs_that_deletion_not_the
     assert _status(site, "dm02") == "ineligible"
     manifest = _manifest(site)
     assert manifest["watermarkAfter"] > manifest["watermarkBefore"]  # not held: no night meets it again
+
+
+LAST_UPDATED = '[strategies]\nchanges = "last-updated"\n'
+
+
+def test_a_last_updated_feed_with_no_change_screens_nobody_and_warns_of_nothing(
+    tmp_path: Path, examples: FaultServer
+) -> None:
+    site = _site(tmp_path, examples, LAST_UPDATED)
+    assert _sync(site)[0] == 0
+
+    code, _, err = _sync(site)
+
+    assert code == 0, err
+    manifest = _manifest(site)
+    assert manifest["strategies"]["changes"] == "last-updated"
+    assert manifest["counts"]["queued"] == 0
+    assert "ignore the parameter" not in err
+
+
+def test_a_server_that_ignores_last_updated_is_named_and_every_patient_it_lists_re_screened(
+    tmp_path: Path, examples: FaultServer
+) -> None:
+    site = _site(tmp_path, examples, LAST_UPDATED)
+    assert _sync(site)[0] == 0
+    examples.store.honour_last_updated = False  # lists everything, as if the parameter were not sent
+    examples.store.put(_low_hemoglobin("dm02"))
+
+    code, _, err = _sync(site)
+
+    assert code == 0, err
+    assert "it may ignore the parameter" in err  # before: silent, every night a full run called changes
+    assert "Observation " in err and "Patient 28" in err
+    assert _manifest(site)["counts"]["queued"] == 28  # not wrong, only slow: everyone is screened again
+    assert _status(site, "dm02") == "ineligible"
 
 
 # -- the state -------------------------------------------------------------------------------------------

@@ -111,9 +111,17 @@ class State:
                 raise StateError(f"{candidate}: not a regular file: the sync state must be a file of its own")
         # Created 0600 before SQLite opens it: SQLite would create it 0644 (less the umask), and it gives
         # the -wal and -shm files it creates the database file's mode.
+        existed = path.exists()
         os.close(open_private(path))
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode = WAL")
+        if existed and self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
+            # Created by hand (touch), or truncated: either way the run that follows is a first run,
+            # and an operator who lost a state should hear it, not find out from a week of full runs.
+            log.warning(
+                "%s: the state file held no sync state: starting afresh (a first run re-screens everyone)",
+                path,
+            )
         for suffix in ("-wal", "-shm", "-journal"):
             sidecar = path.with_name(path.name + suffix)
             if sidecar.exists():

@@ -331,6 +331,23 @@ def test_a_damaged_state_file_is_exit_4_naming_it(tmp_path: Path, examples: Faul
         assert str(state) in err
 
 
+def test_an_empty_state_file_is_a_first_run_that_says_so(tmp_path: Path, examples: FaultServer) -> None:
+    site = _site(tmp_path, examples)
+    assert _sync(site)[0] == 0
+    state = site.parent / "state" / "state.sqlite"
+    for sidecar in state.parent.glob("state.sqlite-*"):
+        sidecar.unlink()
+    state.write_bytes(b"")  # truncated, or made with touch
+
+    code, _, err = _sync(site)
+
+    assert code == 0, err
+    assert f"{state}: the state file held no sync state" in err  # before: a silent first run
+    assert set(_manifest(site)["counts"]["queuedBecause"]) == {"first run"}
+    code, _, err = _sync(site)
+    assert code == 0 and "held no sync state" not in err  # once only: the file holds a state now
+
+
 def test_a_fifo_as_the_state_file_is_refused_not_waited_on(tmp_path: Path, examples: FaultServer) -> None:
     site = _site(tmp_path, examples)
     (tmp_path / "state").mkdir()

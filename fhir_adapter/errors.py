@@ -131,6 +131,13 @@ class ThrottleBudgetExhausted(SystemicFailure):
     that keeps throttling ends the run in bounded time."""
 
 
+class WorkspaceError(AdapterError):
+    """The adapter's own working files (the on-disk index a file screen groups patients in) cannot be
+    written or read: a full disk, a read-only or vanished folder. The message names the folder."""
+
+    exit_code = ExitCode.FATAL
+
+
 class StateError(AdapterError):
     """The sync state (its SQLite file, its lock) cannot be used: damaged, of the wrong kind, unreadable.
     The message names the file; nothing is screened until an operator restores or moves it."""

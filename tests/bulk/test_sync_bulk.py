@@ -324,6 +324,31 @@ def test_an_export_with_a_missing_file_screens_nobody_and_keeps_the_watermark(
         assert {r[0] for r in db.execute("SELECT id FROM pending")} == set(MEMBERS)  # still queued
 
 
+def test_a_full_disk_under_the_export_s_working_index_is_not_blamed_on_the_state_file(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fhir_adapter.source.patient_index import PatientIndex
+
+    def full(*args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    server.next_manifest(example_resources(MEMBERS))
+    config = site(tmp_path, server.fake.base)
+    monkeypatch.setattr(PatientIndex, "_flush_counts", full)
+
+    code, text = sync(config)
+
+    assert code == 4, text
+    assert "the working index of this screen failed (database or disk is full)" in text
+    assert "not a usable sync state file" not in text  # before: "restore it from a backup", of a sound file
+    monkeypatch.undo()
+    server.next_manifest({})  # nothing changed since
+    server.next_manifest(example_resources(MEMBERS))  # the records of the patients run 1 left queued
+    code, text = sync(config)
+    assert code == 0, text  # the state file was sound all along, and kept run 1's queue
+    assert last_manifest(config)["counts"]["evaluated"] == len(DM)
+
+
 def test_a_run_killed_while_the_export_runs_resumes_the_same_job(server: Server, tmp_path: Path) -> None:
     server.next_manifest(example_resources(MEMBERS))
     server.fake.script = [(202, {"Retry-After": "1", "X-Progress": "busy"}, None)]
